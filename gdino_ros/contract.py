@@ -1,0 +1,81 @@
+"""The TAO Mask Grounding DINO contract: every fact that more than one stage relies on.
+
+Source: TAO 7.0.1 export, deploy and training code as summarised in the project's design notes
+(``tao_contract.md``). Engine I/O names, shapes, normalisation constants, special token ids and the
+post-processing defaults are defined here once; every other module imports them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# --- Engine inputs, in TAO's binding order ----------------------------------------------------------
+INPUT_IMAGE = "inputs"  # float32 [1, 3, H, W], normalised RGB, NCHW
+INPUT_IDS = "input_ids"  # int64 [1, 256], BERT ids padded with PAD_ID
+ATTENTION_MASK = "attention_mask"  # bool [1, 256], True for real tokens (incl. [CLS]/[SEP])
+POSITION_IDS = "position_ids"  # int64 [1, 256], position inside each phrase
+TOKEN_TYPE_IDS = "token_type_ids"  # int64 [1, 256], all zero
+TEXT_TOKEN_MASK = "text_token_mask"  # bool [1, 256, 256], block-diagonal phrase attention
+
+INPUT_NAMES: tuple[str, ...] = (
+    INPUT_IMAGE,
+    INPUT_IDS,
+    ATTENTION_MASK,
+    POSITION_IDS,
+    TOKEN_TYPE_IDS,
+    TEXT_TOKEN_MASK,
+)
+TEXT_INPUT_NAMES: tuple[str, ...] = INPUT_NAMES[1:]
+
+INPUT_DTYPES: dict[str, np.dtype] = {
+    INPUT_IMAGE: np.dtype(np.float32),
+    INPUT_IDS: np.dtype(np.int64),
+    ATTENTION_MASK: np.dtype(np.bool_),
+    POSITION_IDS: np.dtype(np.int64),
+    TOKEN_TYPE_IDS: np.dtype(np.int64),
+    TEXT_TOKEN_MASK: np.dtype(np.bool_),
+}
+
+# --- Engine outputs -----------------------------------------------------------------------------------
+PRED_LOGITS = "pred_logits"  # float32 [1, Q, 256], -inf at padded tokens
+PRED_BOXES = "pred_boxes"  # float32 [1, Q, 4], normalised (cx, cy, w, h) of the input tensor
+PRED_MASKS = "pred_masks"  # float32 [1, Q, 1, H/4, W/4], mask logits
+NO_TARGETS = "no_targets"  # float32 [1, 2], logits; index NO_TARGET_INDEX means "no target"
+UNION_MASK_LOGITS = "union_mask_logits"  # float32 [1, 2, H/8, W/8]; channel 1 is foreground
+
+OUTPUT_NAMES: tuple[str, ...] = (PRED_LOGITS, PRED_BOXES, PRED_MASKS)
+RELA_OUTPUT_NAMES: tuple[str, ...] = OUTPUT_NAMES + (NO_TARGETS, UNION_MASK_LOGITS)
+NO_TARGET_INDEX = 1
+
+# --- Shapes -------------------------------------------------------------------------------------------
+BATCH_SIZE = 1  # TAO's export only runs at batch 1, whatever the ONNX declares
+MAX_TEXT_LEN = 256
+NUM_QUERIES = 900
+DEFAULT_INPUT_HEIGHT = 544
+DEFAULT_INPUT_WIDTH = 960
+MASK_STRIDE = 4  # pred_masks resolution relative to the input tensor
+UNION_MASK_STRIDE = 8  # union_mask_logits resolution relative to the input tensor
+MIN_IMAGE_SIDE = 32  # smaller camera images are rejected
+ONNX_OPSET = 17
+MSDA_PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"  # TensorRT's deformable attention plugin
+
+# --- Image normalisation (training values; TAO Deploy's std 0.224 on every channel is a bug) --------------
+IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+# --- bert-base-uncased special tokens -----------------------------------------------------------------
+PAD_ID = 0
+CLS_ID = 101
+SEP_ID = 102
+PERIOD_ID = 1012
+QUESTION_ID = 1029
+# Tokens that close a phrase block in position_ids / text_token_mask.
+DELIMITER_IDS: frozenset[int] = frozenset({CLS_ID, SEP_ID, PERIOD_ID, QUESTION_ID})
+TEXT_ENCODER_TYPE = "bert-base-uncased"
+
+# --- Post-processing defaults (TAO inference spec) ----------------------------------------------------
+NUM_SELECT = 300
+CONF_THRESHOLD = 0.3
+NMS_THRESHOLD = 0.2
+TEXT_THRESHOLD = 0.3
+IOI_THRESHOLD = 0.5
+MASK_THRESHOLD = 0.5  # on sigmoid(mask logit)

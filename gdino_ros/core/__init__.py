@@ -1,0 +1,1 @@
+"""The ROS-free inference pipeline: prompt and image in, a :class:`Result` out."""

@@ -1,0 +1,50 @@
+"""What one frame produced: the data type every consumer (node, tools, evaluator) reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+PromptMode = Literal["phrases", "expression"]
+PHRASES: PromptMode = "phrases"
+EXPRESSION: PromptMode = "expression"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One instance, in the pixels of the original (camera) image.
+
+    ``instance_id`` is the value of this instance's pixels in :attr:`Result.label_image` (1, 2, ...).
+    ``label`` is the prompt phrase (phrases mode) or the expression's words that matched
+    (expression mode); ``phrase_index`` indexes the prompt's phrases, -1 in expression mode.
+    ``box_xyxy`` is (x0, y0, x1, y1), float pixels, clipped to the image.
+    ``mask`` is bool [H0, W0]: the instance's own pixels, overlaps with other instances included.
+    """
+
+    instance_id: int
+    label: str
+    phrase_index: int
+    score: float
+    box_xyxy: tuple[float, float, float, float]
+    mask: np.ndarray
+
+
+@dataclass
+class Result:
+    """Everything one frame produced.
+
+    ``detections`` are sorted by descending score. ``label_image`` is uint16 [H0, W0]: 0 background,
+    k the pixels of the detection with ``instance_id`` k (where instances overlap, the higher score
+    wins). ``no_target`` is the model's image-level "nothing matches" decision;
+    ``no_target_probability`` is NaN when the model has no no-target (ReLA) head.
+    ``timings_ms`` maps stage name (preprocess, inference, postprocess, ...) to milliseconds.
+    """
+
+    prompt: str
+    mode: PromptMode
+    detections: list[Detection]
+    label_image: np.ndarray
+    no_target: bool
+    no_target_probability: float
+    timings_ms: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Evaluation on RefCOCO / RefCOCO+ / RefCOCOg / gRefCOCO: dataset readers and metrics."""

@@ -1,0 +1,147 @@
+"""``sensor_msgs/Image`` and ``sensor_msgs/CompressedImage`` to numpy RGB, without cv_bridge.
+
+Written against field names only (``height``, ``width``, ``encoding``, ``is_bigendian``, ``step``,
+``data``; ``format`` and ``data`` for compressed images), so the same functions take rclpy messages,
+rosbags messages or anything shaped like them. ``data`` may be ``bytes``, ``array.array('B')``, a
+``memoryview`` or a uint8 numpy array.
+
+For the common camera encodings (rgb8, bgr8, rgba8, bgra8, mono8) the result is a numpy *view* of
+``data``: no pixel is copied, which matters at 1080p and 30 Hz. Row padding (``step`` larger than
+``width * bytes per pixel``) is honoured by the view's strides. Bayer, YUV 4:2:2 and 16-bit mono
+frames need arithmetic, so they come back as new arrays (OpenCV does the colour conversion).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+
+from gdino_ros.conversions.encodings import BGR8, BGRA8, MONO8, MONO16, RGB8, RGBA8
+
+
+class ImageConversionError(ValueError):
+    """The message cannot be read as an image; the text says what was wrong and what would work."""
+
+
+# Encodings read as a strided view: (channels, indices of R, G, B among those channels).
+_VIEW_LAYOUTS: dict[str, tuple[int, tuple[int, int, int]]] = {
+    RGB8: (3, (0, 1, 2)),
+    BGR8: (3, (2, 1, 0)),
+    RGBA8: (4, (0, 1, 2)),
+    BGRA8: (4, (2, 1, 0)),
+    MONO8: (1, (0, 0, 0)),
+}
+
+# ROS names a Bayer pattern by its first two rows (rggb: R G / G B). OpenCV's constants name it by the
+# second row's second and third pixels, so ROS rggb is OpenCV "BG". These classic names exist in every
+# OpenCV 4.x that Humble and Jazzy ship.
+_BAYER_CODES: dict[str, int] = {
+    "bayer_rggb8": cv2.COLOR_BayerBG2RGB,
+    "bayer_bggr8": cv2.COLOR_BayerRG2RGB,
+    "bayer_gbrg8": cv2.COLOR_BayerGR2RGB,
+    "bayer_grbg8": cv2.COLOR_BayerGB2RGB,
+}
+
+# Packed YUV 4:2:2, two bytes per pixel. ROS's "yuv422" is UYVY byte order and "yuv422_yuy2" is YUYV;
+# newer sensor_msgs releases name them "uyvy" and "yuyv".
+_YUV422_CODES: dict[str, int] = {
+    "yuv422": cv2.COLOR_YUV2RGB_UYVY,
+    "uyvy": cv2.COLOR_YUV2RGB_UYVY,
+    "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUYV,
+    "yuyv": cv2.COLOR_YUV2RGB_YUYV,
+}
+
+SUPPORTED_ENCODINGS: tuple[str, ...] = (*_VIEW_LAYOUTS, MONO16, *_BAYER_CODES, *_YUV422_CODES)
+
+
+def _bytes_per_pixel(encoding: str) -> int:
+    if encoding in _VIEW_LAYOUTS:
+        return _VIEW_LAYOUTS[encoding][0]
+    if encoding in _BAYER_CODES:
+        return 1
+    return 2  # mono16 and the YUV 4:2:2 family
+
+
+def _rows(msg: Any, bytes_per_pixel: int) -> np.ndarray:
+    """Validate the geometry and return ``data`` as a uint8 view [height, width * bytes_per_pixel]."""
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height == 0 or width == 0:
+        raise ImageConversionError(f"empty frame: {width}x{height} pixels")
+    row_bytes = width * bytes_per_pixel
+    if step < row_bytes:
+        raise ImageConversionError(
+            f"step {step} is smaller than width {width} x {bytes_per_pixel} bytes per pixel "
+            f"({msg.encoding}) = {row_bytes}: the publisher filled in a wrong step"
+        )
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    data.flags.writeable = False  # the views below share the message's buffer
+    if data.size < step * height:
+        raise ImageConversionError(
+            f"truncated frame: {data.size} bytes of data, but step {step} x height {height} needs "
+            f"{step * height}"
+        )
+    return data[: step * height].reshape(height, step)[:, :row_bytes]
+
+
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """Read a ``sensor_msgs/Image`` as RGB pixels.
+
+    Returns uint8 [height, width, 3] RGB. For rgb8, bgr8, rgba8, bgra8 and mono8 it is a read-only
+    view sharing ``msg.data`` (channel order and alpha handled by strides; mono8 repeats the one
+    channel with stride 0), so it is valid only while the message lives and must not be written to.
+    mono16 keeps its high byte (as cv_bridge does for mono16 -> mono8); Bayer and YUV 4:2:2 are
+    converted by OpenCV into new arrays. Raises :class:`ImageConversionError` for an unsupported
+    encoding, an empty (0-pixel) frame, a ``step`` shorter than a row, or ``data`` shorter than
+    ``step * height``.
+    """
+    encoding = str(msg.encoding)
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)} "
+            "(or publish a sensor_msgs/CompressedImage and enable compressed input)"
+        )
+    rows = _rows(msg, _bytes_per_pixel(encoding))
+    height, width = rows.shape[0], int(msg.width)
+
+    if encoding in _VIEW_LAYOUTS:
+        channels, rgb_index = _VIEW_LAYOUTS[encoding]
+        pixels = rows.reshape(height, width, channels)
+        if channels == 1:
+            return np.broadcast_to(pixels, (height, width, 3))
+        if rgb_index == (0, 1, 2):
+            return pixels[..., :3] if channels == 4 else pixels
+        return pixels[..., 2::-1]  # BGR(A) -> RGB by a negative channel stride
+    if encoding == MONO16:
+        order = ">" if msg.is_bigendian else "<"
+        high_byte = (rows.view(np.dtype(f"{order}u2")) >> 8).astype(np.uint8)
+        return np.broadcast_to(high_byte[..., None], (height, width, 3))
+    if encoding in _BAYER_CODES:
+        return cv2.cvtColor(np.ascontiguousarray(rows), _BAYER_CODES[encoding])
+    if width % 2:
+        raise ImageConversionError(f"{encoding} packs two pixels into 4 bytes; width {width} must be even")
+    packed = np.ascontiguousarray(rows).reshape(height, width, 2)
+    return cv2.cvtColor(packed, _YUV422_CODES[encoding])
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, anything OpenCV reads) to uint8 [H, W, 3] RGB.
+
+    ``format`` is informative only (``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``): the bytes say what
+    they are. compressed depth images (``compressedDepth``) are not camera images and are refused.
+    """
+    fmt = str(msg.format)
+    if "compresseddepth" in fmt.lower():
+        raise ImageConversionError(
+            f"compressed depth image (format {fmt!r}) is not a camera image; subscribe to the colour stream"
+        )
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if data.size == 0:
+        raise ImageConversionError(f"empty compressed frame (format {fmt!r}, 0 bytes)")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        raise ImageConversionError(
+            f"could not decode {data.size} bytes of compressed image data (format {fmt!r}); "
+            "JPEG and PNG are supported"
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -58,6 +58,17 @@ MIN_IMAGE_SIDE = 32  # smaller camera images are rejected
 ONNX_OPSET = 17
 MSDA_PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"  # TensorRT's deformable attention plugin
 
+# --- ONNX metadata_props written by gdino-export (all values are strings) ---------------------------------
+META_SOURCE = "source"  # "random-init" or "checkpoint <path> sha256 <hex>"
+RANDOM_INIT_SOURCE = "random-init"  # untrained weights: demos and tests only
+META_NUM_REGION_QUERIES = "num_region_queries"  # "0" -> 3 outputs, else 5 (ReLA)
+META_NUM_QUERIES = "num_queries"
+META_MAX_TEXT_LEN = "max_text_len"
+META_INPUT_HEIGHT = "input_height"
+META_INPUT_WIDTH = "input_width"
+META_MSDA = "msda"  # "grid-sample" or "plugin" (needs TensorRT's MultiscaleDeformableAttnPlugin_TRT)
+META_VERSION = "gdino_ros_version"
+
 # --- Image normalisation (training values; TAO Deploy's std 0.224 on every channel is a bug) --------------
 IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)

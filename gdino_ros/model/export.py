@@ -1,0 +1,239 @@
+"""ONNX export of Mask Grounding DINO with TAO's exact engine interface (contract §1.1-1.3).
+
+The graph has TAO's input and output names, dtypes and batch-1 shapes, opset 17, and metadata that
+records where its weights came from. Multi-scale deformable attention is emitted either as
+``grid-sample`` (pure ONNX GridSample; runs in ONNX Runtime) or as ``plugin``: one
+``MultiscaleDeformableAttnPlugin_TRT`` node per attention (domain ``nvidia``, attributes
+``name``/``version="1"``/``namespace=""``, INT32 ``spatial_shapes``/``level_start_index`` constants),
+exactly the node TAO writes, which TensorRT's ONNX parser maps onto its built-in plugin.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import onnx
+import torch
+
+from gdino_ros import __version__, contract
+from gdino_ros.model.config import MaskGDINOConfig
+from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_core
+
+MSDA_GRID_SAMPLE = "grid-sample"
+MSDA_PLUGIN = "plugin"
+MSDA_MODES: tuple[str, ...] = (MSDA_GRID_SAMPLE, MSDA_PLUGIN)
+PLUGIN_DOMAIN = "nvidia"
+PLUGIN_VERSION = "1"
+# TAO's dummy caption "the running dog ." in bert-base-uncased ids: [CLS] the running dog . [SEP].
+_EXAMPLE_IDS = (contract.CLS_ID, 1996, 2770, 3899, contract.PERIOD_ID, contract.SEP_ID)
+_HEARTBEAT_S = 15.0
+
+Progress = Callable[[str], None]
+
+
+def default_msda_mode() -> str:
+    """TAO's choice: the plugin when exporting on a CUDA machine, GridSample on a CPU-only one."""
+    return MSDA_PLUGIN if torch.cuda.is_available() else MSDA_GRID_SAMPLE
+
+
+def example_inputs(config: MaskGDINOConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Batch-1 inputs with the engine's names and dtypes: a random image and TAO's dummy caption.
+
+    ``position_ids``/``text_token_mask`` follow contract §3.3 for ``[CLS] the running dog . [SEP]``:
+    blocks {0}, {1..4}, {5}, and every pad token on its own.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    length = contract.MAX_TEXT_LEN
+    input_ids = torch.zeros(1, length, dtype=torch.int64)
+    input_ids[0, : len(_EXAMPLE_IDS)] = torch.tensor(_EXAMPLE_IDS)
+    position_ids = torch.zeros(1, length, dtype=torch.int64)
+    position_ids[0, 1:5] = torch.arange(4)
+    text_token_mask = torch.eye(length, dtype=torch.bool)[None].clone()
+    text_token_mask[0, 1:5, 1:5] = True
+    return {
+        contract.INPUT_IMAGE: torch.randn(1, 3, config.input_height, config.input_width, generator=generator),
+        contract.INPUT_IDS: input_ids,
+        contract.ATTENTION_MASK: input_ids != contract.PAD_ID,
+        contract.POSITION_IDS: position_ids,
+        contract.TOKEN_TYPE_IDS: torch.zeros(1, length, dtype=torch.int64),
+        contract.TEXT_TOKEN_MASK: text_token_mask,
+    }
+
+
+def export_onnx(
+    model: torch.nn.Module,
+    config: MaskGDINOConfig,
+    output: str | Path,
+    *,
+    source: str,
+    msda: str = MSDA_GRID_SAMPLE,
+    progress: Progress | None = None,
+) -> onnx.ModelProto:
+    """Trace ``model`` at ``config``'s input size and write the ONNX graph to ``output``.
+
+    ``source`` goes into the metadata (``contract.RANDOM_INIT_SOURCE`` or the checkpoint's path and
+    hash). The file is written next to ``output`` and renamed, so a failed export leaves nothing half
+    written. Returns the written model (weights included).
+    """
+    if msda not in MSDA_MODES:
+        raise ValueError(f"msda must be one of {MSDA_MODES}, got {msda!r}")
+    say = progress or (lambda _message: None)
+    output = Path(output)
+    inputs = example_inputs(config)
+    model.eval()
+    buffer = io.BytesIO()
+    with _msda_cores(model, msda), torch.no_grad(), _heartbeat(say, "tracing and converting"):
+        torch.onnx.export(
+            model,
+            tuple(inputs.values()),
+            buffer,
+            dynamo=False,
+            opset_version=contract.ONNX_OPSET,
+            input_names=list(contract.INPUT_NAMES),
+            output_names=list(config.output_names),
+            do_constant_folding=True,
+            custom_opsets={PLUGIN_DOMAIN: contract.ONNX_OPSET} if msda == MSDA_PLUGIN else None,
+        )
+    proto = onnx.load_from_string(buffer.getvalue())
+    del buffer
+    _set_metadata(proto, config, source, msda)
+    say(f"writing {output} ({proto.ByteSize() / 2**20:.0f} MiB)")
+    _write_atomically(proto, output)
+    return proto
+
+
+def metadata_of(config: MaskGDINOConfig, source: str, msda: str) -> dict[str, str]:
+    """Return the ONNX metadata_props for a graph exported from ``config``."""
+    return {
+        contract.META_SOURCE: source,
+        contract.META_NUM_REGION_QUERIES: str(config.num_region_queries),
+        contract.META_NUM_QUERIES: str(config.num_queries),
+        contract.META_MAX_TEXT_LEN: str(config.max_text_len),
+        contract.META_INPUT_HEIGHT: str(config.input_height),
+        contract.META_INPUT_WIDTH: str(config.input_width),
+        contract.META_MSDA: msda,
+        contract.META_VERSION: __version__,
+    }
+
+
+def plugin_msda_core(
+    value: torch.Tensor,
+    spatial_shapes: Sequence[tuple[int, int]],
+    level_start_index: Sequence[int],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """Drop-in for :func:`ms_deform_attn_core` that exports as TensorRT's MSDA plugin node.
+
+    Computes the same values in PyTorch (the tracer needs them); the ONNX graph gets the plugin node,
+    whose [N, Lq, M, D] output is reshaped to the core's [N, Lq, M*D].
+    """
+    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    starts = tuple(int(start) for start in level_start_index)
+    return _MSDAPlugin.apply(value, sampling_locations, attention_weights, shapes, starts).flatten(2)
+
+
+class _MSDAPlugin(torch.autograd.Function):
+    """Export-only autograd function: PyTorch values forward, the TensorRT plugin node in ONNX."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: object,
+        value: torch.Tensor,
+        sampling_locations: torch.Tensor,
+        attention_weights: torch.Tensor,
+        spatial_shapes: tuple[tuple[int, int], ...],
+        level_start_index: tuple[int, ...],
+    ) -> torch.Tensor:
+        n, _, heads, dim = value.shape
+        locations, weights = sampling_locations, attention_weights
+        output = ms_deform_attn_core(value, spatial_shapes, level_start_index, locations, weights)
+        return output.view(n, locations.shape[1], heads, dim)
+
+    @staticmethod
+    def symbolic(
+        g: torch.Graph,
+        value: torch.Value,
+        sampling_locations: torch.Value,
+        attention_weights: torch.Value,
+        spatial_shapes: tuple[tuple[int, int], ...],
+        level_start_index: tuple[int, ...],
+    ) -> torch.Value:
+        shapes = g.op("Constant", value_t=torch.tensor(spatial_shapes, dtype=torch.int32))
+        starts = g.op("Constant", value_t=torch.tensor(level_start_index, dtype=torch.int32))
+        node = g.op(
+            f"{PLUGIN_DOMAIN}::{contract.MSDA_PLUGIN_OP}",
+            value,
+            shapes,
+            starts,
+            sampling_locations,
+            attention_weights,
+            name_s=contract.MSDA_PLUGIN_OP,
+            version_s=PLUGIN_VERSION,
+            namespace_s="",
+        )
+        n, _, heads, dim = value.type().sizes()
+        node.setType(value.type().with_sizes([n, sampling_locations.type().sizes()[1], heads, dim]))
+        return node
+
+
+@contextlib.contextmanager
+def _msda_cores(model: torch.nn.Module, msda: str) -> Iterator[None]:
+    """Route every deformable attention through the plugin core for the export, then restore it."""
+    modules = [module for module in model.modules() if isinstance(module, MultiScaleDeformableAttention)]
+    saved = [module.core for module in modules]
+    if msda == MSDA_PLUGIN:
+        for module in modules:
+            module.core = plugin_msda_core
+    try:
+        yield
+    finally:
+        for module, core in zip(modules, saved, strict=True):
+            module.core = core
+
+
+@contextlib.contextmanager
+def _heartbeat(say: Progress, what: str) -> Iterator[None]:
+    """Report a long blocking step when it starts, every few seconds while it runs, and when it ends."""
+    start = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(_HEARTBEAT_S):
+            say(f"... still {what} ({time.monotonic() - start:.0f} s)")
+
+    say(what)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    say(f"{what}: done in {time.monotonic() - start:.1f} s")
+
+
+def _set_metadata(proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str) -> None:
+    del proto.metadata_props[:]
+    for key, value in metadata_of(config, source, msda).items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "gdino_ros"
+    proto.producer_version = __version__
+
+
+def _write_atomically(proto: onnx.ModelProto, output: Path) -> None:
+    """Serialise to a temporary file in the target directory, then rename it over ``output``."""
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    os.close(descriptor)
+    try:
+        onnx.save(proto, temporary)
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

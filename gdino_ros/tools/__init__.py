@@ -1,0 +1,1 @@
+"""Console scripts; each module has ``main(argv=None) -> int`` and is registered in setup.cfg."""

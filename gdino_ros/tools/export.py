@@ -1,0 +1,117 @@
+"""gdino-export: write TAO's Mask Grounding DINO ONNX from a TAO checkpoint, without the TAO container.
+
+Examples::
+
+    gdino-export --checkpoint mask_gdino.pth --output mask_gdino.onnx
+    gdino-export --checkpoint mask_gdino.pth --output mask_gdino_trt.onnx --msda plugin
+    gdino-export --random-init --config tiny --output tiny.onnx      # untrained, for demos/tests
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gdino_ros import contract
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``gdino-export``."""
+    parser = argparse.ArgumentParser(
+        prog="gdino-export",
+        description="Export Mask Grounding DINO to ONNX with TAO's engine interface (opset 17, batch 1).",
+    )
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--checkpoint", type=Path, help="TAO .pth (Lightning), a bare state dict, or ours")
+    weights.add_argument(
+        "--random-init",
+        action="store_true",
+        help="untrained random weights (demos and tests only; recorded in the ONNX metadata)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument(
+        "--config",
+        choices=("full", "tiny"),
+        default="full",
+        help="network size for --random-init: TAO's full model or the small test network (default: full)",
+    )
+    parser.add_argument("--height", type=int, help="input height, multiple of 32 (default: 544; tiny: 128)")
+    parser.add_argument("--width", type=int, help="input width, multiple of 32 (default: 960; tiny: 224)")
+    parser.add_argument(
+        "--msda",
+        choices=("grid-sample", "plugin"),
+        help="deformable attention as ONNX GridSample (runs in ONNX Runtime) or as TensorRT's "
+        "MultiscaleDeformableAttnPlugin_TRT node like TAO (TensorRT only). "
+        "Default: plugin on a CUDA machine, grid-sample otherwise",
+    )
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow a checkpoint that needs unrestricted unpickling (can run code from the file)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the export; user errors print one line to stderr and return 1."""
+    args = build_parser().parse_args(argv)
+    if args.checkpoint is not None and args.config != "full":
+        print("gdino-export: error: --config only applies to --random-init", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f} s] {message}", flush=True)
+
+    try:
+        return _export(args, say)
+    except (ValueError, OSError) as error:
+        print(f"gdino-export: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("gdino-export: interrupted; nothing written", file=sys.stderr)
+        return 130
+
+
+def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    import torch
+
+    from gdino_ros.model.checkpoint import build_model, build_model_from_checkpoint
+    from gdino_ros.model.config import MaskGDINOConfig
+    from gdino_ros.model.export import MSDA_PLUGIN, default_msda_mode, export_onnx
+
+    output: Path = args.output
+    if not output.parent.is_dir():
+        raise ValueError(f"output directory {output.parent} does not exist")
+    preset = MaskGDINOConfig.tiny() if args.config == "tiny" else MaskGDINOConfig.full()
+    height = preset.input_height if args.height is None else args.height
+    width = preset.input_width if args.width is None else args.width
+    preset = preset.replace(input_height=height, input_width=width)  # validates the size before any work
+    msda = args.msda or default_msda_mode()
+    if args.random_init:
+        say(f"building an UNTRAINED {args.config} network with random weights (for demos and tests only)")
+        torch.manual_seed(0)
+        config = preset
+        model = build_model(config)
+        source = contract.RANDOM_INIT_SOURCE
+    else:
+        model, checkpoint = build_model_from_checkpoint(
+            args.checkpoint, trust_checkpoint=args.trust_checkpoint, input_size=(height, width), progress=say
+        )
+        config = checkpoint.config
+        source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
+        say(f"{checkpoint.metadata['format']} checkpoint, num_region_queries={config.num_region_queries}")
+    say(f"exporting {height}x{width}, msda={msda}, outputs: {', '.join(config.output_names)}")
+    export_onnx(model, config, output, source=source, msda=msda, progress=say)
+    say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
+    if args.random_init:
+        print("NOTE: this ONNX has random, untrained weights; its detections are meaningless.")
+    if msda == MSDA_PLUGIN:
+        print(f"NOTE: this ONNX needs TensorRT's {contract.MSDA_PLUGIN_OP}; ONNX Runtime cannot run it.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

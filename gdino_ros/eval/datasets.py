@@ -119,7 +119,8 @@ class _PlainDataUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module: str, name: str) -> type:
-        if module == "builtins" and name in _PLAIN_DATA_TYPES:
+        # Python 2 pickles name the builtins module "__builtin__".
+        if module in ("builtins", "__builtin__") and name in _PLAIN_DATA_TYPES:
             return getattr(builtins, name)  # type: ignore[no-any-return]
         raise DatasetError(
             f"{self._path}: refusing to load '{module}.{name}': a RefCOCO refs file holds only lists, dicts, "

@@ -74,6 +74,19 @@ PR_THRESHOLDS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
 COCO_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.linspace(0.5, 0.95, 10), 2).tolist())
 
 
+def union_mask(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Union of instance masks (each bool [H, W]) as bool ``shape``: a sample's predicted mask.
+
+    Overlapping pixels count once, so two detections of the same object do not inflate I or U.
+    """
+    out = np.zeros(shape, dtype=bool)
+    for mask in masks:
+        if mask.shape != shape:
+            raise ValueError(f"instance mask {mask.shape} does not match the image {shape}")
+        out |= mask.astype(bool, copy=False)
+    return out
+
+
 @dataclass(frozen=True)
 class SampleIoU:
     """One sample's contribution, as the GRES evaluator counts it.

@@ -1,0 +1,44 @@
+"""Small shared pieces: the MLP used by every box/parameter head, inverse sigmoid, the contrastive head."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``num_layers`` Linear layers with ReLU between them (TAO's ``MLP``, parameters ``layers.{i}``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., input_dim] -> [..., output_dim]."""
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(x / (1 - x)) with x clamped to [0, 1] and both terms to >= eps, as TAO does."""
+    x = x.clamp(min=0, max=1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def contrastive_logits(
+    visual: torch.Tensor, text: torch.Tensor, text_token_mask: torch.Tensor, max_text_len: int
+) -> torch.Tensor:
+    """Parameter-free class head: [B, Q, C] x [B, T, C] -> [B, Q, max_text_len] dot products.
+
+    Positions where ``text_token_mask`` [B, T] (bool, True = real token) is False, and the right padding
+    up to ``max_text_len``, are -inf, so that ``sigmoid`` gives exactly 0 there.
+    """
+    logits = visual @ text.transpose(-1, -2)
+    logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
+    missing = max_text_len - logits.shape[-1]
+    if missing > 0:
+        logits = F.pad(logits, (0, missing), value=float("-inf"))
+    return logits

@@ -1,0 +1,449 @@
+"""gdino-eval: measure a model on RefCOCO, RefCOCO+, RefCOCOg or gRefCOCO with the GRES metrics.
+
+Runs this package's own inference core (:class:`gdino_ros.core.segmenter.Segmenter`, the same code the
+ROS node runs) on every (image, expression) sample of a split, in expression mode, and scores it with
+:mod:`gdino_ros.eval.metrics`. ``--data-root`` holds the datasets exactly as released (layout in
+:mod:`gdino_ros.eval.datasets`).
+
+Outputs, named after ``--out PATH`` (default ``eval_<dataset>_<split_by>_<split>.json``):
+
+* ``PATH``: the summary (metrics, counts, skipped samples) as JSON;
+* ``PATH`` with suffix ``.jsonl``: one line per sample (IoU, I, U, pred_nt, the detections as RLE).
+  It is written as samples complete, so an interrupted run resumes where it stopped when the same
+  command is run again; a file from another model, dataset or split is refused;
+* ``.md``: the summary as a markdown table, also printed;
+* ``.png``: a histogram of per-sample IoU and the precision at IoU thresholds 0.5 ... 0.95.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from gdino_ros.core.result import EXPRESSION, Result
+from gdino_ros.eval.datasets import DATASETS, DatasetError, Sample, Split, load_split
+from gdino_ros.eval.metrics import (
+    PR_THRESHOLDS,
+    CocoInstance,
+    CocoSample,
+    SampleIoU,
+    coco_ap,
+    gres_metrics,
+    mask_to_rle,
+    precision_curve,
+    precision_name,
+    sample_iou,
+    union_mask,
+)
+
+LOG = logging.getLogger("gdino-eval")
+
+DISPLAY_NAMES = {"grefcoco": "gRefCOCO", "refcoco": "RefCOCO", "refcoco+": "RefCOCO+", "refcocog": "RefCOCOg"}
+TABLE_COLUMNS: tuple[str, ...] = (
+    "gIoU", "cIoU", "N-acc", "T-acc", *(precision_name(t) for t in PR_THRESHOLDS),
+    "mask mAP", "mask mAP50", "box AP", "box AP50",
+)
+PRED_NT_RULE = (
+    "pred_nt = Result.no_target: the model's no-target (ReLA) head decision for 5-output models, "
+    "no detection surviving post-processing for 3-output models"
+)
+RESULTS_FORMAT = 1  # version of the per-sample JSON lines
+
+
+class EvalError(RuntimeError):
+    """The evaluation cannot go on; the message says why and what to do."""
+
+
+# --- Per-sample records ---------------------------------------------------------------------------------
+
+
+def sample_record(sample: Sample, result: Result) -> dict[str, object]:
+    """Score one sample and keep everything the summary needs (so it can be rebuilt from the file)."""
+    shape = (sample.height, sample.width)
+    predicted = union_mask([d.mask for d in result.detections], shape)
+    score = sample_iou(predicted, sample.gt_mask(), pred_nt=result.no_target, gt_nt=sample.no_target)
+    nt_probability = result.no_target_probability
+    return {
+        "key": sample.key,
+        "ref_id": sample.ref_id,
+        "sent_id": sample.sent_id,
+        "image_id": sample.image_id,
+        "image": sample.image_path.name,
+        "height": sample.height,
+        "width": sample.width,
+        "expression": sample.expression,
+        "gt_nt": sample.no_target,
+        "pred_nt": bool(result.no_target),
+        "no_target_probability": None if math.isnan(nt_probability) else float(nt_probability),
+        "I": score.intersection,
+        "U": score.union,
+        "iou": score.iou,
+        "gt": [{"ann_id": i.ann_id, "bbox": list(i.bbox_xywh), "rle": i.rle} for i in sample.instances],
+        "detections": [
+            {
+                "label": d.label,
+                "score": float(d.score),
+                "bbox": _xyxy_to_xywh(d.box_xyxy),
+                "rle": mask_to_rle(d.mask),
+            }
+            for d in result.detections
+        ],
+        "timings_ms": {k: float(v) for k, v in result.timings_ms.items()},
+    }
+
+
+def _xyxy_to_xywh(box: tuple[float, float, float, float]) -> list[float]:
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return [x0, y0, x1 - x0, y1 - y0]
+
+
+class ResultsFile:
+    """The per-sample JSON lines: a header naming model, dataset and split, then one line per sample.
+
+    Lines are flushed as they are written, so after an interruption every complete line is kept; a
+    half-written last line is cut off when the file is opened again.
+    """
+
+    def __init__(self, path: Path, header: dict[str, object]) -> None:
+        self.path = path
+        self.header = header
+        self.records: dict[str, dict[str, object]] = {}
+        if path.exists():
+            self._load()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+
+    def _load(self) -> None:
+        data = self.path.read_bytes()
+        lines = data.split(b"\n")
+        offset = 0
+        have_header = False
+        for number, line in enumerate(lines, start=1):
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    if number < len(lines):
+                        raise EvalError(
+                            f"{self.path} line {number} is not JSON; delete the file to start over"
+                        ) from exc
+                    LOG.warning("%s: dropping a half-written last line", self.path)
+                    with open(self.path, "r+b") as f:
+                        f.truncate(offset)
+                    data = data[:offset]
+                    break
+                if have_header:
+                    self.records[str(obj["key"])] = obj
+                elif obj != self.header:
+                    raise EvalError(
+                        f"{self.path} holds results of {obj}, not of {self.header}; "
+                        "choose another --out or delete the file"
+                    )
+                have_header = True
+            offset += len(line) + 1
+        with open(self.path, "a", encoding="utf-8") as f:
+            if data and not data.endswith(b"\n"):
+                f.write("\n")
+            if not have_header:
+                f.write(json.dumps(self.header) + "\n")
+
+    def append(self, record: dict[str, object]) -> None:
+        """Add one sample's line and flush it to disk."""
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+        self.records[str(record["key"])] = record
+
+
+# --- Summary ----------------------------------------------------------------------------------------------
+
+
+def summarise(records: Sequence[dict[str, object]]) -> tuple[dict[str, object], list[SampleIoU]]:
+    """GRES metrics and COCO AP of the records, plus the per-sample scores (for the plot)."""
+    scores = [
+        SampleIoU(int(r["I"]), int(r["U"]), float(r["iou"]), bool(r["gt_nt"]), bool(r["pred_nt"]))
+        for r in records
+    ]
+    coco_samples = [
+        CocoSample(
+            int(r["height"]),
+            int(r["width"]),
+            [CocoInstance(g["rle"], tuple(g["bbox"])) for g in r["gt"]],  # type: ignore[index, union-attr]
+            [
+                CocoInstance(d["rle"], tuple(d["bbox"]), float(d["score"]))  # type: ignore[index]
+                for d in r["detections"]  # type: ignore[union-attr]
+            ],
+        )
+        for r in records
+    ]
+    gres = gres_metrics(scores).as_dict()
+    confusion = gres.pop("confusion")
+    metrics = {**gres, **coco_ap(coco_samples)}
+    timings: dict[str, list[float]] = {}
+    for r in records:
+        for stage, ms in r["timings_ms"].items():  # type: ignore[union-attr]
+            timings.setdefault(stage, []).append(float(ms))
+    return {
+        "metrics": metrics,
+        "confusion": confusion,
+        "mean_timings_ms": {k: float(np.mean(v)) for k, v in timings.items()},
+    }, scores
+
+
+def markdown_table(summary: dict[str, object]) -> str:
+    """One row per dataset split, the metrics in percent; a footnote with what was left out."""
+    metrics: dict = summary["metrics"]  # type: ignore[assignment]
+    counts: dict = summary["counts"]  # type: ignore[assignment]
+    header = ["Dataset", "Split", "Samples", *TABLE_COLUMNS]
+    name = f"{DISPLAY_NAMES[str(summary['dataset'])]} ({summary['split_by']})"
+    row = [name, str(summary["split"]), str(metrics["samples"]), *(_cell(metrics[c]) for c in TABLE_COLUMNS)]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 3 + ["---:"] * len(TABLE_COLUMNS)) + "|",
+        "| " + " | ".join(row) + " |",
+        "",
+        f"Model: `{summary['model']}`. Metrics in percent, GRES definitions (ReLA, after commit 884ef17), "
+        "at the original image size; N-acc is what TAO Deploy calls T_acc. "
+        f"{metrics['target_samples']} target and {metrics['no_target_samples']} no-target samples. "
+        f"{PRED_NT_RULE}.",
+        f"Skipped: {counts['skipped_missing_image']} sample(s) whose image is missing "
+        f"({counts['missing_images']} image(s)); {counts['invalid_polygons']} polygon(s) with fewer than "
+        "3 points left out of the ground truth.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: object) -> str:
+    return "n/a" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
+
+
+# --- Plot ------------------------------------------------------------------------------------------------
+
+_PLOT_H, _PANEL_W, _MARGIN = 420, 460, 60
+_BLACK, _GREY, _BLUE, _ORANGE = (0, 0, 0), (200, 200, 200), (180, 110, 30), (40, 130, 240)
+PLOT_IOU_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
+
+
+def draw_plot(scores: Sequence[SampleIoU], title: str) -> np.ndarray:
+    """BGR uint8 image: histogram of target samples' IoU (left), precision at IoU thresholds (right)."""
+    canvas = np.full((_PLOT_H, 2 * _PANEL_W, 3), 255, np.uint8)
+    cv2.putText(canvas, title, (_MARGIN, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.6, _BLACK, 1, cv2.LINE_AA)
+    target_ious = np.array([s.iou for s in scores if not s.gt_nt], dtype=np.float64)
+    counts, _ = np.histogram(target_ious, bins=10, range=(0.0, 1.0))
+    ymax = max(int(counts.max()) if counts.size else 0, 1)
+    x0 = _MARGIN
+    _axes(canvas, x0, "IoU (target samples)", "samples", [(i / 10, f"{i / 10:.1f}") for i in range(0, 11, 2)],
+          [(v / ymax, str(v)) for v in sorted({0, ymax // 2, ymax})])
+    pw, ph = _PANEL_W - 2 * _MARGIN, _PLOT_H - 2 * _MARGIN
+    for i, c in enumerate(counts):
+        left = x0 + int(i * pw / 10) + 2
+        right = x0 + int((i + 1) * pw / 10) - 2
+        top = _PLOT_H - _MARGIN - int(ph * c / ymax)
+        if c:
+            cv2.rectangle(canvas, (left, top), (right, _PLOT_H - _MARGIN), _BLUE, cv2.FILLED)
+
+    x1 = _PANEL_W + _MARGIN
+    lo, hi = PLOT_IOU_THRESHOLDS[0], PLOT_IOU_THRESHOLDS[-1]
+    _axes(canvas, x1, "IoU threshold", "precision %",
+          [((t - lo) / (hi - lo), f"{t:.2f}") for t in PLOT_IOU_THRESHOLDS[::2]],
+          [(v / 100, str(v)) for v in (0, 25, 50, 75, 100)])
+    curve = precision_curve(scores, PLOT_IOU_THRESHOLDS)
+    if curve and curve[0] is not None:
+        points = np.array(
+            [
+                (x1 + int(pw * (t - lo) / (hi - lo)), _PLOT_H - _MARGIN - int(ph * float(p) / 100))
+                for t, p in zip(PLOT_IOU_THRESHOLDS, curve, strict=True)
+            ],
+            dtype=np.int32,
+        )
+        cv2.polylines(canvas, [points], False, _ORANGE, 2, cv2.LINE_AA)
+        for p in points:
+            cv2.circle(canvas, (int(p[0]), int(p[1])), 4, _ORANGE, cv2.FILLED, cv2.LINE_AA)
+    else:
+        cv2.putText(canvas, "no target samples", (x1 + 20, _PLOT_H // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.6,
+                    _BLACK, 1, cv2.LINE_AA)
+    return canvas
+
+
+def _axes(
+    canvas: np.ndarray,
+    x0: int,
+    xlabel: str,
+    ylabel: str,
+    xticks: list[tuple[float, str]],
+    yticks: list[tuple[float, str]],
+) -> None:
+    pw, ph = _PANEL_W - 2 * _MARGIN, _PLOT_H - 2 * _MARGIN
+    y_axis = _PLOT_H - _MARGIN
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    for frac, text in yticks:
+        y = y_axis - int(ph * frac)
+        cv2.line(canvas, (x0, y), (x0 + pw, y), _GREY, 1)
+        cv2.putText(canvas, text, (x0 - 45, y + 4), font, 0.4, _BLACK, 1, cv2.LINE_AA)
+    for frac, text in xticks:
+        x = x0 + int(pw * frac)
+        cv2.line(canvas, (x, y_axis), (x, y_axis + 5), _BLACK, 1)
+        cv2.putText(canvas, text, (x - 14, y_axis + 20), font, 0.4, _BLACK, 1, cv2.LINE_AA)
+    cv2.line(canvas, (x0, y_axis), (x0 + pw, y_axis), _BLACK, 1)
+    cv2.line(canvas, (x0, y_axis), (x0, _MARGIN), _BLACK, 1)
+    cv2.putText(canvas, xlabel, (x0 + pw // 2 - 60, y_axis + 42), font, 0.45, _BLACK, 1, cv2.LINE_AA)
+    cv2.putText(canvas, ylabel, (x0 - 45, _MARGIN - 12), font, 0.45, _BLACK, 1, cv2.LINE_AA)
+
+
+# --- CLI ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``gdino-eval``."""
+    parser = argparse.ArgumentParser(
+        prog="gdino-eval",
+        description="Measure a Mask Grounding DINO model (engine, ONNX or checkpoint) on a referring "
+        "segmentation split with the GRES metrics (gIoU, cIoU, N-acc, T-acc, Pr@X) and COCO mask/box AP.",
+    )
+    parser.add_argument("--model", required=True, type=Path, help="model file (.engine, .onnx, .pth)")
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--split", default="val", help="split name (default: val)")
+    parser.add_argument(
+        "--split-by",
+        help="split scheme: unc (RefCOCO, RefCOCO+, gRefCOCO) or umd (RefCOCOg) by default; google is "
+        "also released for RefCOCO and RefCOCOg",
+    )
+    parser.add_argument(
+        "--data-root", required=True, type=Path,
+        help="folder holding <dataset>/instances.json, the refs file and images/train2014/",
+    )
+    parser.add_argument("--limit", type=int, help="evaluate only the first N samples of the split")
+    parser.add_argument(
+        "--out", type=Path,
+        help="summary JSON path; .jsonl/.md/.png are written next to it "
+        "(default: eval_<dataset>_<split_by>_<split>.json)",
+    )
+    parser.add_argument(
+        "--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer folder"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``gdino-eval``; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="gdino-eval: warning: %(message)s")
+    try:
+        return _run(args)
+    except (DatasetError, EvalError, ValueError, OSError) as exc:
+        print(f"gdino-eval: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gdino-eval: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be a positive number of samples, got {args.limit}")
+    if not args.model.exists():
+        raise EvalError(f"model {args.model} not found")
+    split = load_split(args.dataset, args.split, args.data_root, args.split_by)
+    samples = split.samples[: args.limit] if args.limit else split.samples
+    out = args.out or Path(f"eval_{split.dataset}_{split.split_by}_{split.split}.json")
+    header = {
+        "gdino_eval": RESULTS_FORMAT,
+        "model": str(args.model.resolve()),
+        "dataset": split.dataset,
+        "split_by": split.split_by,
+        "split": split.split,
+    }
+    results = ResultsFile(out.with_suffix(".jsonl"), header)
+    todo = [s for s in samples if s.key not in results.records]
+    unreadable: set[str] = set()
+    if todo:
+        from gdino_ros.core.segmenter import Segmenter
+
+        segmenter = Segmenter.from_model(str(args.model), tokenizer_path=args.tokenizer)
+        loaded_path: Path | None = None
+        image_rgb: np.ndarray | None = None
+        desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
+        with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample") as bar:
+            for sample in todo:
+                if sample.image_path != loaded_path:
+                    loaded_path, image_rgb = sample.image_path, _read_image(sample)
+                if image_rgb is None:
+                    unreadable.add(str(sample.image_path))
+                    bar.update()
+                    continue
+                segmenter.set_prompt(sample.expression, EXPRESSION)
+                results.append(sample_record(sample, segmenter(image_rgb)))
+                bar.update()
+    records = [results.records[s.key] for s in samples if s.key in results.records]
+    if not records:
+        raise EvalError(
+            f"no sample of {split.dataset} {split.split} could be evaluated (are the images missing?)"
+        )
+    summary, scores = _summary(args, split, samples, records, unreadable)
+    table = markdown_table(summary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(table, encoding="utf-8")
+    title = f"{summary['model_name']}  {DISPLAY_NAMES[split.dataset]} ({split.split_by}) {split.split}"
+    if not cv2.imwrite(str(out.with_suffix(".png")), draw_plot(scores, title)):
+        raise EvalError(f"could not write {out.with_suffix('.png')}")
+    print(table, end="")
+    return 0
+
+
+def _read_image(sample: Sample) -> np.ndarray | None:
+    bgr = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        LOG.warning("cannot read image %s; its expressions are skipped", sample.image_path)
+        return None
+    if bgr.shape[:2] != (sample.height, sample.width):
+        raise DatasetError(
+            f"{sample.image_path} is {bgr.shape[1]}x{bgr.shape[0]} but instances.json says "
+            f"{sample.width}x{sample.height}: the images folder does not match the annotations"
+        )
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _summary(
+    args: argparse.Namespace,
+    split: Split,
+    samples: Sequence[Sample],
+    records: Sequence[dict[str, object]],
+    unreadable: set[str],
+) -> tuple[dict[str, object], list[SampleIoU]]:
+    body, scores = summarise(records)
+    skipped_unreadable = sum(1 for s in samples if str(s.image_path) in unreadable)
+    summary = {
+        "model": str(args.model.resolve()),
+        "model_name": args.model.name,
+        "dataset": split.dataset,
+        "split_by": split.split_by,
+        "split": split.split,
+        **body,
+        "counts": {
+            "samples_in_split": len(split.samples) + split.skipped_samples,
+            "selected": len(samples),
+            "evaluated": len(records),
+            "skipped_missing_image": split.skipped_samples + skipped_unreadable,
+            "missing_images": len(split.missing_images) + len(unreadable),
+            "invalid_polygons": split.invalid_polygons,
+        },
+        "limit": args.limit,
+        "resolution": "original image size",
+        "pred_nt": PRED_NT_RULE,
+    }
+    return summary, scores
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,8 @@ from rosharness import apply_loopback_environment
 
 apply_loopback_environment()
 
+pytest_plugins = ["model_fixtures"]  # session-built model files (backends, segmenter, tools)
+
 
 @pytest.fixture
 def ros_context() -> Iterator[object]:

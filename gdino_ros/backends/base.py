@@ -1,0 +1,269 @@
+"""The one interface every inference backend implements, and the contract check they share.
+
+A backend runs the exported network (``gdino_ros.contract``'s I/O) on one image and one encoded prompt.
+The rest of the package only sees :class:`Backend`; :func:`gdino_ros.backends.open_backend` picks the
+implementation from the model file.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import ClassVar
+
+import numpy as np
+
+from gdino_ros import contract
+
+# Input dtypes a model may declare besides the contract's own; values are cast to the model's dtype
+# (an FP16-I/O export takes a float16 image; some converters turn int64 ids into int32).
+_COMPATIBLE_INPUT_DTYPES: dict[np.dtype, frozenset[np.dtype]] = {
+    np.dtype(np.float32): frozenset({np.dtype(np.float32), np.dtype(np.float16)}),
+    np.dtype(np.int64): frozenset({np.dtype(np.int64), np.dtype(np.int32)}),
+    np.dtype(np.bool_): frozenset({np.dtype(np.bool_)}),
+}
+_OUTPUT_DTYPES = frozenset({np.dtype(np.float32), np.dtype(np.float16)})
+_OUTPUT_RANKS = {
+    contract.PRED_LOGITS: 3,
+    contract.PRED_BOXES: 3,
+    contract.PRED_MASKS: 5,
+    contract.NO_TARGETS: 2,
+    contract.UNION_MASK_LOGITS: 4,
+}
+
+
+class BackendError(RuntimeError):
+    """A model that cannot be opened or run; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the model declares it: ``None`` marks a dynamic dimension."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    """The result of :func:`check_io`: what the rest of the backend needs to know about the model."""
+
+    input_hw: tuple[int, int]
+    input_dtypes: dict[str, np.dtype]
+    output_names: tuple[str, ...]
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, index)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("auto", "cpu", "cuda") or (index and (kind != "cuda" or not index.isdigit())):
+        raise BackendError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+    return kind, int(index or 0)
+
+
+def expected_input_shape(name: str, input_hw: tuple[int, int]) -> tuple[int, ...]:
+    """Return the contract's batch-1 shape of input ``name`` for an ``input_hw`` image tensor."""
+    if name == contract.INPUT_IMAGE:
+        return (contract.BATCH_SIZE, 3, *input_hw)
+    if name == contract.TEXT_TOKEN_MASK:
+        return (contract.BATCH_SIZE, contract.MAX_TEXT_LEN, contract.MAX_TEXT_LEN)
+    return (contract.BATCH_SIZE, contract.MAX_TEXT_LEN)
+
+
+def _expected_output_shape(name: str, input_hw: tuple[int, int]) -> tuple[int | None, ...]:
+    height, width = input_hw
+    queries = None  # the number of queries is a model choice (900 in TAO's, fewer in small test models)
+    return {
+        contract.PRED_LOGITS: (contract.BATCH_SIZE, queries, contract.MAX_TEXT_LEN),
+        contract.PRED_BOXES: (contract.BATCH_SIZE, queries, 4),
+        contract.PRED_MASKS: (
+            contract.BATCH_SIZE, queries, 1, height // contract.MASK_STRIDE, width // contract.MASK_STRIDE
+        ),
+        contract.NO_TARGETS: (contract.BATCH_SIZE, 2),
+        contract.UNION_MASK_LOGITS: (
+            contract.BATCH_SIZE, 2, height // contract.UNION_MASK_STRIDE, width // contract.UNION_MASK_STRIDE
+        ),
+    }[name]
+
+
+def _shape_problem(spec: TensorSpec, expected: tuple[int | None, ...], kind: str) -> str | None:
+    """Describe how ``spec.shape`` differs from ``expected`` (``None`` on either side matches anything)."""
+    shown = "x".join("?" if d is None else str(d) for d in spec.shape)
+    wanted = "x".join("?" if d is None else str(d) for d in expected)
+    if len(spec.shape) != len(expected):
+        return f"{kind} '{spec.name}' has shape {shown}, the contract has {wanted}"
+    for index, (have, want) in enumerate(zip(spec.shape, expected, strict=True)):
+        if have is not None and want is not None and have != want:
+            hint = " (the network only runs at batch size 1)" if index == 0 else ""
+            return f"{kind} '{spec.name}' has shape {shown}, the contract has {wanted}{hint}"
+    return None
+
+
+def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec], source: str) -> ModelIO:
+    """Compare a model's declared I/O with the contract; raise :class:`BackendError` naming every difference.
+
+    Accepts 3-output models and 5-output (ReLA) models. The image input must have a static H and W,
+    because preprocessing resizes to it; every other dynamic dimension is taken to be the contract's.
+    """
+    problems: list[str] = []
+    missing = [name for name in contract.INPUT_NAMES if name not in inputs]
+    extra = [name for name in inputs if name not in contract.INPUT_NAMES]
+    if missing:
+        problems.append(f"missing input(s) {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected input(s) {', '.join(extra)}")
+    rela = contract.NO_TARGETS in outputs or contract.UNION_MASK_LOGITS in outputs
+    wanted_outputs = contract.RELA_OUTPUT_NAMES if rela else contract.OUTPUT_NAMES
+    missing = [name for name in wanted_outputs if name not in outputs]
+    extra = [name for name in outputs if name not in wanted_outputs]
+    if missing:
+        problems.append(f"missing output(s) {', '.join(missing)}")
+    if extra:
+        problems.append(f"unexpected output(s) {', '.join(extra)}")
+
+    input_hw = (0, 0)
+    image = inputs.get(contract.INPUT_IMAGE)
+    if image is not None:
+        if len(image.shape) != 4 or image.shape[1] not in (3, None):
+            problems.append(f"input '{image.name}' has shape {image.shape}, the contract has 1x3xHxW")
+        elif image.shape[2] is None or image.shape[3] is None:
+            problems.append(
+                f"input '{image.name}' has a dynamic height or width {image.shape}; export the model "
+                "with a fixed input size (e.g. 544x960)"
+            )
+        else:
+            input_hw = (image.shape[2], image.shape[3])
+    input_dtypes: dict[str, np.dtype] = {}
+    for name, spec in inputs.items():
+        if name not in contract.INPUT_DTYPES:
+            continue
+        want = contract.INPUT_DTYPES[name]
+        if spec.dtype not in _COMPATIBLE_INPUT_DTYPES[want]:
+            problems.append(f"input '{name}' is {spec.dtype}, the contract has {want}")
+        input_dtypes[name] = spec.dtype
+        if name != contract.INPUT_IMAGE:
+            problem = _shape_problem(spec, expected_input_shape(name, input_hw), "input")
+            if problem:
+                problems.append(problem)
+        elif image is not None and image.shape[0] not in (None, contract.BATCH_SIZE):
+            problems.append(f"input '{name}' has batch size {image.shape[0]}; the network only runs at 1")
+    for name, spec in outputs.items():
+        if name not in _OUTPUT_RANKS:
+            continue
+        if spec.dtype not in _OUTPUT_DTYPES:
+            problems.append(f"output '{name}' is {spec.dtype}, the contract has float32")
+        expected = _expected_output_shape(name, input_hw)
+        if input_hw == (0, 0):
+            expected = tuple(None if i >= 3 else d for i, d in enumerate(expected))
+        problem = _shape_problem(spec, expected, "output")
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise BackendError(
+            f"{source} does not have the Mask Grounding DINO I/O of gdino_ros/contract.py: "
+            + "; ".join(problems)
+            + ". Export the model with gdino-export (or TAO's mask_grounding_dino export) and use that file."
+        )
+    return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs))
+
+
+class Backend(ABC):
+    """Runs the network on one preprocessed image and one encoded prompt.
+
+    Attributes every implementation sets: ``name`` (``"onnxruntime"``, ``"torch"``, ``"tensorrt"``),
+    ``device`` (``"cpu"``, ``"cuda:0"``), ``precision`` (what really runs: ``"fp32"``, ``"fp16"``, or a
+    mixed description), ``input_hw`` (the image tensor's H, W), ``input_dtype`` (the image tensor's dtype,
+    to pass to preprocessing) and ``output_names`` (3 names, or 5 with the no-target head).
+
+    :meth:`infer` is thread-safe. The text tensors are sent to the model only when ``text_inputs`` is a
+    different object from the previous call's, so a caller encodes a prompt once, keeps its dict, and
+    every frame runs with exactly the prompt it was given.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        precision: str,
+        input_hw: tuple[int, int],
+        input_dtypes: Mapping[str, np.dtype],
+        output_names: tuple[str, ...],
+    ) -> None:
+        self.device = device
+        self.precision = precision
+        self.input_hw = input_hw
+        self.input_dtype = np.dtype(input_dtypes[contract.INPUT_IMAGE])
+        self.output_names = output_names
+        self._input_dtypes = dict(input_dtypes)
+        self._lock = threading.Lock()
+        self._text_inputs: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def has_no_target_head(self) -> bool:
+        """True for 5-output (ReLA) models, which decide "no target" per image."""
+        return contract.NO_TARGETS in self.output_names
+
+    def infer(self, image: np.ndarray, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the network on one image with one prompt.
+
+        ``image`` is ``input_dtype`` [1, 3, H, W] with (H, W) = ``input_hw``; ``text_inputs`` maps the
+        contract's five text input names to their batch-1 arrays (``EncodedPrompt.text_inputs()``).
+        Returns ``output_names`` -> float arrays with the contract's shapes. The arrays may be reused by
+        the next call and are invalid after :meth:`close`; copy anything that must outlive them.
+        """
+        expected = expected_input_shape(contract.INPUT_IMAGE, self.input_hw)
+        if image.shape != expected or image.dtype != self.input_dtype:
+            raise BackendError(
+                f"image tensor is {image.dtype} {image.shape}, the model needs {self.input_dtype} "
+                f"{expected}; preprocess with input_hw={self.input_hw} and dtype={self.input_dtype}"
+            )
+        with self._lock:
+            if text_inputs is not self._text_inputs:
+                self._set_text(self._checked_text(text_inputs))
+                self._text_inputs = text_inputs
+            return self._run(np.ascontiguousarray(image))
+
+    def _checked_text(self, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check names and shapes of the text tensors; return copies in the model's dtypes."""
+        missing = [name for name in contract.TEXT_INPUT_NAMES if name not in text_inputs]
+        if missing:
+            raise BackendError(f"text inputs lack {', '.join(missing)}; pass EncodedPrompt.text_inputs()")
+        checked = {}
+        for name in contract.TEXT_INPUT_NAMES:
+            value = np.asarray(text_inputs[name])
+            expected = expected_input_shape(name, self.input_hw)
+            if value.shape != expected:
+                raise BackendError(f"text input '{name}' has shape {value.shape}, the model needs {expected}")
+            # A copy: the model keeps exactly the prompt it was given, whatever the caller does later.
+            checked[name] = np.array(value, dtype=self._input_dtypes[name], order="C", copy=True)
+        return checked
+
+    @abstractmethod
+    def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
+        """Make these (checked, model-dtype) text tensors the ones the next runs use."""
+
+    @abstractmethod
+    def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """Run on ``image`` with the current text tensors."""
+
+    def close(self) -> None:  # noqa: B027 - backends without resources to free keep this default
+        """Release the model and its buffers; the backend cannot be used afterwards."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r}, "
+            f"input_hw={self.input_hw}, outputs={len(self.output_names)})"
+        )

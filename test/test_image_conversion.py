@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
-from gdino_ros.conversions.image import ImageConversionError, compressed_to_rgb, image_to_rgb
+from gdino_ros.conversions.image import (
+    ImageConversionError,
+    compressed_to_pixels,
+    compressed_to_rgb,
+    image_to_pixels,
+    image_to_rgb,
+)
 
 PHOTO = np.ascontiguousarray(skdata.astronaut()[100:160, 200:290])  # uint8 [60, 90, 3] RGB, a real photo
 
@@ -81,6 +87,24 @@ def test_colour_encodings_are_zero_copy_views(make: Make, encoding: str, to_wire
     np.testing.assert_array_equal(rgb, PHOTO)
     assert np.shares_memory(rgb, np.frombuffer(msg.data, dtype=np.uint8)), "pixels were copied"
     assert not rgb.flags.writeable
+
+
+@BUILDERS
+@pytest.mark.parametrize(("encoding", "channels"), [("bgr8", 3), ("bgra8", 4), ("rgb8", 3)])
+def test_pixels_keep_the_stored_channel_order(make: Make, encoding: str, channels: int) -> None:
+    """A consumer that takes BGR gets bgr8 as a contiguous view: not even np.ascontiguousarray copies."""
+    bgr_first = encoding.startswith("bgr")
+    stored = PHOTO[..., ::-1] if bgr_first else PHOTO
+    wire = np.dstack([stored, np.zeros(PHOTO.shape[:2], np.uint8)]) if channels == 4 else stored
+    data = np.ascontiguousarray(wire).tobytes()
+    msg = make(PHOTO.shape[0], PHOTO.shape[1], encoding, PHOTO.shape[1] * channels, data)
+
+    pixels, bgr = image_to_pixels(msg)
+
+    assert bgr is bgr_first
+    np.testing.assert_array_equal(pixels, stored)
+    assert np.shares_memory(pixels, np.frombuffer(msg.data, dtype=np.uint8))
+    assert pixels.flags.c_contiguous is (channels == 3)
 
 
 @BUILDERS
@@ -194,6 +218,14 @@ def test_compressed_png_is_lossless_and_jpeg_close(make_rosbags: bool) -> None:
     decoded = compressed_to_rgb(_compressed("jpeg", jpeg.tobytes(), make_rosbags))
     assert decoded.shape == PHOTO.shape
     assert np.abs(decoded.astype(int) - PHOTO).mean() < 4
+
+
+def test_compressed_pixels_are_bgr() -> None:
+    ok, png = cv2.imencode(".png", PHOTO[..., ::-1])
+    assert ok
+    pixels, bgr = compressed_to_pixels(_compressed("png", png.tobytes(), make_rosbags=False))
+    assert bgr
+    np.testing.assert_array_equal(pixels[..., ::-1], PHOTO)
 
 
 @BUILDERS

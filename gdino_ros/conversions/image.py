@@ -9,6 +9,10 @@ For the common camera encodings (rgb8, bgr8, rgba8, bgra8, mono8) the result is 
 ``data``: no pixel is copied, which matters at 1080p and 30 Hz. Row padding (``step`` larger than
 ``width * bytes per pixel``) is honoured by the view's strides. Bayer, YUV 4:2:2 and 16-bit mono
 frames need arithmetic, so they come back as new arrays (OpenCV does the colour conversion).
+
+:func:`image_to_pixels` / :func:`compressed_to_pixels` keep the stored channel order and say whether it
+is BGR, for consumers that take BGR directly (the segmenter does, which spares a 1080p copy per bgr8
+frame); :func:`image_to_rgb` / :func:`compressed_to_rgb` always give RGB.
 """
 from __future__ import annotations
 
@@ -84,14 +88,15 @@ def _rows(msg: Any, bytes_per_pixel: int) -> np.ndarray:
     return data[: step * height].reshape(height, step)[:, :row_bytes]
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """Read a ``sensor_msgs/Image`` as RGB pixels.
+def image_to_pixels(msg: Any) -> tuple[np.ndarray, bool]:
+    """Read a ``sensor_msgs/Image`` as 3-channel pixels in the order they are stored.
 
-    Returns uint8 [height, width, 3] RGB. For rgb8, bgr8, rgba8, bgra8 and mono8 it is a read-only
-    view sharing ``msg.data`` (channel order and alpha handled by strides; mono8 repeats the one
-    channel with stride 0), so it is valid only while the message lives and must not be written to.
-    mono16 keeps its high byte (as cv_bridge does for mono16 -> mono8); Bayer and YUV 4:2:2 are
-    converted by OpenCV into new arrays. Raises :class:`ImageConversionError` for an unsupported
+    Returns (uint8 [height, width, 3], bgr): ``bgr`` is True when the channels are B, G, R (bgr8,
+    bgra8), so a consumer that takes BGR (``Segmenter(image, bgr=True)``) needs no copy at all. For rgb8,
+    bgr8, rgba8, bgra8 and mono8 the pixels are a read-only view sharing ``msg.data`` (alpha dropped and
+    row padding skipped by strides; mono8 repeats its channel with stride 0), valid while the message
+    lives. mono16 keeps its high byte (as cv_bridge does for mono16 -> mono8); Bayer and YUV 4:2:2 are
+    converted by OpenCV into new RGB arrays. Raises :class:`ImageConversionError` for an unsupported
     encoding, an empty (0-pixel) frame, a ``step`` shorter than a row, or ``data`` shorter than
     ``step * height``.
     """
@@ -108,27 +113,34 @@ def image_to_rgb(msg: Any) -> np.ndarray:
         channels, rgb_index = _VIEW_LAYOUTS[encoding]
         pixels = rows.reshape(height, width, channels)
         if channels == 1:
-            return np.broadcast_to(pixels, (height, width, 3))
-        if rgb_index == (0, 1, 2):
-            return pixels[..., :3] if channels == 4 else pixels
-        return pixels[..., 2::-1]  # BGR(A) -> RGB by a negative channel stride
+            return np.broadcast_to(pixels, (height, width, 3)), False
+        return (pixels[..., :3] if channels == 4 else pixels), rgb_index != (0, 1, 2)
     if encoding == MONO16:
         order = ">" if msg.is_bigendian else "<"
         high_byte = (rows.view(np.dtype(f"{order}u2")) >> 8).astype(np.uint8)
-        return np.broadcast_to(high_byte[..., None], (height, width, 3))
+        return np.broadcast_to(high_byte[..., None], (height, width, 3)), False
     if encoding in _BAYER_CODES:
-        return cv2.cvtColor(np.ascontiguousarray(rows), _BAYER_CODES[encoding])
+        return cv2.cvtColor(np.ascontiguousarray(rows), _BAYER_CODES[encoding]), False
     if width % 2:
         raise ImageConversionError(f"{encoding} packs two pixels into 4 bytes; width {width} must be even")
     packed = np.ascontiguousarray(rows).reshape(height, width, 2)
-    return cv2.cvtColor(packed, _YUV422_CODES[encoding])
+    return cv2.cvtColor(packed, _YUV422_CODES[encoding]), False
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, anything OpenCV reads) to uint8 [H, W, 3] RGB.
+def image_to_rgb(msg: Any) -> np.ndarray:
+    """Read a ``sensor_msgs/Image`` as uint8 [height, width, 3] RGB; see :func:`image_to_pixels`.
+
+    BGR encodings come back as a view with a negative channel stride (still no copy).
+    """
+    pixels, bgr = image_to_pixels(msg)
+    return pixels[..., ::-1] if bgr else pixels
+
+
+def compressed_to_pixels(msg: Any) -> tuple[np.ndarray, bool]:
+    """Decode a ``sensor_msgs/CompressedImage`` (JPEG, PNG, ...): (uint8 [H, W, 3] BGR, True).
 
     ``format`` is informative only (``"jpeg"``, ``"rgb8; jpeg compressed bgr8"``): the bytes say what
-    they are. compressed depth images (``compressedDepth``) are not camera images and are refused.
+    they are. Compressed depth images (``compressedDepth``) are not camera images and are refused.
     """
     fmt = str(msg.format)
     if "compresseddepth" in fmt.lower():
@@ -144,4 +156,10 @@ def compressed_to_rgb(msg: Any) -> np.ndarray:
             f"could not decode {data.size} bytes of compressed image data (format {fmt!r}); "
             "JPEG and PNG are supported"
         )
+    return bgr, True
+
+
+def compressed_to_rgb(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` to contiguous uint8 [H, W, 3] RGB."""
+    bgr, _ = compressed_to_pixels(msg)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -33,6 +33,7 @@ import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Instance:
 
     ann_id: int
     bbox_xywh: tuple[float, float, float, float]
-    rle: dict[str, object]
+    rle: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -114,14 +115,14 @@ _PLAIN_DATA_TYPES = frozenset(
 
 
 class _PlainDataUnpickler(pickle.Unpickler):
-    def __init__(self, file: object, path: Path) -> None:
-        super().__init__(file, encoding="utf-8")  # type: ignore[arg-type]
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="utf-8")
         self._path = path
 
-    def find_class(self, module: str, name: str) -> type:
+    def find_class(self, module: str, name: str) -> Any:
         # Python 2 pickles name the builtins module "__builtin__".
         if module in ("builtins", "__builtin__") and name in _PLAIN_DATA_TYPES:
-            return getattr(builtins, name)  # type: ignore[no-any-return]
+            return getattr(builtins, name)
         raise DatasetError(
             f"{self._path}: refusing to load '{module}.{name}': a RefCOCO refs file holds only lists, dicts, "
             "strings and numbers, so this is not one (or it has been altered); download it again"

@@ -63,7 +63,7 @@ import contextlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -143,9 +143,9 @@ class GresMetrics:
     precision: dict[float, float | None]
     confusion: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         """Flat JSON-ready dict with the GRES names (``N-acc``, ``Pr@0.5``, ...)."""
-        out: dict[str, object] = {
+        out: dict[str, Any] = {
             "samples": self.samples,
             "target_samples": self.target_samples,
             "no_target_samples": self.no_target_samples,
@@ -197,7 +197,7 @@ def precision_curve(scores: Sequence[SampleIoU], thresholds: Sequence[float]) ->
 # --- COCO AP ------------------------------------------------------------------------------------------
 
 
-def mask_to_rle(mask: np.ndarray) -> dict[str, object]:
+def mask_to_rle(mask: np.ndarray) -> dict[str, Any]:
     """Binary [H, W] mask -> COCO compressed RLE with a JSON-ready ``counts`` string."""
     from pycocotools import mask as mask_utils
 
@@ -205,21 +205,21 @@ def mask_to_rle(mask: np.ndarray) -> dict[str, object]:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def rle_to_mask(rle: dict[str, object]) -> np.ndarray:
+def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """COCO compressed RLE (``counts`` str or bytes) -> bool [H, W]."""
     from pycocotools import mask as mask_utils
 
     return mask_utils.decode(_pycocotools_rle(rle)).astype(bool)
 
 
-def rle_area(rle: dict[str, object]) -> int:
+def rle_area(rle: dict[str, Any]) -> int:
     """Foreground pixel count of a compressed RLE."""
     from pycocotools import mask as mask_utils
 
     return int(mask_utils.area(_pycocotools_rle(rle)))
 
 
-def _pycocotools_rle(rle: dict[str, object]) -> dict[str, object]:
+def _pycocotools_rle(rle: dict[str, Any]) -> dict[str, Any]:
     counts = rle["counts"]
     if isinstance(counts, str):
         counts = counts.encode("ascii")
@@ -233,7 +233,7 @@ class CocoInstance:
     ``score`` is ignored for ground truth.
     """
 
-    rle: dict[str, object]
+    rle: dict[str, Any]
     bbox_xywh: tuple[float, float, float, float]
     score: float = 1.0
 
@@ -261,8 +261,8 @@ def coco_ap(samples: Sequence[CocoSample]) -> dict[str, float | None]:
         return dict.fromkeys(names, None)
     images = [{"id": i + 1, "height": s.height, "width": s.width} for i, s in enumerate(samples)]
     categories = [{"id": 1, "name": "referred"}]
-    gt_anns: list[dict[str, object]] = []
-    dt_anns: list[dict[str, object]] = []
+    gt_anns: list[dict[str, Any]] = []
+    dt_anns: list[dict[str, Any]] = []
     for image_id, sample in enumerate(samples, start=1):
         for inst in sample.ground_truth:
             gt_anns.append(_coco_annotation(len(gt_anns) + 1, image_id, inst, score=None))
@@ -285,9 +285,9 @@ def coco_ap(samples: Sequence[CocoSample]) -> dict[str, float | None]:
 
 def _coco_annotation(
     ann_id: int, image_id: int, inst: CocoInstance, score: float | None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     # Ids start at 1: COCOeval treats a matched id of 0 as "unmatched".
-    ann: dict[str, object] = {
+    ann: dict[str, Any] = {
         "id": ann_id,
         "image_id": image_id,
         "category_id": 1,
@@ -302,7 +302,7 @@ def _coco_annotation(
 
 
 def _coco_index(
-    images: list[dict[str, object]], categories: list[dict[str, object]], anns: list[dict[str, object]]
+    images: list[dict[str, Any]], categories: list[dict[str, Any]], anns: list[dict[str, Any]]
 ) -> COCO:
     from pycocotools.coco import COCO
 

@@ -23,10 +23,12 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from gdino_ros.backends.base import BackendError
 from gdino_ros.core.result import EXPRESSION, Result
 from gdino_ros.eval.datasets import DATASETS, DatasetError, Sample, Split, load_split
 from gdino_ros.eval.metrics import (
@@ -64,7 +66,7 @@ class EvalError(RuntimeError):
 # --- Per-sample records ---------------------------------------------------------------------------------
 
 
-def sample_record(sample: Sample, result: Result) -> dict[str, object]:
+def sample_record(sample: Sample, result: Result) -> dict[str, Any]:
     """Score one sample and keep everything the summary needs (so it can be rebuilt from the file)."""
     shape = (sample.height, sample.width)
     predicted = union_mask([d.mask for d in result.detections], shape)
@@ -111,10 +113,10 @@ class ResultsFile:
     half-written last line is cut off when the file is opened again.
     """
 
-    def __init__(self, path: Path, header: dict[str, object]) -> None:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         self.header = header
-        self.records: dict[str, dict[str, object]] = {}
+        self.records: dict[str, dict[str, Any]] = {}
         if path.exists():
             self._load()
         else:
@@ -155,7 +157,7 @@ class ResultsFile:
             if not have_header:
                 f.write(json.dumps(self.header) + "\n")
 
-    def append(self, record: dict[str, object]) -> None:
+    def append(self, record: dict[str, Any]) -> None:
         """Add one sample's line and flush it to disk."""
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -166,7 +168,7 @@ class ResultsFile:
 # --- Summary ----------------------------------------------------------------------------------------------
 
 
-def summarise(records: Sequence[dict[str, object]]) -> tuple[dict[str, object], list[SampleIoU]]:
+def summarise(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[SampleIoU]]:
     """GRES metrics and COCO AP of the records, plus the per-sample scores (for the plot)."""
     scores = [
         SampleIoU(int(r["I"]), int(r["U"]), float(r["iou"]), bool(r["gt_nt"]), bool(r["pred_nt"]))
@@ -176,10 +178,10 @@ def summarise(records: Sequence[dict[str, object]]) -> tuple[dict[str, object], 
         CocoSample(
             int(r["height"]),
             int(r["width"]),
-            [CocoInstance(g["rle"], tuple(g["bbox"])) for g in r["gt"]],  # type: ignore[index, union-attr]
+            [CocoInstance(g["rle"], tuple(g["bbox"])) for g in r["gt"]],
             [
-                CocoInstance(d["rle"], tuple(d["bbox"]), float(d["score"]))  # type: ignore[index]
-                for d in r["detections"]  # type: ignore[union-attr]
+                CocoInstance(d["rle"], tuple(d["bbox"]), float(d["score"]))
+                for d in r["detections"]
             ],
         )
         for r in records
@@ -189,7 +191,7 @@ def summarise(records: Sequence[dict[str, object]]) -> tuple[dict[str, object], 
     metrics = {**gres, **coco_ap(coco_samples)}
     timings: dict[str, list[float]] = {}
     for r in records:
-        for stage, ms in r["timings_ms"].items():  # type: ignore[union-attr]
+        for stage, ms in r["timings_ms"].items():
             timings.setdefault(stage, []).append(float(ms))
     return {
         "metrics": metrics,
@@ -198,10 +200,10 @@ def summarise(records: Sequence[dict[str, object]]) -> tuple[dict[str, object], 
     }, scores
 
 
-def markdown_table(summary: dict[str, object]) -> str:
+def markdown_table(summary: dict[str, Any]) -> str:
     """One row per dataset split, the metrics in percent; a footnote with what was left out."""
-    metrics: dict = summary["metrics"]  # type: ignore[assignment]
-    counts: dict = summary["counts"]  # type: ignore[assignment]
+    metrics: dict[str, Any] = summary["metrics"]
+    counts: dict[str, Any] = summary["counts"]
     header = ["Dataset", "Split", "Samples", *TABLE_COLUMNS]
     name = f"{DISPLAY_NAMES[str(summary['dataset'])]} ({summary['split_by']})"
     row = [name, str(summary["split"]), str(metrics["samples"]), *(_cell(metrics[c]) for c in TABLE_COLUMNS)]
@@ -221,8 +223,8 @@ def markdown_table(summary: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cell(value: object) -> str:
-    return "n/a" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{float(value):.2f}"
 
 
 # --- Plot ------------------------------------------------------------------------------------------------
@@ -259,7 +261,7 @@ def draw_plot(scores: Sequence[SampleIoU], title: str) -> np.ndarray:
     if curve and curve[0] is not None:
         points = np.array(
             [
-                (x1 + int(pw * (t - lo) / (hi - lo)), _PLOT_H - _MARGIN - int(ph * float(p) / 100))
+                (x1 + int(pw * (t - lo) / (hi - lo)), _PLOT_H - _MARGIN - int(ph * (p or 0.0) / 100))
                 for t, p in zip(PLOT_IOU_THRESHOLDS, curve, strict=True)
             ],
             dtype=np.int32,
@@ -338,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="gdino-eval: warning: %(message)s")
     try:
         return _run(args)
-    except (DatasetError, EvalError, ValueError, OSError) as exc:
+    except (DatasetError, EvalError, BackendError, ValueError, OSError) as exc:
         print(f"gdino-eval: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -418,9 +420,9 @@ def _summary(
     args: argparse.Namespace,
     split: Split,
     samples: Sequence[Sample],
-    records: Sequence[dict[str, object]],
+    records: Sequence[dict[str, Any]],
     unreadable: set[str],
-) -> tuple[dict[str, object], list[SampleIoU]]:
+) -> tuple[dict[str, Any], list[SampleIoU]]:
     body, scores = summarise(records)
     skipped_unreadable = sum(1 for s in samples if str(s.image_path) in unreadable)
     summary = {

@@ -19,6 +19,7 @@ RECORD_FORMAT = 1
 SIDECAR_SUFFIX = ".json"
 # Engine-inspector layer types that move or relabel data rather than compute.
 _DATA_MOVEMENT_LAYERS = frozenset({"Reformat", "NoOp", "Constant", "Shuffle", "Identity"})
+_WIDEST_FIRST = ("fp32", "bf16", "fp16", "fp8", "int8")
 
 
 @dataclass(frozen=True)
@@ -150,10 +151,10 @@ def summarize_precision(engine_information: str) -> str:
     for layer in layers:
         if not isinstance(layer, dict) or layer.get("LayerType") in _DATA_MOVEMENT_LAYERS:
             continue
-        kinds = {_tensor_precision(str(t.get("Format/Datatype", ""))) for t in layer.get("Outputs", [])}
-        kinds.discard(None)
+        found = {_tensor_precision(str(t.get("Format/Datatype", ""))) for t in layer.get("Outputs", [])}
+        kinds = [kind for kind in _WIDEST_FIRST if kind in found]
         if kinds:
-            counts[min(kinds, key=["fp32", "bf16", "fp16", "fp8", "int8"].index)] += 1
+            counts[kinds[0]] += 1  # a layer with FP32 and FP16 outputs counts as FP32
     if not counts:
         return "unknown"
     total = sum(counts.values())

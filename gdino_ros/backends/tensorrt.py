@@ -213,7 +213,7 @@ class TensorRTBackend(Backend):
             dims = context.get_tensor_shape(name)
             runtime_shape = tuple(dims[i] for i in range(len(dims)))
             if min(runtime_shape) < 0:
-                raise BackendError(f"engine {path}: output '{name}' has a data-dependent shape {runtime_shape}")
+                raise BackendError(f"engine {path}: '{name}' has a data-dependent shape {runtime_shape}")
             spec = inputs.get(name) or outputs[name]
             self._buffers[name] = self._allocate(name, runtime_shape, spec.dtype)
             if not context.set_tensor_address(name, self._buffers[name].device_ptr):

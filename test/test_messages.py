@@ -1,7 +1,6 @@
 """Result -> ROS messages, for rclpy classes and rosbags dataclasses, and the rosbags typestore's types."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -10,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from message_values import plain
 
 from gdino_ros.conversions import typestore as typestore_module
 from gdino_ros.conversions.encodings import MONO8, MONO16, RGB8
@@ -80,25 +80,6 @@ def _both(result: Result, store: Any, **kwargs: Any) -> tuple[ResultMessages, Re
     return ros, bags
 
 
-def _plain(msg: Any) -> Any:
-    """A message of either framework as nested dicts/lists of plain values (NaN as the string 'nan')."""
-    if hasattr(msg, "get_fields_and_field_types"):
-        names = list(msg.get_fields_and_field_types())
-    elif dataclasses.is_dataclass(msg):
-        names = [f.name for f in dataclasses.fields(msg) if not str(f.type).startswith("ClassVar")]
-    elif isinstance(msg, float) and math.isnan(msg):
-        return "nan"
-    elif isinstance(msg, (list, tuple)):
-        return [_plain(m) for m in msg]
-    elif isinstance(msg, np.ndarray) or type(msg).__name__ == "array":
-        return np.asarray(msg).tolist()
-    elif isinstance(msg, (bytes, bytearray)):
-        return list(msg)
-    else:
-        return msg
-    return {name: _plain(getattr(msg, name)) for name in names}
-
-
 def _pixels(image: Any, dtype: type) -> np.ndarray:
     return np.frombuffer(bytes(image.data), dtype=dtype).reshape(image.height, image.width, -1).squeeze(-1)
 
@@ -145,11 +126,11 @@ def test_detections_mask_and_result_match_the_result_in_both_frameworks(store: A
         seg = out.result
         assert (seg.prompt, seg.prompt_mode, seg.no_target) == ("red cup . bottle .", "phrases", False)
         assert seg.no_target_probability == 0.125
-        assert _plain(seg.detections) == _plain(out.detections.detections)
-        assert _plain(seg.mask) == _plain(mask)
+        assert plain(seg.detections) == plain(out.detections.detections)
+        assert plain(seg.mask) == plain(mask)
         assert out.overlay is None and out.dropped_instances == 0
     for name, _ in ros.items():
-        assert _plain(getattr(ros, name)) == _plain(getattr(bags, name)), name
+        assert plain(getattr(ros, name)) == plain(getattr(bags, name)), name
 
 
 @pytest.mark.usefixtures("ros_context")

@@ -547,7 +547,10 @@ class _Run:
         plan: PromptPlan | None = None
         applied = self._loaded_prompt()
         estimate = _estimated_frames(self.source, args.image_topic, args.start, args.end)
-        bar = tqdm(total=estimate, unit="frame", desc="gdino-bag", dynamic_ncols=True, mininterval=0.5)
+        # On a terminal only (disable=None): in logs the summary says it all without \r-redrawn lines.
+        bar = tqdm(
+            total=estimate, unit="frame", desc="gdino-bag", dynamic_ncols=True, mininterval=0.5, disable=None
+        )
         try:
             tick = time.perf_counter()
             for connection, log_time, raw in self.source.messages(args.start, args.end):

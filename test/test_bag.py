@@ -1,0 +1,514 @@
+"""gdino-bag end to end: real photos in MCAP and sqlite3 bags, the tiny random-weight model, the output read
+back with rosbags and with the mcap reader and checked message by message against the inference core."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from message_values import plain
+
+from gdino_ros.tools.bag import main
+
+IMAGE_TOPIC = "/camera/image_raw"
+COMPRESSED_TOPIC = "/camera/image_raw/compressed"
+CHATTER_TOPIC = "/chatter"
+OUTPUTS = ("/gdino/detections", "/gdino/mask", "/gdino/no_target", "/gdino/result")
+PROMPT = "person . cup . cat ."
+SHARE = Path(sys.prefix) / "share"
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One recorded camera frame: what went into the bag and the pixels a decoder must get back."""
+
+    log_time: int
+    stamp: tuple[int, int]
+    frame_id: str
+    rgb: np.ndarray  # as stored (Image) or as JPEG-decoded (CompressedImage)
+
+
+def _photos() -> list[np.ndarray]:
+    from skimage import data
+
+    return [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+
+
+def _write_input_bag(path: Path, storage: str) -> dict[str, list[Frame]]:
+    """A recorder's bag: each photo as Image (rgb8/bgr8) and CompressedImage (JPEG), plus a String topic.
+
+    Header stamps are 7 ms before the log times, so outputs that copy the wrong one are caught.
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    t = store.types
+    plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+    frames: dict[str, list[Frame]] = {IMAGE_TOPIC: [], COMPRESSED_TOPIC: []}
+    with Writer(path, version=9, storage_plugin=plugin) as writer:
+        raw = writer.add_connection(IMAGE_TOPIC, "sensor_msgs/msg/Image", typestore=store)
+        compressed = writer.add_connection(
+            COMPRESSED_TOPIC, "sensor_msgs/msg/CompressedImage", typestore=store
+        )
+        chatter = writer.add_connection(CHATTER_TOPIC, "std_msgs/msg/String", typestore=store)
+        for i, rgb in enumerate(_photos()):
+            stamp = (1_700_000_000 + i, 100_000_000 * i + 5)
+            log_time = stamp[0] * 10**9 + stamp[1] + 7_000_000
+            header = t["std_msgs/msg/Header"](
+                stamp=t["builtin_interfaces/msg/Time"](sec=stamp[0], nanosec=stamp[1]), frame_id=f"cam{i}"
+            )
+            encoding, stored = ("rgb8", rgb) if i % 2 == 0 else ("bgr8", rgb[..., ::-1])
+            image = t["sensor_msgs/msg/Image"](
+                header=header,
+                height=rgb.shape[0],
+                width=rgb.shape[1],
+                encoding=encoding,
+                is_bigendian=0,
+                step=rgb.shape[1] * 3,
+                data=np.ascontiguousarray(stored).reshape(-1),
+            )
+            ok, jpeg = cv2.imencode(
+                ".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 90]
+            )
+            assert ok
+            compressed_msg = t["sensor_msgs/msg/CompressedImage"](
+                header=header, format="jpeg", data=jpeg.reshape(-1)
+            )
+            text = t["std_msgs/msg/String"](data=f"frame {i}")
+            writer.write(chatter, log_time - 1_000_000, store.serialize_cdr(text, "std_msgs/msg/String"))
+            writer.write(raw, log_time, store.serialize_cdr(image, "sensor_msgs/msg/Image"))
+            writer.write(
+                compressed,
+                log_time + 1_000_000,
+                store.serialize_cdr(compressed_msg, "sensor_msgs/msg/CompressedImage"),
+            )
+            decoded = cv2.cvtColor(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            frames[IMAGE_TOPIC].append(Frame(log_time, stamp, f"cam{i}", rgb))
+            frames[COMPRESSED_TOPIC].append(Frame(log_time + 1_000_000, stamp, f"cam{i}", decoded))
+    return frames
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from gdino_ros.tools.export import main as export_main
+
+    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
+    assert export_main(["--random-init", "--config", "tiny", "--output", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def input_bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict[str, list[Frame]]]]:
+    root = tmp_path_factory.mktemp("bags")
+    return {
+        storage: (root / storage, _write_input_bag(root / storage, storage))
+        for storage in ("mcap", "sqlite3")
+    }
+
+
+def _segmenter(model: Path, vocab: Path, prompt: str, mode: str = "phrases") -> Any:
+    from gdino_ros.core.segmenter import Segmenter
+
+    return Segmenter.from_model(model, tokenizer_path=vocab, device="cpu", prompt=prompt, mode=mode)
+
+
+def _run(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+def _read_rosbags(path: Path) -> tuple[dict[str, list[tuple[int, Any, bytes]]], dict[str, Any]]:
+    """topic -> [(log time, decoded, raw)], and topic -> connection, via rosbags' AnyReader.
+
+    AnyReader builds its types from the definitions embedded in the bag and checks them against the
+    stored RIHS01 hashes, so decoding proves the embedded definitions are complete and consistent.
+    """
+    from rosbags.highlevel import AnyReader
+
+    out: dict[str, list[tuple[int, Any, bytes]]] = defaultdict(list)
+    with AnyReader([path]) as reader:
+        connections = {c.topic: c for c in reader.connections}
+        for connection, log_time, raw in reader.messages():
+            out[connection.topic].append((log_time, reader.deserialize(raw, connection.msgtype), bytes(raw)))
+    return out, connections
+
+
+def _read_mcap(path: Path) -> dict[str, list[tuple[int, Any]]]:
+    """topic -> [(log time, decoded)] via the mcap library and its ROS 2 decoder (independent of rosbags)."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    (file,) = path.glob("*.mcap")
+    out: dict[str, list[tuple[int, Any]]] = defaultdict(list)
+    with file.open("rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        for _schema, channel, message, decoded in reader.iter_decoded_messages(log_time_order=True):
+            out[channel.topic].append((message.log_time, decoded))
+    return out
+
+
+def _built_hash(type_name: str) -> str:
+    package, _, name = type_name.split("/")
+    return json.loads((SHARE / package / "msg" / f"{name}.json").read_text())["type_hashes"][0]["hash_string"]
+
+
+def _check_against_core(outputs: dict[str, Any], frame: Frame, expected: Any) -> None:
+    """Every output of one frame against the core's Result for the same pixels."""
+    for topic in OUTPUTS + ("/gdino/overlay",):
+        if topic in outputs and topic != "/gdino/no_target":
+            header = outputs[topic].header
+            assert (header.stamp.sec, header.stamp.nanosec, header.frame_id) == (*frame.stamp, frame.frame_id)
+    detections = outputs["/gdino/detections"].detections
+    assert len(detections) == len(expected.detections)
+    for got, want in zip(detections, expected.detections, strict=True):
+        x0, y0, x1, y1 = want.box_xyxy
+        assert got.id == str(want.instance_id)
+        assert got.results[0].hypothesis.class_id == want.label
+        assert got.results[0].hypothesis.score == pytest.approx(want.score, rel=1e-5)
+        assert got.bbox.center.position.x == pytest.approx((x0 + x1) / 2, abs=1e-3)
+        assert got.bbox.center.position.y == pytest.approx((y0 + y1) / 2, abs=1e-3)
+        assert (got.bbox.size_x, got.bbox.size_y) == pytest.approx((x1 - x0, y1 - y0), abs=1e-3)
+    mask = outputs["/gdino/mask"]
+    assert (mask.encoding, mask.height, mask.width) == ("mono16", *frame.rgb.shape[:2])
+    labels = np.frombuffer(bytes(mask.data), dtype="<u2").reshape(mask.height, mask.width)
+    np.testing.assert_array_equal(labels, expected.label_image)
+    assert set(np.unique(labels)) - {0} <= {int(d.id) for d in detections}
+    assert bool(outputs["/gdino/no_target"].data) == expected.no_target
+    result = outputs["/gdino/result"]
+    assert (result.prompt, result.prompt_mode, bool(result.no_target)) == (
+        expected.prompt,
+        expected.mode,
+        expected.no_target,
+    )
+    if math.isnan(expected.no_target_probability):
+        assert math.isnan(result.no_target_probability)
+    else:
+        assert result.no_target_probability == pytest.approx(expected.no_target_probability, rel=1e-5)
+    assert plain(result.detections) == plain(detections)
+    assert plain(result.mask) == plain(mask)
+
+
+@pytest.mark.parametrize(
+    ("storage", "topic", "overlay"), [("mcap", IMAGE_TOPIC, True), ("sqlite3", COMPRESSED_TOPIC, False)]
+)
+def test_outputs_equal_the_core_and_read_back_with_rosbags_and_mcap(
+    input_bags: dict,
+    tiny_model: Path,
+    vocab_path: Path,
+    tmp_path: Path,
+    storage: str,
+    topic: str,
+    overlay: bool,
+) -> None:
+    bag, frames = input_bags[storage]
+    output = tmp_path / "out"
+    extra = ["--overlay"] if overlay else []
+    assert (
+        _run(
+            "--input",
+            bag,
+            "--output",
+            output,
+            "--image-topic",
+            topic,
+            "--model",
+            tiny_model,
+            "--prompt",
+            PROMPT,
+            "--tokenizer",
+            vocab_path,
+            "--device",
+            "cpu",
+            *extra,
+        )
+        == 0
+    )
+
+    got, connections = _read_rosbags(output)
+    from_mcap = _read_mcap(output)
+    outputs = OUTPUTS + (("/gdino/overlay",) if overlay else ())
+    assert set(got) == {IMAGE_TOPIC, COMPRESSED_TOPIC, CHATTER_TOPIC, *outputs}
+
+    # Input topics are copied through unchanged: same type, definition, hash, log times and bytes.
+    from rosbags.rosbag2 import Reader
+
+    with Reader(bag) as reader:
+        for connection, log_time, raw in reader.messages():
+            assert (log_time, bytes(raw)) in [(t, r) for t, _, r in got[connection.topic]]
+            copied = connections[connection.topic]
+            assert (copied.msgtype, copied.msgdef, copied.digest) == (
+                connection.msgtype,
+                connection.msgdef,
+                connection.digest,
+            )
+    for name, type_name in [
+        ("detections", "vision_msgs/msg/Detection2DArray"),
+        ("mask", "sensor_msgs/msg/Image"),
+        ("no_target", "std_msgs/msg/Bool"),
+        ("result", "gdino_ros/msg/SegmentationResult"),
+    ]:
+        assert connections[f"/gdino/{name}"].msgtype == type_name
+        assert connections[f"/gdino/{name}"].digest == _built_hash(type_name)
+
+    segmenter = _segmenter(tiny_model, vocab_path, PROMPT)
+    assert all(len(got[t]) == len(frames[topic]) for t in outputs)
+    for index, frame in enumerate(frames[topic]):
+        expected = segmenter(frame.rgb)
+        per_topic = {}
+        for t in outputs:
+            log_time, message, _ = got[t][index]
+            assert log_time == frame.log_time, t
+            per_topic[t] = message
+            mcap_time, mcap_message = from_mcap[t][index]
+            assert mcap_time == log_time
+            assert plain(mcap_message) == plain(message), t
+        _check_against_core(per_topic, frame, expected)
+        if overlay:
+            from gdino_ros.core.overlay import draw_overlay
+
+            image = per_topic["/gdino/overlay"]
+            assert image.encoding == "rgb8"
+            pixels = np.frombuffer(bytes(image.data), np.uint8).reshape(image.height, image.width, 3)
+            np.testing.assert_array_equal(pixels, draw_overlay(frame.rgb, expected))
+
+
+@pytest.mark.usefixtures("ros_context")
+def test_detection_bytes_equal_what_rclpy_serialises(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path
+) -> None:
+    """The bag's Detection2DArray bytes, against rclpy serialising the same Result (normalised padding)."""
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Header
+
+    from gdino_ros.conversions.messages import result_to_messages, ros_message_types
+    from gdino_ros.conversions.typestore import project_typestore
+
+    bag, frames = input_bags["mcap"]
+    output = tmp_path / "out"
+    assert (
+        _run(
+            "--input",
+            bag,
+            "--output",
+            output,
+            "--image-topic",
+            IMAGE_TOPIC,
+            "--model",
+            tiny_model,
+            "--prompt",
+            PROMPT,
+            "--tokenizer",
+            vocab_path,
+            "--device",
+            "cpu",
+            "--end",
+            "1.5",
+        )
+        == 0
+    )
+    got, _ = _read_rosbags(output)
+    assert len(got["/gdino/detections"]) == 2  # frames at 0 s and 1.1 s from the bag start
+    store, segmenter, types = (
+        project_typestore(),
+        _segmenter(tiny_model, vocab_path, PROMPT),
+        ros_message_types(),
+    )
+    for (_, _, raw), frame in zip(got["/gdino/detections"], frames[IMAGE_TOPIC], strict=False):
+        header = Header(frame_id=frame.frame_id)
+        header.stamp.sec, header.stamp.nanosec = frame.stamp
+        ros = result_to_messages(segmenter(frame.rgb), header, types).detections
+        theirs = serialize_message(ros)
+        name = "vision_msgs/msg/Detection2DArray"
+        assert bytes(store.serialize_cdr(store.deserialize_cdr(theirs, name), name)) == raw
+
+
+def test_prompt_schedule_switches_prompt_and_mode(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path
+) -> None:
+    bag, frames = input_bags["sqlite3"]
+    compressed = frames[COMPRESSED_TOPIC]
+    schedule = tmp_path / "prompts.yaml"
+    schedule.write_text(
+        f"- at: 0\n  prompt: 'cat'\n"
+        f"- at_ns: {compressed[2].log_time}\n  prompt: 'the cat on the left'\n  mode: expression\n"
+    )
+    output = tmp_path / "out"
+    assert (
+        _run(
+            "--input",
+            bag,
+            "--output",
+            output,
+            "--image-topic",
+            COMPRESSED_TOPIC,
+            "--model",
+            tiny_model,
+            "--prompt-schedule",
+            schedule,
+            "--tokenizer",
+            vocab_path,
+            "--device",
+            "cpu",
+        )
+        == 0
+    )
+    got, _ = _read_rosbags(output)
+    prompts = [(m.prompt, m.prompt_mode) for _, m, _ in got["/gdino/result"]]
+    assert prompts == [("cat", "phrases")] * 2 + [("the cat on the left", "expression")] * 2
+
+
+def test_missing_topic_lists_the_topics_that_exist(
+    input_bags: dict, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bag, _ = input_bags["mcap"]
+    rc = _run(
+        "--input",
+        bag,
+        "--output",
+        tmp_path / "out",
+        "--image-topic",
+        "/camera/left",
+        "--model",
+        tiny_model,
+        "--prompt",
+        PROMPT,
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "/camera/left" in err
+    for topic in (IMAGE_TOPIC, COMPRESSED_TOPIC, CHATTER_TOPIC):
+        assert topic in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_overwrite(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bag, frames = input_bags["mcap"]
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "metadata.yaml").write_text("old")
+    args = [
+        "--input",
+        bag,
+        "--output",
+        output,
+        "--image-topic",
+        IMAGE_TOPIC,
+        "--model",
+        tiny_model,
+        "--prompt",
+        PROMPT,
+        "--tokenizer",
+        vocab_path,
+        "--device",
+        "cpu",
+        "--start",
+        "2.5",
+    ]
+    assert _run(*args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--overwrite" in err and len(err.splitlines()) == 1
+    assert (output / "metadata.yaml").read_text() == "old"
+
+    assert _run(*args, "--overwrite") == 0
+    got, _ = _read_rosbags(output)
+    assert [t for t, _, _ in got["/gdino/result"]] == [frames[IMAGE_TOPIC][3].log_time]
+    assert [t for t, _, _ in got[CHATTER_TOPIC]] == [frames[IMAGE_TOPIC][3].log_time - 1_000_000]
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    assert _run(*args[:2], "--output", precious, *args[4:], "--overwrite") == 1
+    assert "does not look like a rosbag2" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_truncated_mcap_keeps_the_frames_before_the_break(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A recording killed mid-write: no index, last chunk cut. The complete chunks are processed."""
+    import shutil
+
+    bag, frames = input_bags["mcap"]
+    damaged = tmp_path / "killed"
+    shutil.copytree(bag, damaged)
+    (file,) = damaged.glob("*.mcap")
+    data = file.read_bytes()
+    file.write_bytes(data[: int(len(data) * 0.7)])
+    output = tmp_path / "out"
+    rc = _run(
+        "--input",
+        damaged,
+        "--output",
+        output,
+        "--image-topic",
+        IMAGE_TOPIC,
+        "--model",
+        tiny_model,
+        "--prompt",
+        PROMPT,
+        "--tokenizer",
+        vocab_path,
+        "--device",
+        "cpu",
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert "damaged" in err[-1] and "record #" in err[-1] and str(output) in err[-1]
+    got, _ = _read_rosbags(output)
+    done = [t for t, _, _ in got["/gdino/result"]]
+    assert 0 < len(done) < len(frames[IMAGE_TOPIC])
+    assert done == [f.log_time for f in frames[IMAGE_TOPIC][: len(done)]]
+    segmenter = _segmenter(tiny_model, vocab_path, PROMPT)
+    for index, frame in enumerate(frames[IMAGE_TOPIC][: len(done)]):
+        outputs = {t: got[t][index][1] for t in OUTPUTS}
+        _check_against_core(outputs, frame, segmenter(frame.rgb))
+
+
+def test_corrupt_sqlite3_record_is_reported_and_earlier_frames_kept(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    bag, frames = input_bags["sqlite3"]
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bag, damaged)
+    (db,) = damaged.glob("*.db3")
+    bad = frames[COMPRESSED_TOPIC][2]
+    with sqlite3.connect(db) as connection:
+        changed = connection.execute(
+            "UPDATE messages SET data = x'0001000005' WHERE timestamp = ?", (bad.log_time,)
+        )
+        assert changed.rowcount == 1
+    output = tmp_path / "out"
+    rc = _run(
+        "--input",
+        damaged,
+        "--output",
+        output,
+        "--image-topic",
+        COMPRESSED_TOPIC,
+        "--model",
+        tiny_model,
+        "--prompt",
+        PROMPT,
+        "--tokenizer",
+        vocab_path,
+        "--device",
+        "cpu",
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1
+    assert "frame 3" in err[0] and str(bad.log_time) in err[0] and "2 frames" in err[0]
+    got, _ = _read_rosbags(output)
+    assert [t for t, _, _ in got["/gdino/result"]] == [f.log_time for f in frames[COMPRESSED_TOPIC][:2]]

@@ -116,7 +116,7 @@ def input_bags(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
     }
 
 
-def _segmenter(model: Path, vocab: Path, prompt: str, mode: str = "phrases") -> Any:
+def _segmenter(model: Path, vocab: Path, prompt: str, mode: str = "auto") -> Any:
     from gdino_ros.core.segmenter import Segmenter
 
     return Segmenter.from_model(model, tokenizer_path=vocab, device="cpu", prompt=prompt, mode=mode)

@@ -55,10 +55,12 @@ from typing import Any
 import numpy as np
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
-from gdino_ros.conversions.image import compressed_to_rgb, image_to_rgb
+from gdino_ros.conversions.image import compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import OUTPUT_TYPES, result_to_messages, rosbags_message_types
 from gdino_ros.conversions.typestore import project_typestore
-from gdino_ros.core.result import EXPRESSION, PHRASES, PromptMode, Result
+from gdino_ros.core.postprocess import PostprocessParams
+from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.core.result import Result
 
 OUTPUT_NAMESPACE = "/gdino"
 IMAGE = "sensor_msgs/msg/Image"
@@ -66,6 +68,18 @@ COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 STORAGES = ("mcap", "sqlite3")
 _BAG_FILE_SUFFIXES = (".mcap", ".db3")
 ENGINE_STAGE = "inference"  # the Result.timings_ms stage that is the network itself
+# Summary order of the stages: ours around the Segmenter's (preprocess, inference, postprocess).
+STAGE_ORDER = (
+    "read",
+    "decode",
+    "prompt",
+    "preprocess",
+    ENGINE_STAGE,
+    "postprocess",
+    "overlay",
+    "convert",
+    "write",
+)
 
 
 class BagToolError(Exception):
@@ -89,12 +103,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", type=Path, required=True, help="model file (.onnx, .engine, .pt)")
     parser.add_argument("--prompt", help="phrases ('cup . bottle .') or one referring expression")
     parser.add_argument(
-        "--mode", choices=(PHRASES, EXPRESSION), default=PHRASES, help="how to read the prompt"
+        "--mode",
+        choices=PROMPT_MODES,
+        default="auto",
+        help="how to read the prompt: phrases, expression, or auto (phrases when every item between "
+        "'.'/',' has at most three words; default)",
     )
     parser.add_argument("--prompt-schedule", type=Path, help="YAML list of {at|at_ns, prompt[, mode]}")
     parser.add_argument("--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer directory")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
+    defaults = PostprocessParams()
+    thresholds = parser.add_argument_group("post-processing (the node's parameters of the same names)")
+    thresholds.add_argument("--box-threshold", type=float, default=defaults.conf_threshold)
+    thresholds.add_argument("--text-threshold", type=float, default=defaults.text_threshold)
+    thresholds.add_argument("--nms-threshold", type=float, default=defaults.nms_threshold)
+    thresholds.add_argument("--mask-threshold", type=float, default=defaults.mask_threshold)
+    thresholds.add_argument("--max-detections", type=int, default=defaults.max_detections)
     parser.add_argument(
         "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"
     )
@@ -113,7 +138,7 @@ class ScheduleEntry:
     """A prompt that takes effect at ``at_s`` seconds from the bag start or at log time ``at_ns``."""
 
     prompt: str
-    mode: PromptMode
+    mode: str
     at_s: float | None = None
     at_ns: int | None = None
 
@@ -122,7 +147,7 @@ class ScheduleEntry:
         return self.at_ns if self.at_ns is not None else bag_start_ns + round((self.at_s or 0.0) * 1e9)
 
 
-def load_schedule(path: Path, default_mode: PromptMode) -> list[ScheduleEntry]:
+def load_schedule(path: Path, default_mode: str) -> list[ScheduleEntry]:
     """Read and validate a prompt schedule YAML file (format in the module docstring)."""
     import yaml
 
@@ -146,8 +171,8 @@ def load_schedule(path: Path, default_mode: PromptMode) -> list[ScheduleEntry]:
         prompt, mode = item.get("prompt"), item.get("mode", default_mode)
         if not isinstance(prompt, str) or not prompt.strip():
             raise BagToolError(f"{where}: prompt must be a non-empty string")
-        if mode not in (PHRASES, EXPRESSION):
-            raise BagToolError(f"{where}: mode must be {PHRASES} or {EXPRESSION}, got {mode!r}")
+        if mode not in PROMPT_MODES:
+            raise BagToolError(f"{where}: mode must be one of {', '.join(PROMPT_MODES)}, got {mode!r}")
         at = item.get("at", item.get("at_ns"))
         if (
             isinstance(at, bool)
@@ -168,7 +193,7 @@ def load_schedule(path: Path, default_mode: PromptMode) -> list[ScheduleEntry]:
 class PromptPlan:
     """Which prompt applies at each log time: ``--prompt`` first, then the schedule's entries."""
 
-    def __init__(self, initial: tuple[str, PromptMode] | None, entries: list[ScheduleEntry], start_ns: int):
+    def __init__(self, initial: tuple[str, str] | None, entries: list[ScheduleEntry], start_ns: int):
         timed = sorted(((e.log_time(start_ns), e.prompt, e.mode) for e in entries), key=lambda t: t[0])
         if initial is None and (not timed or timed[0][0] > start_ns):
             raise BagToolError(
@@ -178,7 +203,7 @@ class PromptPlan:
         self._current = initial if initial is not None else (timed[0][1], timed[0][2])
         self._next = 0
 
-    def at(self, log_time: int) -> tuple[str, PromptMode]:
+    def at(self, log_time: int) -> tuple[str, str]:
         """Return the (prompt, mode) in force at ``log_time``; log times must not decrease between calls."""
         while self._next < len(self._changes) and self._changes[self._next][0] <= log_time:
             _, prompt, mode = self._changes[self._next]
@@ -469,10 +494,11 @@ class Stats:
         return now
 
 
-def _decode(raw: bytes, msgtype: str, store: Any) -> tuple[Any, np.ndarray]:
-    """Raw CDR of an Image or CompressedImage -> (message, uint8 [H, W, 3] RGB)."""
+def _decode_image(raw: bytes, msgtype: str, store: Any) -> tuple[Any, np.ndarray, bool]:
+    """Raw CDR of an Image or CompressedImage -> (message, uint8 [H, W, 3] pixels, True if BGR order)."""
     msg = store.deserialize_cdr(raw, msgtype)
-    return msg, image_to_rgb(msg) if msgtype == IMAGE else compressed_to_rgb(msg)
+    pixels, bgr = image_to_pixels(msg) if msgtype == IMAGE else compressed_to_pixels(msg)
+    return msg, pixels, bgr
 
 
 def _check_image_topic(source: BagSource, topic: str) -> list[int]:
@@ -504,17 +530,48 @@ def _estimated_frames(
 
 
 def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> Any:
+    """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early."""
+    from gdino_ros.core.prompt import PromptError, encode_prompt
     from gdino_ros.core.segmenter import Segmenter
 
-    prompt, mode = (
-        (args.prompt, args.mode) if args.prompt is not None else (schedule[0].prompt, schedule[0].mode)
-    )
     try:
-        return Segmenter.from_model(
-            args.model, tokenizer_path=args.tokenizer, device=args.device, prompt=prompt, mode=mode
+        params = PostprocessParams(
+            conf_threshold=args.box_threshold,
+            text_threshold=args.text_threshold,
+            nms_threshold=args.nms_threshold,
+            mask_threshold=args.mask_threshold,
+            max_detections=args.max_detections,
         )
+    except ValueError as error:
+        raise BagToolError(str(error)) from None
+    prompt, mode = _first_prompt(args, schedule)
+    try:
+        segmenter = Segmenter.from_model(
+            args.model,
+            tokenizer_path=args.tokenizer,
+            device=args.device,
+            prompt=prompt,
+            mode=mode,
+            params=params,
+        )
+    except PromptError as error:
+        raise BagToolError(f"prompt {prompt!r}: {error}") from None
     except (ValueError, OSError, RuntimeError) as error:
         raise BagToolError(f"cannot load model {args.model}: {error}") from None
+    for index, entry in enumerate(schedule):
+        try:
+            encode_prompt(entry.prompt, entry.mode, segmenter.tokenizer)
+        except PromptError as error:
+            segmenter.close()
+            raise BagToolError(f"prompt schedule entry {index + 1} ({entry.prompt!r}): {error}") from None
+    return segmenter
+
+
+def _first_prompt(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> tuple[str, str]:
+    """Return the prompt the segmenter is opened with: --prompt, else the schedule's first entry."""
+    if args.prompt is not None:
+        return args.prompt, args.mode
+    return schedule[0].prompt, schedule[0].mode
 
 
 class _Run:
@@ -545,7 +602,7 @@ class _Run:
 
         args, stats = self.args, self.stats
         plan: PromptPlan | None = None
-        applied = self._loaded_prompt()
+        applied = _first_prompt(args, self.schedule)
         estimate = _estimated_frames(self.source, args.image_topic, args.start, args.end)
         # On a terminal only (disable=None): in logs the summary says it all without \r-redrawn lines.
         bar = tqdm(
@@ -555,27 +612,17 @@ class _Run:
             tick = time.perf_counter()
             for connection, log_time, raw in self.source.messages(args.start, args.end):
                 tick = stats.add_stage("read", tick)
+                frame = None
+                if connection.topic == args.image_topic:
+                    frame = self._decode(connection, log_time, raw)  # before the copy: a bad frame stays out
+                    tick = stats.add_stage("decode", tick)
                 out = self.sink.copy_connection(connection)
                 if out is not None:
                     self.sink.write(out, log_time, raw)
                     stats.copied += 1
                 tick = stats.add_stage("write", tick)
-                if connection.topic != args.image_topic:
+                if frame is None:
                     continue
-                if connection.msgtype not in (IMAGE, COMPRESSED_IMAGE):
-                    raise BagToolError(
-                        f"topic {args.image_topic} carries {connection.msgtype}; expected {IMAGE} or "
-                        f"{COMPRESSED_IMAGE}"
-                    )
-                try:
-                    msg, rgb = _decode(raw, connection.msgtype, self.store)
-                except Exception as error:  # bad CDR or pixels, whichever layer says so
-                    raise BadRecordError(
-                        f"input {self.source.path} is damaged: frame {stats.frames + 1} "
-                        f"on {connection.topic} "
-                        f"at log time {log_time} ns cannot be decoded: {error}"
-                    ) from None
-                tick = stats.add_stage("decode", tick)
                 if plan is None:
                     initial = (args.prompt, args.mode) if args.prompt is not None else None
                     plan = PromptPlan(initial, self.schedule, self.source.start_ns or log_time)
@@ -583,7 +630,7 @@ class _Run:
                     self.segmenter.set_prompt(*wanted)
                     applied = wanted
                     tick = stats.add_stage("prompt", tick)
-                self._segment(msg, rgb, log_time)
+                self._segment(*frame, log_time)
                 tick = time.perf_counter()
                 bar.update(1)
         finally:
@@ -592,22 +639,31 @@ class _Run:
                 bar.refresh()
             bar.close()
 
-    def _loaded_prompt(self) -> tuple[str, PromptMode]:
-        """Return the prompt the segmenter was opened with (see :func:`_open_segmenter`)."""
-        if self.args.prompt is not None:
-            return self.args.prompt, self.args.mode
-        return self.schedule[0].prompt, self.schedule[0].mode
+    def _decode(self, connection: InputConnection, log_time: int, raw: bytes) -> tuple[Any, np.ndarray, bool]:
+        """Decode one frame of the image topic; an undecodable one is the bad record that stops the run."""
+        if connection.msgtype not in (IMAGE, COMPRESSED_IMAGE):
+            raise BagToolError(
+                f"topic {connection.topic} carries {connection.msgtype}; "
+                f"expected {IMAGE} or {COMPRESSED_IMAGE}"
+            )
+        try:
+            return _decode_image(raw, connection.msgtype, self.store)
+        except Exception as error:  # bad CDR or pixels, whichever layer says so
+            raise BadRecordError(
+                f"input {self.source.path} is damaged: frame {self.stats.frames + 1} on {connection.topic} "
+                f"at log time {log_time} ns cannot be decoded: {error}"
+            ) from None
 
-    def _segment(self, msg: Any, rgb: np.ndarray, log_time: int) -> None:
+    def _segment(self, msg: Any, pixels: np.ndarray, bgr: bool, log_time: int) -> None:
         """Run the core on one frame and write its outputs at the frame's log time."""
         stats = self.stats
-        result: Result = self.segmenter(rgb)
+        result: Result = self.segmenter(pixels, bgr=bgr)
         for stage, ms in result.timings_ms.items():
             stats.stage_ms[stage] += ms
         tick = time.perf_counter()
         overlay = None
         if self.overlay_fn is not None:
-            overlay = self.overlay_fn(rgb, result)
+            overlay = self.overlay_fn(pixels[..., ::-1] if bgr else pixels, result)
             tick = stats.add_stage("overlay", tick)
         messages = result_to_messages(
             result, msg.header, self.types, mask_encoding=self.args.mask_encoding, overlay_rgb=overlay
@@ -634,7 +690,9 @@ class _Run:
             f"detections, {stats.no_target_frames} no-target frames, {stats.copied} input messages copied",
         ]
         if stats.frames:
-            per_frame = " | ".join(f"{name} {ms / stats.frames:.1f}" for name, ms in stats.stage_ms.items())
+            order = {name: i for i, name in enumerate(STAGE_ORDER)}
+            stages = sorted(stats.stage_ms.items(), key=lambda item: order.get(item[0], len(order)))
+            per_frame = " | ".join(f"{name} {ms / stats.frames:.1f}" for name, ms in stages)
             engine_ms = stats.stage_ms.get(ENGINE_STAGE, 0.0)
             lines.append(
                 f"  ms per frame: {per_frame}; time outside the engine: {1.0 - engine_ms / (wall * 1e3):.0%}"

@@ -59,9 +59,10 @@ def make_contract_onnx(
     """Write a small ONNX model with the contract's I/O (optionally altered) and return its path.
 
     Outputs are simple functions of the inputs, so tests can tell what the model saw:
-    ``pred_logits[0, q, t] = input_ids[0, t] + mean(image)``; every other output is ``mean(image)``
-    broadcast to its shape. ``rename``/``dtypes``/``shapes``/``drop`` change the declared I/O to build
-    models that break the contract.
+    ``pred_logits[0, q, t] = input_ids[0, t] + mean(image)``,
+    ``pred_boxes[0, q] = (input_ids[0, 1] / 10000, 0.5, 0.2, 0.2)``; every other output is
+    ``mean(image)`` broadcast to its shape. ``rename``/``dtypes``/``shapes``/``drop`` change the
+    declared I/O to build models that break the contract (``drop`` only unused inputs or outputs).
     """
     rename = dict(rename or {})
     dtypes = {**contract.INPUT_DTYPES, **{n: np.dtype(np.float32) for n in contract.RELA_OUTPUT_NAMES},
@@ -81,14 +82,24 @@ def make_contract_onnx(
         helper.make_node("Cast", [ids], ["ids_f"], to=TensorProto.FLOAT),
         helper.make_node("Add", ["ids_f", "mean"], ["ids_plus"]),
         helper.make_node("Unsqueeze", ["ids_plus", "axis1"], ["ids_3d"]),
+        # The box centre's x is input_ids[0, 1] / 10000: tests can tell which prompt a frame ran with.
+        helper.make_node("Gather", ["ids_f", "one"], ["first_token"], axis=1),
+        helper.make_node("Mul", ["first_token", "ten_thousandth"], ["centre_x"]),
+        helper.make_node("Reshape", ["centre_x", "one"], ["centre_x_1d"]),
+        helper.make_node("Concat", ["centre_x_1d", "box_rest"], ["box"], axis=0),
     ]
-    initializers = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1])]
+    initializers = [
+        helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("ten_thousandth", TensorProto.FLOAT, [], [1e-4]),
+        helper.make_tensor("box_rest", TensorProto.FLOAT, [3], [0.5, 0.2, 0.2]),
+    ]
     for name in output_names:
         out = rename.get(name, name)
         shape = [d if isinstance(d, int) else 1 for d in all_shapes[name]]
         shape_name = f"{name}_shape"
         initializers.append(helper.make_tensor(shape_name, TensorProto.INT64, [len(shape)], shape))
-        source = "ids_3d" if name == contract.PRED_LOGITS else "mean"
+        source = {contract.PRED_LOGITS: "ids_3d", contract.PRED_BOXES: "box"}.get(name, "mean")
         cast_to = _ONNX_TYPES[np.dtype(dtypes[name])]
         nodes.append(helper.make_node("Expand", [source, shape_name], [f"{name}_f32"]))
         nodes.append(helper.make_node("Cast", [f"{name}_f32"], [out], to=cast_to))

@@ -12,14 +12,14 @@ import torch
 
 from gdino_ros import contract
 from gdino_ros.backends.base import Backend, BackendError, parse_device
-from gdino_ros.model.checkpoint import CheckpointError, build_model_from_checkpoint
+from gdino_ros.model.checkpoint import build_model_from_checkpoint
 
 
 class TorchBackend(Backend):
-    """Runs a TAO (or gdino-export) checkpoint with PyTorch in inference mode.
+    """Runs a TAO (or gdino_ros) checkpoint with PyTorch in inference mode.
 
-    ``input_hw`` defaults to the size stored in a gdino_ros checkpoint, or TAO's 544x960 for TAO's own
-    files (which do not record one); it must be a multiple of 32.
+    ``input_hw`` is the image tensor size (multiples of 32); by default the size stored in a gdino_ros
+    checkpoint, or TAO's 544x960 for TAO's own files, which do not record one.
     """
 
     name = "torch"
@@ -40,19 +40,18 @@ class TorchBackend(Backend):
         use_cuda = kind == "cuda" or (kind == "auto" and torch.cuda.is_available())
         self._device = torch.device("cuda", index) if use_cuda else torch.device("cpu")
         try:
-            model, checkpoint = build_model_from_checkpoint(path, trust_checkpoint=trust_checkpoint)
-        except CheckpointError as error:
+            model, checkpoint = build_model_from_checkpoint(
+                path, trust_checkpoint=trust_checkpoint, input_size=input_hw
+            )
+        except ValueError as error:  # CheckpointError, or an input size the network cannot take
             raise BackendError(str(error)) from None
         config = checkpoint.config
-        hw = input_hw if input_hw is not None else (config.input_height, config.input_width)
-        if hw[0] % 32 or hw[1] % 32 or min(hw) < contract.MIN_IMAGE_SIDE:
-            raise BackendError(f"input size {hw[0]}x{hw[1]} must be multiples of 32 (e.g. 544x960)")
         self._model = model.to(self._device).eval()
         input_dtypes = dict(contract.INPUT_DTYPES)
         super().__init__(
             device=str(self._device),
             precision="fp16 autocast" if use_cuda else "fp32",
-            input_hw=hw,
+            input_hw=(config.input_height, config.input_width),
             input_dtypes=input_dtypes,
             output_names=config.output_names,
         )

@@ -1,0 +1,178 @@
+"""Segmenter: the one entry point that turns an image and a prompt into a :class:`Result`.
+
+It owns a backend, a tokenizer, the current encoded prompt and the post-processing thresholds. Prompts
+are encoded once, when they are set; each frame takes a snapshot of (prompt, thresholds) when it starts
+and is processed entirely with it, so prompt and threshold changes from other threads never mix within
+a frame.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from gdino_ros.backends import Backend, open_backend
+from gdino_ros.core.postprocess import PostprocessParams, postprocess
+from gdino_ros.core.preprocess import preprocess
+from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt, load_tokenizer
+from gdino_ros.core.result import Result
+
+
+@dataclass(frozen=True)
+class _ActivePrompt:
+    """An encoded prompt and the one text-input dict that goes with it (the backend keys uploads on it)."""
+
+    encoded: EncodedPrompt
+    text_inputs: dict[str, np.ndarray]
+
+
+class Segmenter:
+    """Image + prompt -> :class:`Result`, on any backend.
+
+    Thread-safe: :meth:`set_prompt`, :meth:`set_params` and :meth:`update_params` may be called from any
+    thread while frames are processed; a frame uses the prompt and thresholds current when it started.
+    Preprocessing of concurrent frames overlaps; inference and post-processing run one frame at a time.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        params: PostprocessParams | None = None,
+    ) -> None:
+        self._backend = backend
+        self._tokenizer = tokenizer
+        self._params = params or PostprocessParams()
+        self._active: _ActivePrompt | None = None
+        self._state_lock = threading.Lock()  # guards swaps of _active and _params
+        self._run_lock = threading.Lock()  # one frame at a time through inference + post-processing
+
+    @classmethod
+    def from_model(
+        cls,
+        model_path: str | Path,
+        *,
+        tokenizer_path: str | Path | None = None,
+        device: str = "auto",
+        prompt: str | None = None,
+        mode: str = "auto",
+        params: PostprocessParams | None = None,
+        input_hw: tuple[int, int] | None = None,
+        trust_checkpoint: bool = False,
+    ) -> Segmenter:
+        """Open ``model_path`` (``.onnx``, ``.pth``, ``.engine``/``.plan``) and its tokenizer.
+
+        The tokenizer comes from ``tokenizer_path``, else a ``vocab.txt`` next to the model, else the
+        local Hugging Face cache (never the network). ``prompt``, if given, is set with ``mode``.
+        ``device``, ``input_hw`` and ``trust_checkpoint`` go to :func:`gdino_ros.backends.open_backend`.
+        """
+        tokenizer = load_tokenizer(tokenizer_path, model_path)
+        backend = open_backend(model_path, device, input_hw=input_hw, trust_checkpoint=trust_checkpoint)
+        segmenter = cls(backend, tokenizer, params=params)
+        if prompt is not None:
+            try:
+                segmenter.set_prompt(prompt, mode)
+            except Exception:
+                backend.close()
+                raise
+        return segmenter
+
+    @property
+    def backend(self) -> Backend:
+        """The backend that runs the network (its name, device, precision, input size)."""
+        return self._backend
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        """The bert-base-uncased tokenizer prompts are encoded with."""
+        return self._tokenizer
+
+    @property
+    def prompt(self) -> EncodedPrompt | None:
+        """The current encoded prompt, or ``None`` before the first :meth:`set_prompt`."""
+        active = self._active
+        return None if active is None else active.encoded
+
+    @property
+    def prompt_text(self) -> str | None:
+        """The current prompt as the user gave it, or ``None`` before the first :meth:`set_prompt`."""
+        active = self._active
+        return None if active is None else active.encoded.text
+
+    @property
+    def params(self) -> PostprocessParams:
+        """The current post-processing thresholds."""
+        return self._params
+
+    def set_prompt(self, text: str, mode: str = "auto") -> EncodedPrompt:
+        """Encode ``text`` in ``mode`` (``"auto"``, ``"phrases"``, ``"expression"``) and make it current.
+
+        The prompt is encoded before anything changes, so an invalid prompt raises
+        :class:`~gdino_ros.core.prompt.PromptError` and leaves the previous one in place. Frames already
+        running finish with the previous prompt.
+        """
+        encoded = encode_prompt(text, mode, self._tokenizer)
+        active = _ActivePrompt(encoded, encoded.text_inputs())
+        with self._state_lock:
+            self._active = active
+        return encoded
+
+    def set_params(self, params: PostprocessParams) -> None:
+        """Replace the post-processing thresholds; frames that start afterwards use them."""
+        with self._state_lock:
+            self._params = params
+
+    def update_params(self, **changes: float | int) -> PostprocessParams:
+        """Change some thresholds (e.g. ``conf_threshold=0.4``), validated together; return the new set."""
+        unknown = sorted(set(changes) - {f.name for f in fields(PostprocessParams)})
+        if unknown:
+            known = ", ".join(f.name for f in fields(PostprocessParams))
+            raise ValueError(f"unknown post-processing parameter(s) {', '.join(unknown)}; known: {known}")
+        with self._state_lock:
+            self._params = replace(self._params, **changes)  # type: ignore[arg-type]
+            return self._params
+
+    def __call__(self, image: np.ndarray, *, bgr: bool = False) -> Result:
+        """Segment one uint8 H×W×3 image (RGB, or BGR if ``bgr``) with the current prompt.
+
+        ``Result.timings_ms`` has ``preprocess``, ``inference`` and ``postprocess`` in milliseconds.
+        Raises :class:`~gdino_ros.core.prompt.PromptError` when no prompt has been set and
+        ``ValueError`` for an unusable image.
+        """
+        with self._state_lock:
+            active, params = self._active, self._params
+        if active is None:
+            raise PromptError("No prompt is set; call set_prompt('cup . bottle') (or pass prompt=) first.")
+        started = time.perf_counter()
+        tensor = preprocess(image, self._backend.input_hw, bgr=bgr, dtype=self._backend.input_dtype)
+        preprocessed = time.perf_counter()
+        with self._run_lock:
+            inferred_start = time.perf_counter()
+            outputs = self._backend.infer(tensor, active.text_inputs)
+            inferred = time.perf_counter()
+            result = postprocess(outputs, active.encoded, (image.shape[0], image.shape[1]), params)
+            finished = time.perf_counter()
+        result.timings_ms = {
+            "preprocess": (preprocessed - started) * 1e3,
+            "inference": (inferred - inferred_start) * 1e3,
+            "postprocess": (finished - inferred) * 1e3,
+        }
+        return result
+
+    def close(self) -> None:
+        """Release the backend."""
+        self._backend.close()
+
+    def __enter__(self) -> Segmenter:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,75 @@
+"""gdino-segment end to end: real photos in, overlay PNG + 16-bit label PNG + JSON line out, exit codes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from model_fixtures import make_contract_onnx
+
+from gdino_ros.tools import segment
+
+
+def write_photo(path: Path, rgb: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def read_lines(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def check_outputs(record: dict[str, object], photo: np.ndarray) -> None:
+    overlay = cv2.imread(str(record["overlay"]), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(record["label_image"]), cv2.IMREAD_UNCHANGED)
+    assert overlay.shape == photo.shape and overlay.dtype == np.uint8
+    assert labels.shape == photo.shape[:2] and labels.dtype == np.uint16
+    detections = record["detections"]
+    assert isinstance(detections, list)
+    assert int(labels.max()) <= len(detections)
+    assert set(record["timings_ms"]) == {"preprocess", "inference", "postprocess"}  # type: ignore[arg-type]
+
+
+def test_segments_several_photos_and_reports_a_missing_one(
+    tmp_path: Path, vocab_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = make_contract_onnx(tmp_path / "model.onnx", input_hw=(64, 96), rela=False)
+    photos = {"coffee": skimage.data.coffee(), "chelsea": skimage.data.chelsea()}
+    paths = [write_photo(tmp_path / f"{name}.png", rgb) for name, rgb in photos.items()]
+    missing = tmp_path / "absent.jpg"
+    out = tmp_path / "out"
+    code = segment.main(["--model", str(model), "--prompt", "cup . cat", "--tokenizer", str(vocab_path),
+                         "--image", str(paths[0]), str(missing), str(paths[1]), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{missing}: cannot read image" in err
+    assert "1 of 3 image(s) failed" in err
+    records = read_lines(out)
+    assert [Path(str(r["image"])).stem for r in records] == ["coffee", "chelsea"]
+    for record, rgb in zip(records, photos.values(), strict=True):
+        assert record["prompt"] == "cup . cat" and record["mode"] == "phrases"
+        assert record["backend"] == "onnxruntime" and record["no_target_probability"] is None
+        assert record["height"] == rgb.shape[0] and record["width"] == rgb.shape[1]
+        check_outputs(record, rgb)
+        # The small graph's single surviving box is labelled with the prompt's first phrase.
+        assert [d["label"] for d in record["detections"]] == ["cup"]  # type: ignore[union-attr,index]
+
+
+def test_model_and_prompt_errors_are_one_line(
+    tmp_path: Path, vocab_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photo = write_photo(tmp_path / "coffee.png", skimage.data.coffee())
+    code = segment.main(["--model", str(tmp_path / "absent.onnx"), "--prompt", "cup", "--image", str(photo),
+                         "--tokenizer", str(vocab_path), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    absent = tmp_path / "absent.onnx"
+    assert lines == [f"gdino-segment: error: model file {absent} does not exist (or is not a file)"]
+    model = make_contract_onnx(tmp_path / "model.onnx", rela=False)
+    code = segment.main(["--model", str(model), "--prompt", " . , ", "--mode", "phrases", "--image",
+                         str(photo), "--tokenizer", str(vocab_path), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "contains no phrase" in lines[0]

@@ -98,7 +98,7 @@ class MessageTypes:
 
 def _byte_array(data: np.ndarray) -> array.array:
     out = array.array("B")
-    out.frombytes(memoryview(data))
+    out.frombytes(data.data)
     return out
 
 

@@ -50,7 +50,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -302,7 +302,7 @@ class BagSource:
             schemas: dict[int, Any] = {}
             keys: dict[int, int] = {}
             with file.open("rb") as stream:
-                records = StreamReader(_ExactReader(stream), validate_crcs=True).records
+                records = StreamReader(cast("IO[bytes]", _ExactReader(stream)), validate_crcs=True).records
                 while True:
                     try:
                         record = next(records)
@@ -322,7 +322,7 @@ class BagSource:
                             topic=record.topic,
                             msgtype=schema.name if schema else "",
                             msgdef=schema.data.decode() if schema else "",
-                            msgdef_is_idl=bool(schema) and schema.encoding != "ros2msg",
+                            msgdef_is_idl=schema is not None and schema.encoding != "ros2msg",
                             digest="",
                             serialization_format=record.message_encoding,
                             qos=tuple(parse_qos(qos)) if qos else (),
@@ -414,7 +414,9 @@ def _prepare_output(output: Path, source: Path, overwrite: bool) -> None:
 class BagSink:
     """The output rosbag2: copies input connections through and adds the /gdino/* outputs."""
 
-    def __init__(self, path: Path, storage: str, store: Any, output_topics: dict[str, str]) -> None:
+    def __init__(
+        self, path: Path, storage: str, store: Any, output_topics: dict[str, tuple[str, str]]
+    ) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
@@ -485,6 +487,8 @@ class Stats:
     no_target_frames: int = 0
     dropped_instances: int = 0
     copied: int = 0
+    wall_s: float = 0.0  # from the first message read to the output finalised (model loading excluded)
+    interrupted: bool = False
     stage_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
     def add_stage(self, name: str, started: float) -> float:
@@ -681,9 +685,10 @@ class _Run:
         stats.no_target_frames += bool(result.no_target)
         stats.dropped_instances += messages.dropped_instances
 
-    def summary(self, wall: float, failure: BaseException | None) -> str:
+    def summary(self) -> str:
         """Frames, detections, no-target frames and milliseconds per frame for each stage."""
         stats = self.stats
+        wall = stats.wall_s
         rate = stats.frames / wall if wall > 0 else 0.0
         lines = [
             f"gdino-bag: {stats.frames} frames in {wall:.1f} s ({rate:.2f} frames/s), {stats.detections} "
@@ -700,14 +705,17 @@ class _Run:
         if stats.dropped_instances:
             lines.append(f"  mono8 mask: {stats.dropped_instances} instances beyond id 255 were left out")
         lines += [f"  not copied: {topic} ({why})" for topic, why in sorted(self.sink.skipped.items())]
-        if isinstance(failure, KeyboardInterrupt):
+        if stats.interrupted:
             lines.append("  interrupted")
         lines.append(f"  wrote {self.args.output} ({self.args.storage})")
         return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Process the bag; user errors raise BagToolError (after finalising any output written)."""
+def run(args: argparse.Namespace) -> Stats:
+    """Process the bag and print the summary; return what was done (benchmarks read it).
+
+    User errors raise BagToolError, after finalising whatever output was written.
+    """
     if args.prompt is None and args.prompt_schedule is None:
         raise BagToolError("give --prompt, --prompt-schedule, or both")
     if args.start is not None and args.end is not None and args.end <= args.start:
@@ -721,43 +729,46 @@ def run(args: argparse.Namespace) -> int:
 
     store = project_typestore()
     source = BagSource(args.input)
-    failure: BaseException | None = None
+    failure: BagToolError | None = None
     try:
         if not source.streamed:
             _check_image_topic(source, args.image_topic)
         segmenter = _open_segmenter(args, schedule)
-        topics = {
-            name: (f"{OUTPUT_NAMESPACE}/{name}", msgtype)
-            for name, msgtype in OUTPUT_TYPES.items()
-            if args.overlay or name != "overlay"
-        }
-        sink = BagSink(args.output, args.storage, store, topics)
-        job = _Run(args, source, sink, store, segmenter, schedule)
-        started = time.perf_counter()
         try:
-            job.process()
-        except (BagToolError, KeyboardInterrupt) as error:
-            failure = error
+            topics = {
+                name: (f"{OUTPUT_NAMESPACE}/{name}", msgtype)
+                for name, msgtype in OUTPUT_TYPES.items()
+                if args.overlay or name != "overlay"
+            }
+            sink = BagSink(args.output, args.storage, store, topics)
+            job = _Run(args, source, sink, store, segmenter, schedule)
+            started = time.perf_counter()
+            try:
+                job.process()
+            except KeyboardInterrupt:
+                job.stats.interrupted = True
+            except BagToolError as error:
+                failure = error
+            finally:
+                sink.close()
+                job.stats.wall_s = time.perf_counter() - started
         finally:
-            sink.close()
-        wall = time.perf_counter() - started
+            segmenter.close()
     finally:
         source.close()
     if failure is None and source.streamed and not job.stats.frames:
         _check_image_topic(source, args.image_topic)
-    print(job.summary(wall, failure), flush=True)
-    if isinstance(failure, KeyboardInterrupt):
-        return 130
+    print(job.summary(), flush=True)
     if failure is not None:
         raise BagToolError(f"{failure}; the {job.stats.frames} frames before it are in {args.output}")
-    return 0
+    return job.stats
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gdino-bag; user errors print one line to stderr and return 1."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        return 130 if run(args).interrupted else 0
     except BagToolError as error:
         print(f"gdino-bag: error: {error}", file=sys.stderr)
         return 1

@@ -5,7 +5,9 @@ sample. The ground truth of a sample is the union of its non-crowd target instan
 no-target expression. The prediction of a sample is the union of the detections' masks, and
 ``pred_nt`` ("predicted no target") is :attr:`gdino_ros.core.result.Result.no_target`: the model's own
 ReLA no-target decision (``argmax(no_targets) == 1``) for a 5-output model, and "no detection survived
-post-processing" for a 3-output model without the no-target head. Everything is computed at the
+post-processing" for a 3-output model without the no-target head. As in ReLA, the head alone decides
+for a 5-output model: a "target" decision with no surviving detection is a target prediction with an
+empty mask (TAO's PyTorch VG evaluator would count it as no-target). Everything is computed at the
 original image size (ReLA computes its published numbers at 480x480, so expect small differences).
 
 The GRES definitions are those of the official evaluator (henghuiding/ReLA,

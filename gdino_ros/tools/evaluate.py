@@ -53,7 +53,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "mask mAP", "mask mAP50", "box AP", "box AP50",
 )
 PRED_NT_RULE = (
-    "pred_nt = Result.no_target: the model's no-target (ReLA) head decision for 5-output models, "
+    "pred_nt = Result.no_target: the no-target (ReLA) head's argmax for 5-output models, "
     "no detection surviving post-processing for 3-output models"
 )
 RESULTS_FORMAT = 1  # version of the per-sample JSON lines
@@ -349,8 +349,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     if args.limit is not None and args.limit < 1:
         raise EvalError(f"--limit must be a positive number of samples, got {args.limit}")
     if not args.model.exists():
@@ -369,23 +367,7 @@ def _run(args: argparse.Namespace) -> int:
     todo = [s for s in samples if s.key not in results.records]
     unreadable: set[str] = set()
     if todo:
-        from gdino_ros.core.segmenter import Segmenter
-
-        segmenter = Segmenter.from_model(str(args.model), tokenizer_path=args.tokenizer)
-        loaded_path: Path | None = None
-        image_rgb: np.ndarray | None = None
-        desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
-        with tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample") as bar:
-            for sample in todo:
-                if sample.image_path != loaded_path:
-                    loaded_path, image_rgb = sample.image_path, _read_image(sample)
-                if image_rgb is None:
-                    unreadable.add(str(sample.image_path))
-                    bar.update()
-                    continue
-                segmenter.set_prompt(sample.expression, EXPRESSION)
-                results.append(sample_record(sample, segmenter(image_rgb)))
-                bar.update()
+        _infer(args, split, samples, todo, results, unreadable)
     records = [results.records[s.key] for s in samples if s.key in results.records]
     if not records:
         raise EvalError(
@@ -403,6 +385,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer(
+    args: argparse.Namespace,
+    split: Split,
+    samples: Sequence[Sample],
+    todo: Sequence[Sample],
+    results: ResultsFile,
+    unreadable: set[str],
+) -> None:
+    """Run the Segmenter on the samples not yet in ``results``, one line each, with a progress bar."""
+    from tqdm import tqdm
+
+    from gdino_ros.core.segmenter import Segmenter
+
+    loaded_path: Path | None = None
+    image_bgr: np.ndarray | None = None
+    desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
+    with (
+        Segmenter.from_model(args.model, tokenizer_path=args.tokenizer) as segmenter,
+        tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample") as bar,
+    ):
+        for sample in todo:
+            if sample.image_path != loaded_path:
+                loaded_path, image_bgr = sample.image_path, _read_image(sample)
+            if image_bgr is None:
+                unreadable.add(str(sample.image_path))
+            else:
+                segmenter.set_prompt(sample.expression, EXPRESSION)
+                results.append(sample_record(sample, segmenter(image_bgr, bgr=True)))
+            bar.update()
+
+
 def _read_image(sample: Sample) -> np.ndarray | None:
     bgr = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
     if bgr is None:
@@ -413,7 +426,7 @@ def _read_image(sample: Sample) -> np.ndarray | None:
             f"{sample.image_path} is {bgr.shape[1]}x{bgr.shape[0]} but instances.json says "
             f"{sample.width}x{sample.height}: the images folder does not match the annotations"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return bgr
 
 
 def _summary(

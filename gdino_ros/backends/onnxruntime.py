@@ -13,7 +13,7 @@ import onnxruntime as ort
 from gdino_ros import contract
 from gdino_ros.backends.base import Backend, BackendError, TensorSpec, check_io, parse_device
 
-_ORT_DTYPES = {
+_ORT_DTYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(int64)": np.dtype(np.int64),
@@ -28,7 +28,7 @@ _CPU = "CPUExecutionProvider"
 def _spec(arg: ort.NodeArg) -> TensorSpec:
     dtype = _ORT_DTYPES.get(arg.type)
     shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in arg.shape)
-    return TensorSpec(arg.name, dtype if dtype is not None else np.dtype(object), shape)
+    return TensorSpec(arg.name, np.dtype(object) if dtype is None else dtype, shape)  # object: unknown type
 
 
 class OnnxRuntimeBackend(Backend):

@@ -11,10 +11,12 @@ Order of operations, per frame (batch 1):
 4. ReLA: intersection-over-instance filter. As in TAO's PyTorch 7.0 reference, at the mask resolution
    (H/4, W/4): the union map ``argmax(union_mask_logits)`` (H/8) is bilinearly upsampled, any value > 0 is
    foreground, and an instance mask (``sigmoid(logit) > mask_threshold``) stays when
-   ``|mask ∩ union| / (|mask| + 1e-6) > ioi_threshold``. Both 3. and 4. are per-candidate filters on the
-   top-k set, so evaluating 4. only on the candidates that passed 3. gives TAO's result.
+   ``|mask ∩ union| / (|mask| + 1e-6) > ioi_threshold``.
 5. Boxes cxcywh -> xyxy in original-image pixels, clipped (TAO Deploy); class-agnostic greedy NMS (IoU
    strictly above ``nms_threshold`` suppresses; skipped when it is 0); at most ``max_detections`` kept.
+   3.-5. give TAO's result (top-k, IoI, confidence, NMS), but 4. is computed only for the candidates that
+   3. and 5. leave, in one greedy pass (IoI and confidence are per-candidate filters, and a candidate that
+   fails IoI never suppresses another).
 6. Masks of the survivors only, at the original resolution: exactly OpenCV's ``INTER_LINEAR`` resize of
    the (H/4, W/4) logits followed by ``sigmoid > mask_threshold`` (TAO Deploy), evaluated only where the
    answer is not already decided by the four source logits around a pixel (see :class:`MaskUpsampler`).
@@ -26,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
+import cv2
 import numpy as np
 
 from gdino_ros.contract import (
@@ -121,35 +124,24 @@ def postprocess(
             return Result(prompt.text, prompt.mode, [], label_image, True, no_target_probability)
 
     scores, queries, classes, token_probs = _select(logits, prompt, params)
-    threshold = params.mask_logit_threshold
-    if union is not None and params.ioi_threshold > 0 and queries.size:
-        keep = ioi_keep(masks[queries], union, threshold, params.ioi_threshold)
-        scores, queries, classes = scores[keep], queries[keep], classes[keep]
-
     boxes_xyxy = boxes_to_pixels(boxes[queries], height, width)
-    keep = np.arange(len(scores))
-    if params.nms_threshold > 0:  # TAO skips NMS at 0
-        keep = nms(boxes_xyxy, scores, params.nms_threshold)
-    keep = keep[: params.max_detections]
+    foreground = None
+    if union is not None and params.ioi_threshold > 0:
+        foreground = union_foreground(union, masks.shape[1:])
+    keep = _filter(scores, boxes_xyxy, masks[queries], foreground, params)
     scores, queries, classes, boxes_xyxy = scores[keep], queries[keep], classes[keep], boxes_xyxy[keep]
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
-    upsampler = MaskUpsampler.for_sizes(masks.shape[1:], (height, width))
-    crops = [upsampler.crop(masks[q], threshold) for q in queries]
-    instance_masks = []
-    for crop in crops:
-        mask = np.zeros((height, width), dtype=np.bool_)
-        if crop is not None:
-            y0, x0, part = crop
-            mask[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]] = part
-        instance_masks.append(mask)
+    # One block for all instance masks: a single allocation whose pages are touched only where masks are.
+    instance_masks = np.zeros((len(queries), height, width), dtype=np.bool_)
+    upsampler = MaskUpsampler(masks.shape[1:], (height, width))
+    rectangles = [upsampler.paint(masks[q], params.mask_logit_threshold, instance_masks[k])
+                  for k, q in enumerate(queries)]
     # Lowest score first, so that where instances overlap the higher score is written last and wins.
-    for k in range(len(crops) - 1, -1, -1):
-        crop = crops[k]
-        if crop is not None:
-            y0, x0, part = crop
-            region = label_image[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]]
-            np.copyto(region, np.uint16(k + 1), where=part)
+    for k in range(len(rectangles) - 1, -1, -1):
+        if rectangles[k] is not None:
+            y0, y1, x0, x1 = rectangles[k]
+            np.copyto(label_image[y0:y1, x0:x1], np.uint16(k + 1), where=instance_masks[k, y0:y1, x0:x1])
 
     detections = [
         Detection(
@@ -218,13 +210,18 @@ def _select(
     flat = class_probs.reshape(-1)
     candidates = np.flatnonzero(flat >= params.conf_threshold)
     if candidates.size > params.num_select:
-        best = np.argpartition(-flat[candidates], params.num_select - 1)[: params.num_select]
-        candidates = candidates[best]
+        # The num_select best; among equal scores at the cut, the lowest (query, class) index.
+        values = flat[candidates]
+        cut = np.partition(values, candidates.size - params.num_select)[candidates.size - params.num_select]
+        above = candidates[values > cut]
+        at_cut = candidates[values == cut][: params.num_select - above.size]
+        candidates = np.concatenate([above, at_cut])
     scores = flat[candidates]
     order = np.lexsort((candidates, -scores))  # score descending, then (query, class) index
     candidates = candidates[order]
+    scores = scores[order]
     num_classes = class_probs.shape[1]
-    return scores[order], candidates // num_classes, candidates % num_classes, token_probs
+    return scores, candidates // num_classes, candidates % num_classes, token_probs
 
 
 def _labels(
@@ -260,33 +257,48 @@ def boxes_to_pixels(boxes_cxcywh: np.ndarray, height: int, width: int) -> np.nda
     return xyxy
 
 
-def nms(boxes_xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy class-agnostic NMS: indices kept, best score first (ties: lower index first).
-
-    A box is suppressed by a kept, better box when their IoU is strictly above ``iou_threshold``;
-    boxes of zero area overlap nothing.
-    """
-    n = scores.shape[0]
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    order = np.lexsort((np.arange(n), -scores))
-    b = boxes_xyxy[order]
-    area = np.maximum(b[:, 2] - b[:, 0], 0) * np.maximum(b[:, 3] - b[:, 1], 0)
-    x0, y0, x1, y1 = (b[:, i] for i in range(4))
-    inter_w = np.clip(np.minimum(x1[:, None], x1[None, :]) - np.maximum(x0[:, None], x0[None, :]), 0, None)
-    inter_h = np.clip(np.minimum(y1[:, None], y1[None, :]) - np.maximum(y0[:, None], y0[None, :]), 0, None)
+def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one xyxy box [4] with each of ``boxes`` [N, 4]; 0 where the union has no area."""
+    inter_w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
+    inter_h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
     inter = inter_w * inter_h
-    union = area[:, None] + area[None, :] - inter
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
-        over = np.where(union > 0, inter / union, 0.0) > iou_threshold
-    suppressed = np.zeros(n, dtype=np.bool_)
-    kept = []
-    for i in range(n):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+def _filter(
+    scores: np.ndarray,
+    boxes_xyxy: np.ndarray,
+    mask_logits: np.ndarray,
+    foreground: np.ndarray | None,
+    params: PostprocessParams,
+) -> np.ndarray:
+    """Return the candidates (indices, best first) that pass the IoI filter, NMS and the cap.
+
+    One greedy pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as
+    if the IoI filter had run on all candidates before NMS; but the test is only paid for candidates that
+    NMS has not already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly
+    above ``nms_threshold`` (TAO skips NMS at 0).
+    """
+    threshold = params.mask_logit_threshold
+    suppressed = np.zeros(scores.shape[0], dtype=np.bool_)
+    kept: list[int] = []
+    for i in range(scores.shape[0]):
         if suppressed[i]:
             continue
+        if foreground is not None:
+            binary = mask_logits[i] > threshold
+            inside = np.count_nonzero(binary & foreground) / (np.count_nonzero(binary) + 1e-6)
+            if not inside > params.ioi_threshold:
+                continue
         kept.append(i)
-        suppressed |= over[i]
-    return order[np.array(kept, dtype=np.int64)]
+        if len(kept) == params.max_detections:
+            break
+        if params.nms_threshold > 0:
+            suppressed |= box_iou(boxes_xyxy[i], boxes_xyxy) > params.nms_threshold
+    return np.array(kept, dtype=np.int64)
 
 
 def union_foreground(union_logits: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
@@ -314,17 +326,6 @@ def _torch_bilinear_axis(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray
     return i0, i1, np.float32(1) - w1, w1
 
 
-def ioi_keep(
-    mask_logits: np.ndarray, union_logits: np.ndarray, logit_threshold: float, ioi_threshold: float
-) -> np.ndarray:
-    """Bool [N]: which masks (logits [N, h, w]) lie mostly inside the union map (IoI > ``ioi_threshold``)."""
-    foreground = union_foreground(union_logits, mask_logits.shape[1:])
-    binary = mask_logits > logit_threshold
-    inside = np.count_nonzero(binary & foreground, axis=(1, 2))
-    area = np.count_nonzero(binary, axis=(1, 2))
-    return inside / (area + 1e-6) > ioi_threshold
-
-
 @dataclass(frozen=True, eq=False)
 class _LinearAxis:
     """OpenCV ``INTER_LINEAR`` along one axis: per destination index, two source indices and weights.
@@ -340,6 +341,7 @@ class _LinearAxis:
     cell: np.ndarray  # int64 [n_dst], non-decreasing
 
 
+@lru_cache(maxsize=16)
 def _opencv_linear_axis(n_src: int, n_dst: int, edge_weight_one: bool) -> _LinearAxis:
     """Coefficients exactly as OpenCV's generic resize computes them (float32 fractions of a double map).
 
@@ -361,82 +363,90 @@ def _opencv_linear_axis(n_src: int, n_dst: int, edge_weight_one: bool) -> _Linea
 
 
 class MaskUpsampler:
-    """Threshold the bilinear upsampling of a low-resolution mask logit map without computing all of it.
+    """Threshold the bilinear upsampling of low-resolution mask logit maps, computing as little as needed.
 
-    The result equals ``cv2.resize(logits, (W, H), interpolation=cv2.INTER_LINEAR) > threshold`` with
-    OpenCV's own resize code (the Intel IPP variant that x86 wheels may dispatch to rounds differently), bit
-    for bit: every output pixel is a weighted mean of the 2×2 source logits around it, so where all four
-    are above the threshold (or none is) the answer is known without interpolating. Only pixels in
-    source cells that straddle the threshold are interpolated, with OpenCV's float32 arithmetic, and only
-    the rectangle that can hold foreground is touched. The cost therefore follows the mask's extent and
-    outline, not the image size.
+    :meth:`paint` gives exactly ``cv2.resize(logits, (W, H), interpolation=cv2.INTER_LINEAR) > threshold``
+    as computed by OpenCV's own resize code, bit for bit (the Intel IPP resize that OpenCV's x86 wheels
+    dispatch to by default rounds differently and is not used). An output pixel is a weighted mean of the
+    2×2 source logits around it, so it can only be above the threshold next to a source logit that is; only
+    the output rectangle that covers those source logits is computed. A small rectangle is interpolated
+    here with OpenCV's float32 arithmetic (horizontal pass, then vertical); a large one comes from OpenCV's
+    full-image resize, which is then the faster of the two.
+
+    One instance serves one thread: it keeps scratch buffers between calls, so that a frame's masks do not
+    each pay for fresh memory.
     """
+
+    #: Above this fraction of the output image, resize the whole map with OpenCV instead.
+    OPENCV_FRACTION = 0.1
 
     def __init__(self, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> None:
         self.src_hw = (int(src_hw[0]), int(src_hw[1]))
         self.dst_hw = (int(dst_hw[0]), int(dst_hw[1]))
         self._rows = _opencv_linear_axis(self.src_hw[0], self.dst_hw[0], edge_weight_one=False)
         self._cols = _opencv_linear_axis(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
+        self._scratch: np.ndarray | None = None  # float32 [3, H * W], allocated on first use
 
-    @staticmethod
-    @lru_cache(maxsize=8)
-    def for_sizes(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> MaskUpsampler:
-        """Return a cached upsampler (the coefficient tables depend only on the two sizes)."""
-        return MaskUpsampler(src_hw, dst_hw)
+    def paint(
+        self, logits: np.ndarray, threshold: float, out: np.ndarray
+    ) -> tuple[int, int, int, int] | None:
+        """Write ``upsampled logits > threshold`` into ``out`` and return the rectangle written.
 
-    def crop(self, logits: np.ndarray, threshold: float) -> tuple[int, int, np.ndarray] | None:
-        """``(y0, x0, mask)``: bool ``mask`` holds every output pixel above ``threshold``; None if none is.
-
-        ``logits`` is one float [h, w] map; ``mask`` covers rows y0.. and columns x0.. of the output.
+        ``logits`` is one float [h, w] map; ``out`` is bool [H, W] and False everywhere (only the returned
+        rectangle ``(y0, y1, x0, x1)`` is written; no output pixel outside it is above the threshold).
+        Returns None when no pixel is above the threshold.
         """
-        logits = np.asarray(logits, dtype=np.float32)
-        h, w = self.src_hw
-        # Four samples all <= lo give a value <= threshold; all > hi give a value > threshold. At threshold
-        # 0 this is exact by sign; otherwise the margin covers float32 rounding.
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        # A weighted mean of samples that are all <= threshold is <= threshold: exactly so at threshold 0
+        # (by sign); otherwise a margin far above float32 rounding keeps every candidate sample.
         margin = 0.0 if threshold == 0 else 1e-4 * (1.0 + abs(threshold))
-        lo, hi = threshold - margin, threshold + margin + 1e-30
-        above = logits > lo
-        rows = np.flatnonzero(above.any(axis=1))
-        if rows.size == 0:
+        c0, r0, n_cols, n_rows = cv2.boundingRect((logits > threshold - margin).view(np.uint8))
+        if n_rows == 0:
             return None
-        cols = np.flatnonzero(above.any(axis=0))
-        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-        # Cells r0 .. r1+1 read source rows r0-1 .. r1+1 (clamped); other cells hold no foreground.
-        row_idx = np.clip(np.arange(r0 - 1, r1 + 2), 0, h - 1)
-        col_idx = np.clip(np.arange(c0 - 1, c1 + 2), 0, w - 1)
-        sub = logits[row_idx[:, None], col_idx[None, :]]
-        cell_min = np.minimum(np.minimum(sub[:-1, :-1], sub[1:, :-1]), np.minimum(sub[:-1, 1:], sub[1:, 1:]))
-        cell_max = np.maximum(np.maximum(sub[:-1, :-1], sub[1:, :-1]), np.maximum(sub[:-1, 1:], sub[1:, 1:]))
-        # 1: foreground, 0: background, 2: straddles the threshold.
-        status = np.where(cell_min > hi, np.uint8(1), np.where(cell_max > lo, np.uint8(2), np.uint8(0)))
-        cell_y, cell_x = self._rows.cell, self._cols.cell
-        y0, y1 = int(np.searchsorted(cell_y, r0, "left")), int(np.searchsorted(cell_y, r1 + 1, "right"))
-        x0, x1 = int(np.searchsorted(cell_x, c0, "left")), int(np.searchsorted(cell_x, c1 + 1, "right"))
+        # Output pixels that read any of the source rows r0 .. r0+n_rows-1 (and likewise for columns).
+        rows, cols = self._rows, self._cols
+        y0 = int(np.searchsorted(rows.i1, r0, "left"))
+        y1 = int(np.searchsorted(rows.i0, r0 + n_rows - 1, "right"))
+        x0 = int(np.searchsorted(cols.i1, c0, "left"))
+        x1 = int(np.searchsorted(cols.i0, c0 + n_cols - 1, "right"))
         if y1 <= y0 or x1 <= x0:
             return None
-        expanded = status[:, cell_x[x0:x1] - c0][cell_y[y0:y1] - r0]
-        straddling = np.flatnonzero(expanded == 2)
-        if straddling.size:
-            width = x1 - x0
-            expanded.reshape(-1)[straddling] = self._values(
-                logits, straddling // width + y0, straddling % width + x0
-            ) > threshold
-        return y0, x0, expanded.view(np.bool_)
+        height, width = self.dst_hw
+        if self._scratch is None:
+            self._scratch = np.empty((3, height * width), dtype=np.float32)
+        target = out[y0:y1, x0:x1]
+        if (y1 - y0) * (x1 - x0) > self.OPENCV_FRACTION * height * width:
+            full = self._scratch[0].reshape(height, width)
+            previous = cv2.ipp.useIPP()  # a per-thread switch: other threads are not affected
+            cv2.ipp.setUseIPP(False)
+            try:
+                full = cv2.resize(logits, (width, height), dst=full, interpolation=cv2.INTER_LINEAR)
+            finally:
+                cv2.ipp.setUseIPP(previous)
+            np.greater(full[y0:y1, x0:x1], threshold, out=target)
+        else:
+            np.greater(self._interpolate(logits, y0, y1, x0, x1), threshold, out=target)
+        return y0, y1, x0, x1
 
-    def _values(self, logits: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        """OpenCV's float32 bilinear value at output pixels (ys, xs): horizontal pass, then vertical."""
+    def _interpolate(self, logits: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """OpenCV's float32 bilinear values in output rows y0:y1, columns x0:x1, float32 [y1-y0, x1-x0].
+
+        A horizontal pass over the source rows involved, then a vertical pass, in OpenCV's order of
+        operations; the results live in the scratch buffer until the next call.
+        """
+        assert self._scratch is not None
         rows, cols = self._rows, self._cols
-        j0, j1, a0, a1 = cols.i0[xs], cols.i1[xs], cols.w0[xs], cols.w1[xs]
-        i0, i1 = rows.i0[ys], rows.i1[ys]
-        top = logits[i0, j0] * a0 + logits[i0, j1] * a1
-        bottom = logits[i1, j0] * a0 + logits[i1, j1] * a1
-        return top * rows.w0[ys] + bottom * rows.w1[ys]
-
-    def full_mask(self, logits: np.ndarray, threshold: float) -> np.ndarray:
-        """Bool [H, W]: the whole thresholded upsampled mask."""
-        mask = np.zeros(self.dst_hw, dtype=np.bool_)
-        crop = self.crop(logits, threshold)
-        if crop is not None:
-            y0, x0, part = crop
-            mask[y0 : y0 + part.shape[0], x0 : x0 + part.shape[1]] = part
-        return mask
+        i0, i1 = rows.i0[y0:y1], rows.i1[y0:y1]
+        first = int(i0[0])
+        source = logits[first : int(i1[-1]) + 1]
+        shape = (y1 - y0, x1 - x0)
+        size = shape[0] * shape[1]
+        across = np.take(source, cols.i0[x0:x1], axis=1)
+        across *= cols.w0[x0:x1]
+        across += np.take(source, cols.i1[x0:x1], axis=1) * cols.w1[x0:x1]
+        top = np.take(across, i0 - first, axis=0, out=self._scratch[1, :size].reshape(shape))
+        top *= rows.w0[y0:y1, None]
+        bottom = np.take(across, i1 - first, axis=0, out=self._scratch[2, :size].reshape(shape))
+        bottom *= rows.w1[y0:y1, None]
+        top += bottom
+        return top

@@ -2,7 +2,8 @@
 
 The resize runs on the uint8 image (a quarter of the bytes of float32) and the normalisation is one fused
 multiply-add per channel plane written straight into the output tensor, which keeps a 1080p frame within a
-few milliseconds on one CPU core.
+few milliseconds on one CPU core. TAO Deploy resizes a float32 copy instead; OpenCV's fixed-point uint8
+resize differs from that by less than one grey level (0.2 on average on scikit-image's photos).
 """
 from __future__ import annotations
 

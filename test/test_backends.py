@@ -220,3 +220,12 @@ def test_engine_without_tensorrt_says_how_to_get_it(tmp_path: Path) -> None:
     expected = "TensorRT's Python package is not installed.*pip install tensorrt"
     with pytest.raises(BackendError, match=expected):
         open_backend(path)
+
+
+def test_closed_backend_says_so(onnx_model: Path) -> None:
+    backend = open_backend(onnx_model)
+    backend.close()
+    backend.close()  # repeated close is harmless
+    with pytest.raises(BackendError, match="has been closed"):
+        backend.infer(image(), text_inputs([101, 102]))
+

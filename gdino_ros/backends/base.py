@@ -202,6 +202,7 @@ class Backend(ABC):
         self._input_dtypes = dict(input_dtypes)
         self._lock = threading.Lock()
         self._text_inputs: Mapping[str, np.ndarray] | None = None
+        self._closed = False
 
     @property
     def has_no_target_head(self) -> bool:
@@ -223,6 +224,8 @@ class Backend(ABC):
                 f"{expected}; preprocess with input_hw={self.input_hw} and dtype={self.input_dtype}"
             )
         with self._lock:
+            if self._closed:
+                raise BackendError(f"the {self.name} backend has been closed; open the model again")
             if text_inputs is not self._text_inputs:
                 self._set_text(self._checked_text(text_inputs))
                 self._text_inputs = text_inputs
@@ -251,8 +254,16 @@ class Backend(ABC):
     def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Run on ``image`` with the current text tensors."""
 
-    def close(self) -> None:  # noqa: B027 - backends without resources to free keep this default
-        """Release the model and its buffers; the backend cannot be used afterwards."""
+    def close(self) -> None:
+        """Release the model and its buffers; the backend cannot be used afterwards. Safe to repeat."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._release()
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Free what the backend holds (called once, by :meth:`close`)."""
 
     def __enter__(self) -> Backend:
         return self

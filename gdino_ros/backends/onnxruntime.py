@@ -74,22 +74,29 @@ class OnnxRuntimeBackend(Backend):
         )
         self._ort_device = ("cuda", index) if on_gpu else ("cpu", 0)
         self._binding = self._session.io_binding()
+        self._text_values: dict[str, ort.OrtValue] = {}
         for name in self.output_names:
             self._binding.bind_output(name)
 
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
         device_type, device_id = self._ort_device
-        for name, value in text_inputs.items():
-            value_on_device = ort.OrtValue.ortvalue_from_numpy(value, device_type, device_id)
-            self._binding.bind_ortvalue_input(name, value_on_device)
+        # Kept referenced: on the CPU an OrtValue borrows the numpy array's memory, and the binding
+        # does not keep the Python objects alive.
+        self._text_values = {
+            name: ort.OrtValue.ortvalue_from_numpy(value, device_type, device_id)
+            for name, value in text_inputs.items()
+        }
+        for name, value in self._text_values.items():
+            self._binding.bind_ortvalue_input(name, value)
 
     def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         self._binding.bind_cpu_input(contract.INPUT_IMAGE, image)
         self._session.run_with_iobinding(self._binding)
         return dict(zip(self.output_names, self._binding.copy_outputs_to_cpu(), strict=True))
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the session (ONNX Runtime frees its memory when the last reference goes)."""
         self._binding.clear_binding_inputs()
         self._binding.clear_binding_outputs()
+        self._text_values = {}
         del self._session

@@ -139,6 +139,7 @@ class TensorRTBackend(Backend):
         if kind == "cpu":
             raise BackendError("a TensorRT engine runs on a GPU only; use the .onnx model for device='cpu'")
         gpu = select_gpu(index)
+        self._gpu_index = index
         data = path.read_bytes()
         record = read_record(path)
         if record is not None and record.engine_sha256 != hashlib.sha256(data).hexdigest():
@@ -240,7 +241,15 @@ class TensorRTBackend(Backend):
         )
         cuda_check(error, f"cudaMemcpyAsync (upload of '{buffer.name}')")
 
+    def _use_gpu(self) -> None:
+        """Make this backend's GPU current: CUDA's current device is per thread, and callers may differ."""
+        from cuda.bindings import runtime as cudart
+
+        (error,) = cudart.cudaSetDevice(self._gpu_index)
+        cuda_check(error, "cudaSetDevice")
+
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
+        self._use_gpu()
         for name, value in text_inputs.items():
             np.copyto(self._buffers[name].host, value)
             self._upload(self._buffers[name])
@@ -248,6 +257,7 @@ class TensorRTBackend(Backend):
     def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         from cuda.bindings import runtime as cudart
 
+        self._use_gpu()
         image_buffer = self._buffers[contract.INPUT_IMAGE]
         np.copyto(image_buffer.host, image)
         self._upload(image_buffer)
@@ -264,10 +274,11 @@ class TensorRTBackend(Backend):
         cuda_check(error, "cudaStreamSynchronize (engine execution)")
         return {name: self._buffers[name].host for name in self.output_names}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Free the buffers and the stream, then the execution context and the engine."""
         from cuda.bindings import runtime as cudart
 
+        self._use_gpu()
         for buffer in self._buffers.values():
             cudart.cudaFreeHost(buffer.host_ptr)
             cudart.cudaFree(buffer.device_ptr)

@@ -79,7 +79,7 @@ class TorchBackend(Backend):
         pairs = zip(self.output_names, outputs, strict=True)
         return {name: tensor.float().cpu().numpy() for name, tensor in pairs}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         """Drop the network; on a GPU also return its cached memory to the driver."""
         del self._model
         self._text = {}

@@ -2,9 +2,9 @@ r"""gdino-bag: segment a recorded rosbag2 or MCAP file offline, as fast as the e
 
 Examples::
 
-    gdino-bag --input run_03 --output run_03_gdino --image-topic /camera/image_raw \\
+    gdino-bag --input run_03 --output run_03_gdino --image-topic /camera/image_raw \
         --model mask_gdino.onnx --prompt "cup . bottle ."
-    gdino-bag --input run_03.mcap --output out --image-topic /camera/image_raw/compressed \\
+    gdino-bag --input run_03.mcap --output out --image-topic /camera/image_raw/compressed \
         --model m.engine --prompt "the red mug" --mode expression --overlay --start 10 --end 25
     gdino-bag ... --prompt-schedule prompts.yaml
 
@@ -82,6 +82,16 @@ STAGE_ORDER = (
 )
 
 
+# PostprocessParams field -> command-line flag (named like the node's parameters).
+THRESHOLD_FLAGS = {
+    "conf_threshold": "--box-threshold",
+    "text_threshold": "--text-threshold",
+    "nms_threshold": "--nms-threshold",
+    "mask_threshold": "--mask-threshold",
+    "max_detections": "--max-detections",
+}
+
+
 class BagToolError(Exception):
     """A user-facing failure: the message is printed as one line and the tool exits with status 1."""
 
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", type=Path, required=True, help="rosbag2 directory, .mcap or .db3 file")
     parser.add_argument("--output", type=Path, required=True, help="rosbag2 directory to create")
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
-    parser.add_argument("--model", type=Path, required=True, help="model file (.onnx, .engine, .pt)")
+    parser.add_argument("--model", type=Path, required=True, help=".onnx, .pth or .engine/.plan model file")
     parser.add_argument("--prompt", help="phrases ('cup . bottle .') or one referring expression")
     parser.add_argument(
         "--mode",
@@ -115,11 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
     defaults = PostprocessParams()
     thresholds = parser.add_argument_group("post-processing (the node's parameters of the same names)")
-    thresholds.add_argument("--box-threshold", type=float, default=defaults.conf_threshold)
-    thresholds.add_argument("--text-threshold", type=float, default=defaults.text_threshold)
-    thresholds.add_argument("--nms-threshold", type=float, default=defaults.nms_threshold)
-    thresholds.add_argument("--mask-threshold", type=float, default=defaults.mask_threshold)
-    thresholds.add_argument("--max-detections", type=int, default=defaults.max_detections)
+    for flag, default, what in (
+        ("--box-threshold", defaults.conf_threshold, "minimum detection score"),
+        ("--text-threshold", defaults.text_threshold, "minimum token probability for a word to label a box"),
+        ("--nms-threshold", defaults.nms_threshold, "IoU above which the weaker box is dropped; 0: no NMS"),
+        ("--mask-threshold", defaults.mask_threshold, "mask probability a pixel must exceed"),
+    ):
+        thresholds.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
+    thresholds.add_argument(
+        "--max-detections",
+        type=int,
+        default=defaults.max_detections,
+        help="instances per frame (default %(default)s)",
+    )
     parser.add_argument(
         "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"
     )
@@ -385,8 +403,8 @@ def _topic_list(connections: dict[int, InputConnection]) -> str:
 # --- writing ---------------------------------------------------------------------------------------------
 
 
-def _prepare_output(output: Path, source: Path, overwrite: bool) -> None:
-    """Refuse to clobber: an existing output is removed only with --overwrite and only if it is a bag."""
+def _check_output(output: Path, source: Path, overwrite: bool) -> None:
+    """Refuse to clobber: an existing output may be replaced only with --overwrite and only if it is a bag."""
     if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
         raise BagToolError(f"output {output} is (inside) the input bag; choose another --output")
     if not output.exists() and not output.is_symlink():
@@ -406,8 +424,13 @@ def _prepare_output(output: Path, source: Path, overwrite: bool) -> None:
                 f"--overwrite refused: {output} does not look like a rosbag2 directory "
                 f"(it holds {unexpected[:3]})"
             )
+
+
+def _remove_old_output(output: Path) -> None:
+    """Delete what :func:`_check_output` allowed to be replaced (called once everything else is ready)."""
+    if output.is_dir() and not output.is_symlink():
         shutil.rmtree(output)
-    else:
+    elif output.exists() or output.is_symlink():
         output.unlink()
 
 
@@ -535,19 +558,19 @@ def _estimated_frames(
 
 def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> Any:
     """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early."""
-    from gdino_ros.core.prompt import PromptError, encode_prompt
+    from gdino_ros.core.prompt import PromptError, TokenizerNotFoundError, encode_prompt
     from gdino_ros.core.segmenter import Segmenter
 
+    values = {
+        field: getattr(args, flag.lstrip("-").replace("-", "_")) for field, flag in THRESHOLD_FLAGS.items()
+    }
     try:
-        params = PostprocessParams(
-            conf_threshold=args.box_threshold,
-            text_threshold=args.text_threshold,
-            nms_threshold=args.nms_threshold,
-            mask_threshold=args.mask_threshold,
-            max_detections=args.max_detections,
-        )
+        params = PostprocessParams(**values)
     except ValueError as error:
-        raise BagToolError(str(error)) from None
+        message = str(error)
+        for field, flag in THRESHOLD_FLAGS.items():
+            message = message.replace(field, flag)
+        raise BagToolError(message) from None
     prompt, mode = _first_prompt(args, schedule)
     try:
         segmenter = Segmenter.from_model(
@@ -558,6 +581,8 @@ def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> 
             mode=mode,
             params=params,
         )
+    except TokenizerNotFoundError as error:
+        raise BagToolError(str(error)) from None
     except PromptError as error:
         raise BagToolError(f"prompt {prompt!r}: {error}") from None
     except (ValueError, OSError, RuntimeError) as error:
@@ -569,6 +594,12 @@ def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> 
             segmenter.close()
             raise BagToolError(f"prompt schedule entry {index + 1} ({entry.prompt!r}): {error}") from None
     return segmenter
+
+
+def _prompt_plan(args: argparse.Namespace, schedule: list[ScheduleEntry], start_ns: int) -> PromptPlan:
+    """--prompt (if given) followed by the schedule, for a bag whose first message is at ``start_ns``."""
+    initial = (args.prompt, args.mode) if args.prompt is not None else None
+    return PromptPlan(initial, schedule, start_ns)
 
 
 def _first_prompt(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> tuple[str, str]:
@@ -589,9 +620,10 @@ class _Run:
         store: Any,
         segmenter: Any,
         schedule: list[ScheduleEntry],
+        plan: PromptPlan | None,
     ) -> None:
         self.args, self.source, self.sink, self.store = args, source, sink, store
-        self.segmenter, self.schedule = segmenter, schedule
+        self.segmenter, self.schedule, self.plan = segmenter, schedule, plan
         self.types = rosbags_message_types(store)
         self.stats = Stats()
         self.overlay_fn = None
@@ -605,7 +637,7 @@ class _Run:
         from tqdm import tqdm
 
         args, stats = self.args, self.stats
-        plan: PromptPlan | None = None
+        plan = self.plan
         applied = _first_prompt(args, self.schedule)
         estimate = _estimated_frames(self.source, args.image_topic, args.start, args.end)
         # On a terminal only (disable=None): in logs the summary says it all without \r-redrawn lines.
@@ -627,9 +659,8 @@ class _Run:
                 tick = stats.add_stage("write", tick)
                 if frame is None:
                     continue
-                if plan is None:
-                    initial = (args.prompt, args.mode) if args.prompt is not None else None
-                    plan = PromptPlan(initial, self.schedule, self.source.start_ns or log_time)
+                if plan is None:  # an index-free MCAP: the bag start is known only now
+                    plan = _prompt_plan(args, self.schedule, log_time)
                 if (wanted := plan.at(log_time)) != applied:
                     self.segmenter.set_prompt(*wanted)
                     applied = wanted
@@ -725,7 +756,7 @@ def run(args: argparse.Namespace) -> Stats:
     if not args.model.is_file():
         raise BagToolError(f"model {args.model} does not exist")
     schedule = load_schedule(args.prompt_schedule, args.mode) if args.prompt_schedule else []
-    _prepare_output(args.output, args.input, args.overwrite)
+    _check_output(args.output, args.input, args.overwrite)
 
     store = project_typestore()
     source = BagSource(args.input)
@@ -733,6 +764,8 @@ def run(args: argparse.Namespace) -> Stats:
     try:
         if not source.streamed:
             _check_image_topic(source, args.image_topic)
+        # Checked before anything is written; an index-free MCAP learns its start with the first message.
+        plan = None if source.start_ns is None else _prompt_plan(args, schedule, source.start_ns)
         segmenter = _open_segmenter(args, schedule)
         try:
             topics = {
@@ -740,8 +773,9 @@ def run(args: argparse.Namespace) -> Stats:
                 for name, msgtype in OUTPUT_TYPES.items()
                 if args.overlay or name != "overlay"
             }
+            _remove_old_output(args.output)
             sink = BagSink(args.output, args.storage, store, topics)
-            job = _Run(args, source, sink, store, segmenter, schedule)
+            job = _Run(args, source, sink, store, segmenter, schedule, plan)
             started = time.perf_counter()
             try:
                 job.process()

@@ -101,12 +101,9 @@ def _write_input_bag(path: Path, storage: str) -> dict[str, list[Frame]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from gdino_ros.tools.export import main as export_main
-
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    assert export_main(["--random-init", "--config", "tiny", "--output", str(path)]) == 0
-    return path
+def tiny_model(tiny_model_files: Any) -> Path:
+    """The session's tiny random-weight ONNX (what ``gdino-export --random-init --config tiny`` writes)."""
+    return tiny_model_files.onnx
 
 
 @pytest.fixture(scope="module")

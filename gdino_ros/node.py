@@ -4,9 +4,10 @@ Translate messages, schedule work, publish; every decision about pixels lives in
 
 Scheduling. The executor thread only stores: an image callback puts the message into a one-slot
 buffer (replacing, and counting as dropped, a frame that was still waiting) and returns; prompts and
-parameter changes are validated and staged. One worker thread takes the newest frame, applies staged
-changes first (so a new prompt or threshold takes effect at a frame boundary, never inside a frame),
-converts, runs the segmenter and publishes. Latency is therefore bounded by one frame in flight plus
+parameter changes are validated, staged, and the worker is woken. One worker thread applies staged
+changes between frames (a new prompt is encoded and acknowledged on gdino/active_prompt at once, even
+with no camera running, and takes effect from the next frame, never inside one), takes the newest
+frame, converts it, runs the segmenter and publishes. Latency is therefore bounded by one frame in flight plus
 one waiting, whatever the camera rate, and memory by two frames.
 
 Topics (relative names, so a namespace per camera works; in the root namespace they are /gdino/...):
@@ -203,13 +204,15 @@ class FrameSlot:
     """One-frame buffer between the executor thread (producer) and the worker (consumer).
 
     :meth:`put` never blocks and returns True when it replaced a frame the worker had not taken yet
-    (that frame is dropped). :meth:`take` blocks until a frame arrives or :meth:`close` is called.
+    (that frame is dropped). :meth:`take` blocks until a frame arrives, :meth:`poke` asks the worker to
+    look at staged changes without a frame, or :meth:`close` stops it.
     """
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._item: tuple[Any, float] | None = None
-        self._closed = False
+        self._poked = False
+        self.closed = False
 
     def put(self, msg: Any, received: float) -> bool:
         """Store ``msg`` (received at monotonic time ``received``); True if a waiting frame was replaced."""
@@ -219,18 +222,24 @@ class FrameSlot:
             self._condition.notify()
         return replaced
 
-    def take(self) -> tuple[Any, float] | None:
-        """Wait for the newest frame; return it with its receive time, or None once closed."""
+    def poke(self) -> None:
+        """Wake the worker even if no frame comes (a prompt must be applied and acknowledged now)."""
         with self._condition:
-            while self._item is None and not self._closed:
+            self._poked = True
+            self._condition.notify()
+
+    def take(self) -> tuple[Any, float] | None:
+        """Wait for a frame, a poke or :meth:`close`; return the newest frame and its receive time, if any."""
+        with self._condition:
+            while self._item is None and not self._poked and not self.closed:
                 self._condition.wait()
-            item, self._item = self._item, None
+            item, self._item, self._poked = self._item, None, False
             return item
 
     def close(self) -> None:
         """Wake the worker so that it stops."""
         with self._condition:
-            self._closed = True
+            self.closed = True
             self._condition.notify_all()
 
 
@@ -403,6 +412,7 @@ class SegmentNode(Node):
             return
         with self._staged_lock:
             self._staged_prompt = msg.data
+        self._slot.poke()
 
     def _on_set_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
         values = {p.name: p.value for p in parameters if p.name in PARAMETERS}
@@ -417,13 +427,17 @@ class SegmentNode(Node):
                 return SetParametersResult(successful=False, reason=str(error))
             self._requested_thresholds = thresholds
             self._staged_values.update(values)
+        self._slot.poke()
         return SetParametersResult(successful=True)
 
     # --- worker thread -------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (item := self._slot.take()) is not None:
+        while not self._slot.closed:
+            item = self._slot.take()
             self._apply_staged()
+            if item is None:
+                continue
             if self._segmenter.prompt is None:
                 with self._stats.lock:
                     self._stats.waiting_for_prompt += 1

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import platform
 import statistics
 import time
@@ -209,7 +210,8 @@ def main() -> int:
     prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(tokenizer_path))
     params = PostprocessParams()
     print(f"# {platform.machine()}, numpy {np.__version__}, OpenCV {cv2.__version__}, "
-          f"OpenCV threads {cv2.getNumThreads()}, IPP available {cv2.ipp.useIPP()}")
+          f"OpenCV threads {cv2.getNumThreads()}, IPP available {cv2.ipp.useIPP()}, "
+          f"load average {os.getloadavg()[0]:.1f} (at start)")
 
     rng = np.random.default_rng(0)
     print("\n| stage | image | median ms |\n|---|---|---|")

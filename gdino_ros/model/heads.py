@@ -13,13 +13,23 @@ class MLP(nn.Module):
         super().__init__()
         dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
         dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out))
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims_in, dims_out, strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[..., input_dim] -> [..., output_dim]."""
         for layer in self.layers[:-1]:
             x = F.relu(layer(x))
         return self.layers[-1](x)
+
+
+def static_shape(tensor: torch.Tensor) -> tuple[int, ...]:
+    """Return the shape as Python ints.
+
+    While ``torch.onnx.export`` traces, ``tensor.shape`` yields traced values that turn into Shape/Gather
+    nodes; converting them freezes the size into the graph, which TAO's batch-1, fixed-size engine
+    allows, and which the dynamic mask convolutions need (ONNX Conv requires a kernel of known shape).
+    """
+    return tuple(int(s) for s in tensor.shape)
 
 
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

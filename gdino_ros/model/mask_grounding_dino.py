@@ -26,7 +26,7 @@ GROUP_NORM_GROUPS = 32
 
 
 class BackboneWrapper(nn.Module):
-    """Holds the Swin body under the name ``body`` (TAO's ``Backbone`` inside a ``Joiner``: ``backbone.0.body``)."""
+    """Holds the Swin body as ``body`` (TAO's ``Backbone`` inside a ``Joiner``, hence ``backbone.0.body``)."""
 
     def __init__(self, config: MaskGDINOConfig) -> None:
         super().__init__()
@@ -132,11 +132,9 @@ class MaskGroundingDINO(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """Run the network on one image and one tokenised prompt (names and dtypes as in ``contract``).
 
-        Args:
-            inputs: float32 [1, 3, H, W] normalised RGB.
-            input_ids, position_ids, token_type_ids: int64 [1, 256].
-            attention_mask: bool [1, 256], True for real tokens.
-            text_token_mask: bool [1, 256, 256] phrase blocks.
+        ``inputs`` is float32 [1, 3, H, W] normalised RGB; ``input_ids``, ``position_ids`` and
+        ``token_type_ids`` are int64 [1, 256]; ``attention_mask`` is bool [1, 256], True for real tokens;
+        ``text_token_mask`` is bool [1, 256, 256] phrase blocks.
 
         Returns:
             ``pred_logits`` [1, Q, 256] (-inf at padding), ``pred_boxes`` [1, Q, 4] (cx, cy, w, h) in [0, 1],
@@ -150,7 +148,7 @@ class MaskGroundingDINO(nn.Module):
         text = self.feat_map(encode_text(self.bert, input_ids, token_type_ids, position_ids, text_token_mask))
 
         features = self.backbone[0].body(inputs)
-        srcs = [proj(feature) for proj, feature in zip(self.input_proj, features)]
+        srcs = [proj(feature) for proj, feature in zip(self.input_proj, features, strict=False)]
         for level in range(len(features), config.num_feature_levels):
             srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))
         half = config.hidden_dim // 2
@@ -166,13 +164,14 @@ class MaskGroundingDINO(nn.Module):
         pred_logits = contrastive_logits(out.hs[last], out.text, token_mask, config.max_text_len)
         # TAO's export path refines the last layer's output from references[last - 1], i.e. the reference
         # that went *into* the second-to-last layer, not the last layer's own input reference.
-        pred_boxes = (self.bbox_embed[last](out.hs[last]) + inverse_sigmoid(out.references[last - 1])).sigmoid()
+        box_logits = self.bbox_embed[last](out.hs[last]) + inverse_sigmoid(out.references[last - 1])
+        pred_boxes = box_logits.sigmoid()
 
         shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
         memory_levels = torch.split(out.memory, [h * w for h, w in shapes], dim=1)
         maps = [
             m.transpose(1, 2).reshape(m.shape[0], -1, h, w)
-            for m, (h, w) in zip(memory_levels[:NUM_RELA_LEVELS], shapes)
+            for m, (h, w) in zip(memory_levels[:NUM_RELA_LEVELS], shapes[:NUM_RELA_LEVELS], strict=True)
         ]
         mask_features, mask_input = self.mask_head(maps)
         params = self.controller(out.hs[-1])

@@ -11,12 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from gdino_ros import contract
+from gdino_ros.model.heads import static_shape
 
 MASK_FEATURE_STRIDE = 8
 DYNAMIC_CHANNELS = 8  # hidden width of the per-query network
 REL_COORDS = 2  # (dx, dy) input channels
 # Weights of the three dynamic layers (out x in), then their biases: 80 + 64 + 8 + 8 + 8 + 1 = 169.
-WEIGHT_NUMS = ((REL_COORDS + DYNAMIC_CHANNELS) * DYNAMIC_CHANNELS, DYNAMIC_CHANNELS * DYNAMIC_CHANNELS, DYNAMIC_CHANNELS)
+WEIGHT_NUMS = (
+    (REL_COORDS + DYNAMIC_CHANNELS) * DYNAMIC_CHANNELS,
+    DYNAMIC_CHANNELS * DYNAMIC_CHANNELS,
+    DYNAMIC_CHANNELS,
+)
 BIAS_NUMS = (DYNAMIC_CHANNELS, DYNAMIC_CHANNELS, 1)
 NUM_DYNAMIC_PARAMS = sum(WEIGHT_NUMS) + sum(BIAS_NUMS)
 
@@ -40,10 +45,11 @@ class MaskHeadConv(nn.Module):
             nn.init.zeros_(conv.bias)
 
     def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """maps [s8, s16, s32], each [B, C, h, w] -> (mask_features [B, C, h8, w8], features [B, C/32, h8, w8])."""
+        """Fuse maps [s8, s16, s32] ([B, C, h, w] each) -> (mask_features [B, C, h8, w8], [B, 8, h8, w8])."""
         x = F.relu(self.lay3(maps[2]))
         x = F.relu(self.lay4(maps[1] + F.interpolate(x, size=maps[1].shape[-2:], mode="nearest")))
-        mask_features = F.relu(self.jia_dcn(maps[0] + F.interpolate(x, size=maps[0].shape[-2:], mode="nearest")))
+        x = maps[0] + F.interpolate(x, size=maps[0].shape[-2:], mode="nearest")
+        mask_features = F.relu(self.jia_dcn(x))
         features = F.relu(self.lay2(F.relu(self.lay1(mask_features))))
         return mask_features, features
 
@@ -57,7 +63,7 @@ def aligned_bilinear(x: torch.Tensor, factor: int) -> torch.Tensor:
     """
     if factor == 1:
         return x
-    h, w = x.shape[-2:]
+    h, w = static_shape(x)[-2:]
     x = F.pad(x, (0, 1, 0, 1), mode="replicate")
     x = F.interpolate(x, size=(factor * h + 1, factor * w + 1), mode="bilinear", align_corners=True)
     x = F.pad(x, (factor // 2, 0, factor // 2, 0), mode="replicate")
@@ -73,16 +79,17 @@ def feature_locations(h: int, w: int, stride: int, device: torch.device) -> torc
 
 
 def split_dynamic_params(params: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """[N, 169] -> grouped-conv weights [N*8, 10, 1, 1], [N*8, 8, 1, 1], [N, 8, 1, 1] and biases [N*8], [N*8], [N].
+    """Unpack [N, 169] into grouped-conv weights [N*8, 10, 1, 1], [N*8, 8, 1, 1], [N, 8, 1, 1] and biases.
 
     The 169 numbers are all weights first (80, 64, 8) then all biases (8, 8, 1); each weight block is
-    row-major (out, in).
+    row-major (out, in); the biases are [N*8], [N*8], [N].
     """
-    n = params.shape[0]
-    chunks = torch.split(params, list(WEIGHT_NUMS + BIAS_NUMS), dim=1)
+    n = static_shape(params)[0]
+    # A reshape to the static shape keeps the kernel shapes known to ONNX shape inference, which Conv needs.
+    chunks = torch.split(params.reshape(n, NUM_DYNAMIC_PARAMS), list(WEIGHT_NUMS + BIAS_NUMS), dim=1)
     outs = (DYNAMIC_CHANNELS, DYNAMIC_CHANNELS, 1)
-    weights = [chunk.reshape(n * out, -1, 1, 1) for chunk, out in zip(chunks[:3], outs)]
-    biases = [chunk.reshape(n * out) for chunk, out in zip(chunks[3:], outs)]
+    weights = [chunk.reshape(n * out, -1, 1, 1) for chunk, out in zip(chunks[:3], outs, strict=True)]
+    biases = [chunk.reshape(n * out) for chunk, out in zip(chunks[3:], outs, strict=True)]
     return weights, biases
 
 
@@ -98,10 +105,10 @@ def dynamic_mask_logits(
         image_size: (H, W) of the network input, which scales ``reference_xy`` to input pixels.
 
     Returns:
-        [1, Q, 2h, 2w] mask logits at stride 4.
+        [1, Q, 2h, 2w] mask logits at stride 4 (``contract.MASK_STRIDE``).
     """
-    _, channels, h, w = features.shape
-    num_queries = params.shape[0]
+    _, channels, h, w = static_shape(features)
+    num_queries = static_shape(params)[0]
     scale = torch.tensor([image_size[1], image_size[0]], dtype=features.dtype, device=features.device)
     locations = feature_locations(h, w, MASK_FEATURE_STRIDE, features.device)
     # Relative coordinates in input pixels, not normalised (TAO): Q, 2, h, w.
@@ -109,9 +116,10 @@ def dynamic_mask_logits(
     shared = features.expand(num_queries, -1, -1, -1)
     x = torch.cat((relative, shared), 1).reshape(1, num_queries * (REL_COORDS + channels), h, w)
     weights, biases = split_dynamic_params(params)
-    for i, (weight, bias) in enumerate(zip(weights, biases)):
+    for i, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
         x = F.conv2d(x, weight, bias=bias, groups=num_queries)
         if i < len(weights) - 1:
             x = F.relu(x)
-    logits = aligned_bilinear(x.reshape(num_queries, 1, h, w), MASK_FEATURE_STRIDE // contract.MASK_STRIDE)
-    return logits.reshape(1, num_queries, logits.shape[-2], logits.shape[-1])
+    factor = MASK_FEATURE_STRIDE // contract.MASK_STRIDE
+    logits = aligned_bilinear(x.reshape(num_queries, 1, h, w), factor)
+    return logits.reshape(1, num_queries, factor * h, factor * w)

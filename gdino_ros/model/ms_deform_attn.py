@@ -53,7 +53,9 @@ def ms_deform_attn_core(
         value_l = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(n * heads, dim, h, w)
         # N, Lq, M, P, 2 -> N*M, Lq, P, 2
         grid_l = grids[:, :, :, level].permute(0, 2, 1, 3, 4).flatten(0, 1)
-        sampled.append(F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False))
+        sampled.append(
+            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        )
     # N*M, D, Lq, L, P -> N*M, D, Lq, L*P
     stacked = torch.stack(sampled, dim=-2).flatten(-2)
     weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(n * heads, 1, num_query, levels * points)
@@ -108,17 +110,12 @@ class MultiScaleDeformableAttention(nn.Module):
         spatial_shapes: SpatialShapes,
         level_start_index: Sequence[int],
     ) -> torch.Tensor:
-        """Attend from each query around its reference point(s).
+        """Attend from each query [N, Lq, C] (position embedding added) around its reference -> [N, Lq, C].
 
-        Args:
-            query: [N, Lq, C] (position embedding already added).
-            reference_points: [N, Lq, L, 2] points (x, y) or [N, Lq, L, 4] boxes (cx, cy, w, h), in [0, 1].
-                For boxes the offsets are scaled by half the box size divided by P.
-            value: [N, S, C] the flattened feature levels.
-            spatial_shapes, level_start_index: as in :func:`ms_deform_attn_core`.
-
-        Returns:
-            [N, Lq, C].
+        ``reference_points`` are [N, Lq, L, 2] points (x, y) or [N, Lq, L, 4] boxes (cx, cy, w, h), in
+        [0, 1]; for boxes the offsets are scaled by half the box size divided by P. ``value`` [N, S, C]
+        holds the flattened levels, laid out as ``spatial_shapes``/``level_start_index`` describe (see
+        :func:`ms_deform_attn_core`).
         """
         n, num_query, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
@@ -130,7 +127,9 @@ class MultiScaleDeformableAttention(nn.Module):
             normalizer = torch.tensor(
                 [[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device
             )
-            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            locations = (
+                reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+            )
         else:
             locations = (
                 reference_points[:, :, None, :, None, :2]

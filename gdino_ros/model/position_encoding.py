@@ -38,10 +38,9 @@ def image_position_embedding(
     x = torch.arange(1, width + 1, dtype=torch.float32, device=device) / (width + eps) * scale
     pos_y = _interleaved_sine(y, num_feats, temperature_h)  # H, F
     pos_x = _interleaved_sine(x, num_feats, temperature_w)  # W, F
-    pos = torch.cat(
-        (pos_y[:, None, :].expand(height, width, num_feats), pos_x[None, :, :].expand(height, width, num_feats)),
-        dim=-1,
-    )
+    pos_y = pos_y[:, None, :].expand(height, width, num_feats)
+    pos_x = pos_x[None, :, :].expand(height, width, num_feats)
+    pos = torch.cat((pos_y, pos_x), dim=-1)
     return pos.permute(2, 0, 1).unsqueeze(0)
 
 

@@ -41,7 +41,7 @@ class CrossAttentionLayer(nn.Module):
         pos: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """tgt [Q, B, C], memory [S, B, C], memory_mask [B*heads, Q, S] bool (True = blocked) -> [Q, B, C]."""
+        """Attend from tgt [Q, B, C] to memory [S, B, C]; memory_mask [B*heads, Q, S] is True if blocked."""
         query = tgt if query_pos is None else tgt + query_pos
         key = memory if pos is None else memory + pos
         out = self.multihead_attn(query, key, memory, attn_mask=memory_mask, need_weights=False)[0]
@@ -81,12 +81,16 @@ class FFNLayer(nn.Module):
 class ReLA(nn.Module):
     """Region queries over the encoder memory; outputs (no_targets, union_mask_logits) of the last layer."""
 
-    def __init__(self, num_queries: int, hidden_dim: int, nheads: int, dim_feedforward: int, dec_layers: int) -> None:
+    def __init__(
+        self, num_queries: int, hidden_dim: int, nheads: int, dim_feedforward: int, dec_layers: int
+    ) -> None:
         super().__init__()
         self.num_heads = nheads
         self.RLA_vision = nn.ModuleList(SelfAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers))
         self.RIA_layers = nn.ModuleList(CrossAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers))
-        self.transformer_ffn_layers = nn.ModuleList(FFNLayer(hidden_dim, dim_feedforward) for _ in range(dec_layers))
+        self.transformer_ffn_layers = nn.ModuleList(
+            FFNLayer(hidden_dim, dim_feedforward) for _ in range(dec_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -97,7 +101,9 @@ class ReLA(nn.Module):
         self.nt_embed = MLP(hidden_dim, hidden_dim, 2, 2)
         self.mask_embed = MLP(hidden_dim, hidden_dim, hidden_dim, 3)
 
-    def _blocked(self, region: torch.Tensor, mask_features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _blocked(
+        self, region: torch.Tensor, mask_features: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
         """Attention mask for the next layer: block where the query's own mask has sigmoid < 0.5.
 
         region [B, Q, C] normalised queries -> bool [B*heads, Q, h*w]. Rows blocked everywhere are
@@ -143,7 +149,8 @@ class ReLA(nn.Module):
             output = self.RIA_layers[i](output, memories[level], blocked, positions[level], query_pos)
             if i == 0:
                 # RLA_lang_att already adds its input back (post-norm), and that sum is added again here.
-                output = output + self.RLA_lang_att(output, lang) * torch.sigmoid(self.lang_weight) * RLA_WEIGHT
+                lang_att = self.RLA_lang_att(output, lang)
+                output = output + lang_att * torch.sigmoid(self.lang_weight) * RLA_WEIGHT
             output = self.RLA_vision[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
             if i < num_layers - 1:

@@ -15,7 +15,7 @@ from gdino_ros.model.config import MaskGDINOConfig
 
 
 def build_bert(config: MaskGDINOConfig) -> BertModel:
-    """A randomly initialised BERT with the configured sizes; nothing is downloaded."""
+    """Build a randomly initialised BERT with the configured sizes; nothing is downloaded."""
     bert_config = BertConfig(
         vocab_size=config.text_vocab_size,
         hidden_size=config.text_hidden_size,
@@ -40,7 +40,9 @@ def encode_text(
     text_self_attention_mask: torch.Tensor,
 ) -> torch.Tensor:
     """Token ids [B, T] (int64) and phrase mask [B, T, T] (bool) -> last hidden state [B, T, hidden]."""
-    embeddings = bert.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids)
+    embeddings = bert.embeddings(
+        input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids
+    )
     dtype = embeddings.dtype
     # 0 where attention is allowed, the most negative float where it is not (BERT's extended mask).
     additive = (1.0 - text_self_attention_mask[:, None].to(dtype)) * torch.finfo(dtype).min

@@ -98,10 +98,10 @@ class Transformer(nn.Module):
     ) -> TransformerOutput:
         """Run encoder, query selection and decoder.
 
-        Args:
-            srcs, pos_embeds: per level [B, C, h, w] projected features and their sine position embeddings.
-            text: [B, T, C] projected BERT features; text_token_mask [B, T] bool, True for real tokens.
-            text_self_attention_mask: [B, T, T] bool phrase blocks; position_ids [B, T] int64.
+        ``srcs`` and ``pos_embeds`` are, per level, the projected features [B, C, h, w] and their sine
+        position embeddings; ``text`` [B, T, C] the projected BERT features; ``text_token_mask`` [B, T]
+        bool, True for real tokens; ``text_self_attention_mask`` [B, T, T] bool phrase blocks;
+        ``position_ids`` [B, T] int64.
         """
         spatial_shapes = [(int(s.shape[2]), int(s.shape[3])) for s in srcs]
         level_start_index = [0]
@@ -109,7 +109,11 @@ class Transformer(nn.Module):
             level_start_index.append(level_start_index[-1] + h * w)
         src_flatten = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
         pos_flatten = torch.cat(
-            [p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1) for i, p in enumerate(pos_embeds)], 1
+            [
+                p.flatten(2).transpose(1, 2) + self.level_embed[i].view(1, 1, -1)
+                for i, p in enumerate(pos_embeds)
+            ],
+            1,
         )
         text_padding = ~text_token_mask
         memory, text = self.encoder(

@@ -18,8 +18,9 @@ Order of operations, per frame (batch 1):
    3. and 5. leave, in one greedy pass (IoI and confidence are per-candidate filters, and a candidate that
    fails IoI never suppresses another).
 6. Masks of the survivors only, at the original resolution: exactly OpenCV's ``INTER_LINEAR`` resize of
-   the (H/4, W/4) logits followed by ``sigmoid > mask_threshold`` (TAO Deploy), evaluated only where the
-   answer is not already decided by the four source logits around a pixel (see :class:`MaskUpsampler`).
+   the (H/4, W/4) logits followed by ``sigmoid > mask_threshold`` (TAO Deploy), computed only on the
+   rectangle of each mask that can hold foreground (see :class:`MaskUpsampler`). The label image is
+   painted from the lowest score up, so that overlaps go to the higher score.
 """
 from __future__ import annotations
 
@@ -139,8 +140,9 @@ def postprocess(
                   for k, q in enumerate(queries)]
     # Lowest score first, so that where instances overlap the higher score is written last and wins.
     for k in range(len(rectangles) - 1, -1, -1):
-        if rectangles[k] is not None:
-            y0, y1, x0, x1 = rectangles[k]
+        rectangle = rectangles[k]
+        if rectangle is not None:
+            y0, y1, x0, x1 = rectangle
             np.copyto(label_image[y0:y1, x0:x1], np.uint16(k + 1), where=instance_masks[k, y0:y1, x0:x1])
 
     detections = [
@@ -168,8 +170,8 @@ def _read_outputs(
         raise ValueError(f"Engine outputs lack {missing}; got {sorted(outputs)}. "
                          "Is this a Mask Grounding DINO model exported with masks?")
     if (NO_TARGETS in outputs) != (UNION_MASK_LOGITS in outputs):
-        raise ValueError(f"A ReLA model has both {NO_TARGETS} and {UNION_MASK_LOGITS}; "
-                         f"got {sorted(outputs)}.")
+        raise ValueError(f"A ReLA model outputs both {NO_TARGETS} and {UNION_MASK_LOGITS}, but only one of "
+                         f"them came: {sorted(outputs)}.")
     logits = np.asarray(outputs[PRED_LOGITS])
     boxes = np.asarray(outputs[PRED_BOXES])
     masks = np.asarray(outputs[PRED_MASKS])

@@ -116,7 +116,7 @@ def load_tokenizer(
 
 
 def _from_directory(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
 
     try:
         return BertTokenizerFast.from_pretrained(str(path), local_files_only=True, do_lower_case=True)
@@ -129,7 +129,7 @@ def _from_directory(path: Path) -> PreTrainedTokenizerBase:
 def _from_vocab_file(path: Path) -> PreTrainedTokenizerBase:
     import inspect
 
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
 
     # transformers 5 takes the vocabulary as ``vocab``; transformers 4 as ``vocab_file``.
     keyword = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
@@ -142,7 +142,7 @@ def _from_vocab_file(path: Path) -> PreTrainedTokenizerBase:
 
 
 def _from_hub_cache() -> PreTrainedTokenizerBase | None:
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
 
     try:
         tokenizer = BertTokenizerFast.from_pretrained(TEXT_ENCODER_TYPE, local_files_only=True)
@@ -395,8 +395,7 @@ def phrase_blocks(input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     position_ids = np.zeros(length, dtype=np.int64)
     mask = np.eye(length, dtype=np.bool_)
     previous = 0
-    for c in np.flatnonzero(np.isin(input_ids, list(DELIMITER_IDS))):
-        c = int(c)
+    for c in np.flatnonzero(np.isin(input_ids, list(DELIMITER_IDS))).tolist():
         if 0 < c < length - 1:
             mask[previous + 1 : c + 1, previous + 1 : c + 1] = True
             position_ids[previous + 1 : c + 1] = np.arange(c - previous)

@@ -215,3 +215,16 @@ def test_photo_is_normalised_like_the_engine_input() -> None:
     # A white pixel would map to (1 - mean) / std; the photo stays inside the normalised range.
     upper = (1 - np.array(contract.IMAGE_MEAN)) / np.array(contract.IMAGE_STD)
     assert (image.amax(dim=(0, 2, 3)).numpy() <= upper + 1e-6).all()
+
+
+def test_full_size_forward_at_544x960(tokenizer: BertTokenizerFast) -> None:
+    """TAO's defaults (Swin-T, BERT-base, 900 queries, ReLA) produce the contract's 544x960 shapes."""
+    torch.manual_seed(0)
+    model = MaskGroundingDINO(MaskGDINOConfig.full()).eval()
+    _, _, masks, _, union = outputs = run(model, tokenizer, EXPRESSION)
+    assert [tuple(o.shape) for o in outputs] == [
+        (1, 900, 256), (1, 900, 4), (1, 900, 1, 136, 240), (1, 2), (1, 2, 68, 120)
+    ]
+    real = encode_caption(tokenizer, EXPRESSION)[contract.ATTENTION_MASK][0]
+    assert torch.isfinite(outputs[0][0][:, real]).all() and (outputs[0][0][:, ~real] == float("-inf")).all()
+    assert torch.isfinite(masks).all() and torch.isfinite(union).all()

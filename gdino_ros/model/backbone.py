@@ -54,6 +54,8 @@ def shifted_window_mask(hp: int, wp: int, window: int, shift: int) -> torch.Tens
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside a window, with a learned relative position bias."""
 
+    relative_position_index: torch.Tensor
+
     def __init__(self, dim: int, window: int, num_heads: int) -> None:
         super().__init__()
         self.window = window

@@ -8,6 +8,7 @@ and it is traceable by ``torch.onnx.export``: all shapes are static Python ints.
 from __future__ import annotations
 
 import copy
+from typing import cast
 
 import torch
 from torch import nn
@@ -32,26 +33,31 @@ class BackboneWrapper(nn.Module):
         super().__init__()
         self.body = SwinTransformer(config.swin)
 
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """[1, 3, H, W] -> the body's stride 8/16/32 maps."""
+        return self.body(images)
+
 
 def _input_projections(in_channels: list[int], num_levels: int, hidden_dim: int) -> nn.ModuleList:
     """1x1 conv + GroupNorm per backbone level, then 3x3 stride-2 conv + GroupNorm for each extra level."""
-    projections = [
-        nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim))
-        for c in in_channels
-    ]
+    convs = [nn.Conv2d(c, hidden_dim, kernel_size=1) for c in in_channels]
     channels = in_channels[-1]
     for _ in range(num_levels - len(in_channels)):
-        projections.append(
-            nn.Sequential(
-                nn.Conv2d(channels, hidden_dim, kernel_size=3, stride=2, padding=1),
-                nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim),
-            )
-        )
+        convs.append(nn.Conv2d(channels, hidden_dim, kernel_size=3, stride=2, padding=1))
         channels = hidden_dim
-    for proj in projections:
-        nn.init.xavier_uniform_(proj[0].weight)
-        nn.init.zeros_(proj[0].bias)
-    return nn.ModuleList(projections)
+    for conv in convs:
+        nn.init.xavier_uniform_(conv.weight)
+        nn.init.zeros_(cast(torch.Tensor, conv.bias))
+    return nn.ModuleList(nn.Sequential(conv, nn.GroupNorm(GROUP_NORM_GROUPS, hidden_dim)) for conv in convs)
+
+
+def _init_linears(mlp: MLP) -> None:
+    """Xavier weights and zero biases (TAO's init of the mask controller)."""
+    for name, param in mlp.named_parameters():
+        if name.endswith("weight"):
+            nn.init.xavier_uniform_(param)
+        else:
+            nn.init.zeros_(param)
 
 
 class MaskGroundingDINO(nn.Module):
@@ -64,9 +70,9 @@ class MaskGroundingDINO(nn.Module):
         super().__init__()
         self.config = config
         hidden = config.hidden_dim
-        self.backbone = nn.ModuleList([BackboneWrapper(config)])
-        body_channels = self.backbone[0].body.out_channels
-        self.input_proj = _input_projections(body_channels, config.num_feature_levels, hidden)
+        backbone = BackboneWrapper(config)
+        self.backbone = nn.ModuleList([backbone])
+        self.input_proj = _input_projections(backbone.body.out_channels, config.num_feature_levels, hidden)
         self.bert = build_bert(config)
         self.feat_map = nn.Linear(config.text_hidden_size, hidden)
         nn.init.xavier_uniform_(self.feat_map.weight)
@@ -74,17 +80,15 @@ class MaskGroundingDINO(nn.Module):
         self.transformer = Transformer(config)
 
         box_head = MLP(hidden, hidden, 4, 3)
-        nn.init.zeros_(box_head.layers[-1].weight)
-        nn.init.zeros_(box_head.layers[-1].bias)
+        for param in box_head.layers[-1].parameters():
+            nn.init.zeros_(param)
         # One MLP shared by every decoder layer, registered under both names (as TAO does).
         self.bbox_embed = nn.ModuleList([box_head] * config.dec_layers)
         self.transformer.decoder.bbox_embed = self.bbox_embed
         self.transformer.enc_out_bbox_embed = copy.deepcopy(box_head)
 
         self.controller = MLP(hidden, hidden, NUM_DYNAMIC_PARAMS, 3)
-        for layer in self.controller.layers:
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        _init_linears(self.controller)
         self.mask_head = MaskHeadConv(hidden)
         self.rela = (
             ReLA(config.num_region_queries, hidden, config.nheads, config.dim_feedforward, config.dec_layers)
@@ -147,7 +151,7 @@ class MaskGroundingDINO(nn.Module):
         token_mask = attention_mask.bool()
         text = self.feat_map(encode_text(self.bert, input_ids, token_type_ids, position_ids, text_token_mask))
 
-        features = self.backbone[0].body(inputs)
+        features = self.backbone[0](inputs)
         srcs = [proj(feature) for proj, feature in zip(self.input_proj, features, strict=False)]
         for level in range(len(features), config.num_feature_levels):
             srcs.append(self.input_proj[level](features[-1] if level == len(features) else srcs[-1]))

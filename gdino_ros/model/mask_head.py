@@ -6,6 +6,8 @@ upsampled x2 to stride 4.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +44,7 @@ class MaskHeadConv(nn.Module):
         self.jia_dcn = nn.Conv2d(dim, dim, 3, padding=1)
         for conv in (self.lay1, self.lay2, self.lay3, self.lay4, self.jia_dcn):
             nn.init.kaiming_uniform_(conv.weight, a=1)
-            nn.init.zeros_(conv.bias)
+            nn.init.zeros_(cast(torch.Tensor, conv.bias))
 
     def forward(self, maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Fuse maps [s8, s16, s32] ([B, C, h, w] each) -> (mask_features [B, C, h8, w8], [B, 8, h8, w8])."""

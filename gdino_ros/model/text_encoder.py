@@ -24,11 +24,11 @@ def build_bert(config: MaskGDINOConfig) -> BertModel:
         intermediate_size=config.text_intermediate_size,
         max_position_embeddings=config.text_max_position_embeddings,
         type_vocab_size=config.text_type_vocab_size,
-        attn_implementation="eager",
+        attn_implementation="eager",  # type: ignore[call-arg]  # a PretrainedConfig keyword
     )
     bert = BertModel(bert_config, add_pooling_layer=True)
     # The pooler is in TAO's checkpoint but never used; TAO freezes it too.
-    bert.pooler.dense.requires_grad_(False)
+    bert.get_submodule("pooler").requires_grad_(False)
     return bert
 
 

@@ -48,7 +48,7 @@ from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixe
 from gdino_ros.conversions.messages import OUTPUT_TYPES, result_to_messages, ros_message_types
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
-from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.core.prompt import PROMPT_MODES, PromptError, TokenizerNotFoundError
 from gdino_ros.core.segmenter import Segmenter
 
 NODE_NAME = "segment_node"
@@ -389,8 +389,12 @@ class SegmentNode(Node):
                 mode=values["prompt_mode"],
                 params=thresholds,
             )
-        except (OSError, ValueError, RuntimeError) as error:
-            raise StartupError(model_help(model, str(error))) from error
+        except TokenizerNotFoundError as error:
+            raise StartupError(f"no tokenizer for the prompts: {error}") from error
+        except PromptError as error:
+            raise StartupError(f"bad parameter: prompt {values['prompt']!r}: {error}") from error
+        except (OSError, ValueError, RuntimeError) as error:  # BackendError, CheckpointError, unreadable file
+            raise StartupError(model_help(model, str(error).rstrip("."))) from error
 
     # --- executor-thread callbacks: validate, store, return ------------------------------------------
 
@@ -604,7 +608,11 @@ class SegmentNode(Node):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segment_node [--ros-args ...]``; return 0 after a clean shutdown, 1 if it cannot start."""
-    rclpy.init(args=argv)
+    try:
+        rclpy.init(args=argv)
+    except RuntimeError as error:  # rcl could not parse the --ros-args (it has logged which one)
+        print(f"segment_node: {error}", file=sys.stderr)
+        return 2
     try:
         node = SegmentNode()
     except StartupError as error:

@@ -184,7 +184,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
             )
         bert_hidden = _shape(state_dict, "bert.embeddings.word_embeddings.weight")[1]
         bert_heads = preset.text_num_heads if bert_hidden == preset.text_hidden_size else bert_hidden // 64
-        rela = "rela.query_feat" in state_dict
+        rela = "rela.query_feat.weight" in state_dict
         return preset.replace(
             backbone=backbone,
             num_feature_levels=levels,
@@ -195,7 +195,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
             enc_n_points=enc_offsets // per_head,
             dec_n_points=dec_offsets // per_head,
             num_queries=_shape(state_dict, "transformer.tgt_embed.weight")[0],
-            num_region_queries=_shape(state_dict, "rela.query_feat")[0] if rela else 0,
+            num_region_queries=_shape(state_dict, "rela.query_feat.weight")[0] if rela else 0,
             text_vocab_size=_shape(state_dict, "bert.embeddings.word_embeddings.weight")[0],
             text_hidden_size=bert_hidden,
             text_num_layers=_count(state_dict, "bert.encoder.layer."),

@@ -88,7 +88,8 @@ def export_onnx(
     inputs = example_inputs(config)
     model.eval()
     buffer = io.BytesIO()
-    with _msda_cores(model, msda), torch.no_grad(), _heartbeat(say, "tracing and converting"):
+    converting = _heartbeat(say, "tracing and converting")
+    with _msda_cores(model, msda), _static_shapes(), torch.no_grad(), converting:
         torch.onnx.export(
             model,
             tuple(inputs.values()),
@@ -102,10 +103,25 @@ def export_onnx(
         )
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
+    _set_output_shapes(proto, config)
     _set_metadata(proto, config, source, msda)
     say(f"writing {output} ({proto.ByteSize() / 2**20:.0f} MiB)")
     _write_atomically(proto, output)
     return proto
+
+
+def output_shapes(config: MaskGDINOConfig) -> dict[str, tuple[int, ...]]:
+    """Return the static engine output shapes (contract §1.3) for ``config``'s queries and input size."""
+    h, w = config.input_height, config.input_width
+    queries, tokens = config.num_queries, config.max_text_len
+    shapes = {
+        contract.PRED_LOGITS: (1, queries, tokens),
+        contract.PRED_BOXES: (1, queries, 4),
+        contract.PRED_MASKS: (1, queries, 1, h // contract.MASK_STRIDE, w // contract.MASK_STRIDE),
+        contract.NO_TARGETS: (1, 2),
+        contract.UNION_MASK_LOGITS: (1, 2, h // contract.UNION_MASK_STRIDE, w // contract.UNION_MASK_STRIDE),
+    }
+    return {name: shapes[name] for name in config.output_names}
 
 
 def metadata_of(config: MaskGDINOConfig, source: str, msda: str) -> dict[str, str]:
@@ -136,7 +152,10 @@ def plugin_msda_core(
     """
     shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
     starts = tuple(int(start) for start in level_start_index)
-    return _MSDAPlugin.apply(value, sampling_locations, attention_weights, shapes, starts).flatten(2)
+    n, _, heads, dim = (int(size) for size in value.shape)
+    output_shape = (n, int(sampling_locations.shape[1]), heads, dim)
+    plugin = _MSDAPlugin.apply(value, sampling_locations, attention_weights, shapes, starts, output_shape)
+    return plugin.flatten(2)
 
 
 class _MSDAPlugin(torch.autograd.Function):
@@ -150,11 +169,11 @@ class _MSDAPlugin(torch.autograd.Function):
         attention_weights: torch.Tensor,
         spatial_shapes: tuple[tuple[int, int], ...],
         level_start_index: tuple[int, ...],
+        output_shape: tuple[int, int, int, int],
     ) -> torch.Tensor:
-        n, _, heads, dim = value.shape
         locations, weights = sampling_locations, attention_weights
         output = ms_deform_attn_core(value, spatial_shapes, level_start_index, locations, weights)
-        return output.view(n, locations.shape[1], heads, dim)
+        return output.view(output_shape)
 
     @staticmethod
     def symbolic(
@@ -164,6 +183,7 @@ class _MSDAPlugin(torch.autograd.Function):
         attention_weights: torch.Value,
         spatial_shapes: tuple[tuple[int, int], ...],
         level_start_index: tuple[int, ...],
+        output_shape: tuple[int, int, int, int],
     ) -> torch.Value:
         shapes = g.op("Constant", value_t=torch.tensor(spatial_shapes, dtype=torch.int32))
         starts = g.op("Constant", value_t=torch.tensor(level_start_index, dtype=torch.int32))
@@ -178,8 +198,7 @@ class _MSDAPlugin(torch.autograd.Function):
             version_s=PLUGIN_VERSION,
             namespace_s="",
         )
-        n, _, heads, dim = value.type().sizes()
-        node.setType(value.type().with_sizes([n, sampling_locations.type().sizes()[1], heads, dim]))
+        node.setType(value.type().with_sizes(list(output_shape)))
         return node
 
 
@@ -196,6 +215,34 @@ def _msda_cores(model: torch.nn.Module, msda: str) -> Iterator[None]:
     finally:
         for module, core in zip(modules, saved, strict=True):
             module.core = core
+
+
+@contextlib.contextmanager
+def _static_shapes() -> Iterator[None]:
+    """Fold every traced tensor size into a constant before the graph is converted to ONNX.
+
+    The tracer records ``x.shape[i]`` as a graph computation even though export shapes are fixed. ONNX
+    shape inference loses track of such sizes at ops like ``Range`` and ``Pad``, and the exporter then
+    refuses the mask head's convolutions with computed weights ("kernel of unknown shape"). Running
+    TorchScript's shape peephole (which turns sizes of fully typed tensors into constants) and constant
+    propagation on the traced graph gives a graph whose every shape is static, as the engine's are.
+    The hook wraps the exporter's private tracing step of the pinned torch (2.13).
+    """
+    from torch.onnx._internal.torchscript_exporter import utils as exporter
+
+    trace = exporter._trace_and_get_graph_from_model
+
+    def trace_static(model: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Graph, object]:
+        graph, outputs = trace(model, args)
+        torch._C._jit_pass_peephole(graph, False)  # False: shape peepholes enabled
+        torch._C._jit_pass_constant_propagation(graph)
+        return graph, outputs
+
+    exporter._trace_and_get_graph_from_model = trace_static
+    try:
+        yield
+    finally:
+        exporter._trace_and_get_graph_from_model = trace
 
 
 @contextlib.contextmanager
@@ -217,6 +264,16 @@ def _heartbeat(say: Progress, what: str) -> Iterator[None]:
         done.set()
         thread.join()
     say(f"{what}: done in {time.monotonic() - start:.1f} s")
+
+
+def _set_output_shapes(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
+    """Declare the static output shapes (the tracer leaves some dimensions symbolic)."""
+    shapes = output_shapes(config)
+    for value in proto.graph.output:
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for size in shapes[value.name]:
+            dims.add().dim_value = size
 
 
 def _set_metadata(proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str) -> None:

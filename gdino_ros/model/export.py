@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -286,11 +285,11 @@ def _set_metadata(proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, 
 
 def _write_atomically(proto: onnx.ModelProto, output: Path) -> None:
     """Serialise to a temporary file in the target directory, then rename it over ``output``."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-    os.close(descriptor)
+    # A plain open() (not mkstemp, which makes the file private) so the file gets the usual permissions.
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.part")
     try:
         onnx.save(proto, temporary)
         os.replace(temporary, output)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise

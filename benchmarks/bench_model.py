@@ -1,0 +1,164 @@
+"""Speed of the network itself: export wall time, PyTorch eager and ONNX Runtime forward, file size.
+
+Steps, all with the full-size network (TAO defaults: Swin-T, BERT-base, 900 queries, ReLA) at 544×960
+and untrained weights (``torch.manual_seed(0)``, the same weights ``gdino-export --random-init`` uses):
+
+1. ``gdino-export --random-init --config full`` as a subprocess, for ``--msda grid-sample`` and
+   ``--msda plugin``: wall time of the whole command (Python start-up and imports included) and file size.
+2. PyTorch eager forward (``torch.no_grad``, eval) on the export's example inputs: median of ``--runs``
+   calls after one warm-up call.
+3. ONNX Runtime (CPU provider, default graph optimisations and threads) on the grid-sample export:
+   session creation time, then the median of ``--runs`` calls after one warm-up call.
+4. For comparison, the same network exported the way TAO's exporter calls ``torch.onnx.export``
+   (TorchScript exporter, ``do_constant_folding=False``, the dynamic ``batch_size`` axes TAO declares, no
+   static-shape pass), timed in ONNX Runtime the same way. TAO's own post-export step (onnx-graphsurgeon
+   constant folding) is not reproduced; ONNX Runtime folds constants itself when it creates the session.
+
+The load average is printed before and after: the machine is shared, so numbers vary with other work.
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py`` (``--config tiny`` for a quick check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from gdino_ros import contract
+from gdino_ros.model.checkpoint import build_model
+from gdino_ros.model.config import MaskGDINOConfig
+from gdino_ros.model.export import example_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _median_ms(call: Callable[[], object], runs: int) -> tuple[float, list[float]]:
+    call()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times), times
+
+
+def _export_cli(config_name: str, msda: str, output: Path) -> float:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    command = [sys.executable, "-m", "gdino_ros.tools.export", "--random-init", "--config", config_name]
+    command += ["--msda", msda, "--output", str(output)]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, cwd=REPO, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _tao_style_export(
+    model: torch.nn.Module, inputs: dict[str, torch.Tensor], config: MaskGDINOConfig
+) -> bytes:
+    """``torch.onnx.export`` with the arguments TAO's ONNXExporter passes (batch_size -1, CPU)."""
+    dynamic = {name: {0: "batch_size"} for name in (*contract.INPUT_NAMES, "pred_logits", "pred_boxes")}
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            tuple(inputs.values()),
+            buffer,
+            dynamo=False,
+            input_names=list(contract.INPUT_NAMES),
+            output_names=list(config.output_names),
+            export_params=True,
+            training=torch.onnx.TrainingMode.EVAL,
+            opset_version=contract.ONNX_OPSET,
+            do_constant_folding=False,
+            dynamic_axes=dynamic,
+        )
+    return buffer.getvalue()
+
+
+def _ort_ms(model: str | bytes, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float, list[float]]:
+    start = time.perf_counter()
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    created = time.perf_counter() - start
+    median, times = _median_ms(lambda: session.run(None, feed), runs)
+    return created, median, times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=("full", "tiny"), default="full")
+    parser.add_argument("--runs", type=int, default=5, help="timed calls per engine (after one warm-up)")
+    args = parser.parse_args()
+    config = MaskGDINOConfig.full() if args.config == "full" else MaskGDINOConfig.tiny()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU")
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
+    print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as folder:
+        grid = Path(folder) / "grid.onnx"
+        for msda, path in (("grid-sample", grid), ("plugin", Path(folder) / "plugin.onnx")):
+            seconds = _export_cli(args.config, msda, path)
+            size = path.stat().st_size / 2**20
+            rows.append(
+                (f"gdino-export --random-init --config {args.config} --msda {msda}", f"{seconds:.1f} s")
+            )
+            rows.append((f"file size ({msda})", f"{size:.1f} MiB"))
+            print(rows[-2], rows[-1], flush=True)
+
+        torch.manual_seed(0)
+        model = build_model(config).eval()
+        parameters = {t.data_ptr(): t.numel() * t.element_size() for t in model.state_dict().values()}
+        rows.append(("parameter bytes (unique tensors)", f"{sum(parameters.values()) / 2**20:.1f} MiB"))
+        inputs = example_inputs(config)
+        feed = {name: tensor.numpy() for name, tensor in inputs.items()}
+        with torch.no_grad():
+            median, times = _median_ms(lambda: model(*inputs.values()), args.runs)
+        rows.append(
+            ("PyTorch eager forward", f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})")
+        )
+        print(rows[-1], flush=True)
+
+        created, median, times = _ort_ms(str(grid), feed, args.runs)
+        rows.append(("ONNX Runtime session creation (our export)", f"{created:.1f} s"))
+        rows.append(
+            (
+                "ONNX Runtime forward (our export)",
+                f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})",
+            )
+        )
+        print(rows[-2], rows[-1], flush=True)
+
+        start = time.perf_counter()
+        tao_style = _tao_style_export(model, inputs, config)
+        rows.append(("TAO-style torch.onnx.export (in process)", f"{time.perf_counter() - start:.1f} s"))
+        created, median, times = _ort_ms(tao_style, feed, args.runs)
+        rows.append(("ONNX Runtime session creation (TAO-style export)", f"{created:.1f} s"))
+        rows.append(
+            (
+                "ONNX Runtime forward (TAO-style export)",
+                f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})",
+            )
+        )
+        print(rows[-3], rows[-2], rows[-1], flush=True)
+
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print()
+    print(f"| {args.config} network, {config.input_height}×{config.input_width} | value |")
+    print("|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -7,12 +7,13 @@ and untrained weights (``torch.manual_seed(0)``, the same weights ``gdino-export
    ``--msda plugin``: wall time of the whole command (Python start-up and imports included) and file size.
 2. PyTorch eager forward (``torch.no_grad``, eval) on the export's example inputs: median of ``--runs``
    calls after one warm-up call.
-3. ONNX Runtime (CPU provider, default graph optimisations and threads) on the grid-sample export:
-   session creation time, then the median of ``--runs`` calls after one warm-up call.
-4. For comparison, the same network exported the way TAO's exporter calls ``torch.onnx.export``
+3. ONNX Runtime (CPU provider, default graph optimisations and threads) on the grid-sample export and,
+   for comparison, on the same network exported the way TAO's exporter calls ``torch.onnx.export``
    (TorchScript exporter, ``do_constant_folding=False``, the dynamic ``batch_size`` axes TAO declares, no
-   static-shape pass), timed in ONNX Runtime the same way. TAO's own post-export step (onnx-graphsurgeon
-   constant folding) is not reproduced; ONNX Runtime folds constants itself when it creates the session.
+   static-shape pass). TAO's post-export step (onnx-graphsurgeon constant folding) is not reproduced;
+   ONNX Runtime folds constants itself when it creates the session. Session creation time, then the
+   median wall and process-CPU time of ``--runs`` calls after one warm-up call each; the two sessions'
+   calls alternate so that both see the same background load.
 
 The load average is printed before and after: the machine is shared, so numbers vary with other work.
 
@@ -87,12 +88,29 @@ def _tao_style_export(
     return buffer.getvalue()
 
 
-def _ort_ms(model: str | bytes, feed: dict[str, np.ndarray], runs: int) -> tuple[float, float, list[float]]:
+def _interleaved_ms(
+    sessions: dict[str, ort.InferenceSession], feed: dict[str, np.ndarray], runs: int
+) -> dict:
+    """Median wall and CPU ms per session; calls alternate so both see the same background load."""
+    for session in sessions.values():
+        session.run(None, feed)  # warm-up
+    wall: dict[str, list[float]] = {name: [] for name in sessions}
+    cpu: dict[str, list[float]] = {name: [] for name in sessions}
+    for _ in range(runs):
+        for name, session in sessions.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            session.run(None, feed)
+            wall[name].append((time.perf_counter() - start) * 1000)
+            cpu[name].append((time.process_time() - start_cpu) * 1000)
+    return {
+        name: (statistics.median(wall[name]), statistics.median(cpu[name]), wall[name]) for name in sessions
+    }
+
+
+def _session(model: str | bytes) -> tuple[ort.InferenceSession, float]:
     start = time.perf_counter()
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-    created = time.perf_counter() - start
-    median, times = _median_ms(lambda: session.run(None, feed), runs)
-    return created, median, times
+    return session, time.perf_counter() - start
 
 
 def main() -> None:
@@ -129,28 +147,22 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
 
-        created, median, times = _ort_ms(str(grid), feed, args.runs)
-        rows.append(("ONNX Runtime session creation (our export)", f"{created:.1f} s"))
-        rows.append(
-            (
-                "ONNX Runtime forward (our export)",
-                f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})",
-            )
-        )
-        print(rows[-2], rows[-1], flush=True)
-
         start = time.perf_counter()
         tao_style = _tao_style_export(model, inputs, config)
         rows.append(("TAO-style torch.onnx.export (in process)", f"{time.perf_counter() - start:.1f} s"))
-        created, median, times = _ort_ms(tao_style, feed, args.runs)
-        rows.append(("ONNX Runtime session creation (TAO-style export)", f"{created:.1f} s"))
+        ours, ours_created = _session(str(grid))
+        theirs, theirs_created = _session(tao_style)
         rows.append(
             (
-                "ONNX Runtime forward (TAO-style export)",
-                f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})",
+                "ONNX Runtime session creation: our export / TAO-style",
+                f"{ours_created:.1f} s / {theirs_created:.1f} s",
             )
         )
-        print(rows[-3], rows[-2], rows[-1], flush=True)
+        timings = _interleaved_ms({"our export": ours, "TAO-style export": theirs}, feed, args.runs)
+        for name, (wall, cpu, times) in timings.items():
+            runs = ", ".join(f"{t:.0f}" for t in times)
+            rows.append((f"ONNX Runtime forward ({name})", f"{wall:.0f} ms, CPU {cpu:.0f} ms (runs: {runs})"))
+        print(*rows[-4:], sep="\n", flush=True)
 
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print()

@@ -12,8 +12,9 @@ and untrained weights (``torch.manual_seed(0)``, the same weights ``gdino-export
    (TorchScript exporter, ``do_constant_folding=False``, the dynamic ``batch_size`` axes TAO declares, no
    static-shape pass). TAO's post-export step (onnx-graphsurgeon constant folding) is not reproduced;
    ONNX Runtime folds constants itself when it creates the session. Session creation time, then the
-   median wall and process-CPU time of ``--runs`` calls after one warm-up call each; the two sessions'
-   calls alternate so that both see the same background load.
+   median and minimum wall time and the median process-CPU time of ``--runs`` calls after one warm-up
+   call each; the two sessions' calls alternate so that both see the same background load (on a shared
+   machine the minimum is the least disturbed call).
 
 The load average is printed before and after: the machine is shared, so numbers vary with other work.
 
@@ -142,8 +143,9 @@ def main() -> None:
         feed = {name: tensor.numpy() for name, tensor in inputs.items()}
         with torch.no_grad():
             median, times = _median_ms(lambda: model(*inputs.values()), args.runs)
+        runs = ", ".join(f"{t:.0f}" for t in times)
         rows.append(
-            ("PyTorch eager forward", f"{median:.0f} ms (runs: {', '.join(f'{t:.0f}' for t in times)})")
+            ("PyTorch eager forward", f"median {median:.0f} ms, min {min(times):.0f} ms (runs: {runs})")
         )
         print(rows[-1], flush=True)
 
@@ -161,7 +163,8 @@ def main() -> None:
         timings = _interleaved_ms({"our export": ours, "TAO-style export": theirs}, feed, args.runs)
         for name, (wall, cpu, times) in timings.items():
             runs = ", ".join(f"{t:.0f}" for t in times)
-            rows.append((f"ONNX Runtime forward ({name})", f"{wall:.0f} ms, CPU {cpu:.0f} ms (runs: {runs})"))
+            value = f"median {wall:.0f} ms, min {min(times):.0f} ms, CPU {cpu:.0f} ms (runs: {runs})"
+            rows.append((f"ONNX Runtime forward ({name})", value))
         print(*rows[-4:], sep="\n", flush=True)
 
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

@@ -91,8 +91,9 @@ def build_model_from_checkpoint(
 ) -> tuple[torch.nn.Module, TaoCheckpoint]:
     """Build ``MaskGroundingDINO`` with the checkpoint's weights, in eval mode on the CPU.
 
-    ``input_size`` (height, width) is the image size the network will run at (default: the config's
-    544x960); checkpoints do not store it. The returned checkpoint's ``config`` includes it.
+    ``input_size`` (height, width) is the image size the network will run at; checkpoints do not store
+    it, so the default is the inferred preset's (544x960 for TAO's network). The returned checkpoint's
+    ``config`` includes it.
     """
     checkpoint = load_tao_checkpoint(path, trust_checkpoint=trust_checkpoint, progress=progress)
     if input_size is not None:

@@ -146,8 +146,9 @@ def test_core_imports_without_ros() -> None:
 
 def test_installed_package_exposes_messages_and_python_modules(tmp_path: Path) -> None:
     """The CMake install (what colcon runs) puts gdino_ros.msg and our modules in one package."""
-    probe = (
-        "import gdino_ros, gdino_ros.contract; from gdino_ros.msg import SegmentationResult; "
+    probe = (  # the development venv puts the checkout first on sys.path; look past it
+        f"import sys; sys.path[:] = [p for p in sys.path if p not in ('', {str(REPO_ROOT)!r})]; "
+        "import gdino_ros, gdino_ros.contract, gdino_ros.node; from gdino_ros.msg import SegmentationResult; "
         "print(gdino_ros.__file__)"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -86,4 +86,11 @@ for name_and_dir in vision_msgs:interfaces/vision_msgs gdino_ros:.; do
   cmake --build "$BUILD/$name" >/dev/null
   cmake --install "$BUILD/$name" >/dev/null
 done
+# Development venv: the checkout's sources shadow the copy that the CMake install just made (a .pth
+# line that starts with "import" runs at interpreter start-up), so edits take effect without a
+# rebuild; gdino_ros/__init__.py still finds the generated gdino_ros.msg in the installed copy.
+site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+printf 'import sys; sys.path.insert(0, %s)\n' "'$ROOT'" > "$site/gdino_ros_checkout.pth"
+# The executables CMake installs for `ros2 run` (lib/gdino_ros), also on the venv's PATH.
+for exe in "$VENV"/lib/gdino_ros/*; do ln -sfn "$exe" "$VENV/bin/$(basename "$exe")"; done
 step "done: $VENV"

@@ -90,7 +90,7 @@ done
 # line that starts with "import" runs at interpreter start-up), so edits take effect without a
 # rebuild; gdino_ros/__init__.py still finds the generated gdino_ros.msg in the installed copy.
 site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-printf 'import sys; sys.path.insert(0, %s)\n' "'$ROOT'" > "$site/gdino_ros_checkout.pth"
+printf 'import sys; sys.path[:0] = [] if %s in sys.path else [%s]\n' "'$ROOT'" "'$ROOT'" > "$site/gdino_ros_checkout.pth"
 # The executables CMake installs for `ros2 run` (lib/gdino_ros), also on the venv's PATH.
 for exe in "$VENV"/lib/gdino_ros/*; do ln -sfn "$exe" "$VENV/bin/$(basename "$exe")"; done
 step "done: $VENV"

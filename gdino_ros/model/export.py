@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import torch
@@ -23,6 +24,9 @@ import torch
 from gdino_ros import __version__, contract
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_core
+
+if TYPE_CHECKING:
+    from torch.onnx._internal.torchscript_exporter.jit_utils import GraphContext
 
 MSDA_GRID_SAMPLE = "grid-sample"
 MSDA_PLUGIN = "plugin"
@@ -92,7 +96,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             tuple(inputs.values()),
-            buffer,
+            buffer,  # type: ignore[arg-type]  # the TorchScript exporter also writes to file objects
             dynamo=False,
             opset_version=contract.ONNX_OPSET,
             input_names=list(contract.INPUT_NAMES),
@@ -161,7 +165,7 @@ class _MSDAPlugin(torch.autograd.Function):
     """Export-only autograd function: PyTorch values forward, the TensorRT plugin node in ONNX."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: object,
         value: torch.Tensor,
         sampling_locations: torch.Tensor,
@@ -176,7 +180,7 @@ class _MSDAPlugin(torch.autograd.Function):
 
     @staticmethod
     def symbolic(
-        g: torch.Graph,
+        g: GraphContext,
         value: torch.Value,
         sampling_locations: torch.Value,
         attention_weights: torch.Value,

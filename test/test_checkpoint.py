@@ -14,11 +14,15 @@ from gdino_ros.model.checkpoint import (
     CheckpointError,
     build_model,
     build_model_from_checkpoint,
+    check_state_dict,
+    infer_config,
     load_tao_checkpoint,
     save_checkpoint,
 )
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.tools import export as export_cli
+
+TSV = Path(__file__).parent / "data" / "tao_state_dict_keys.tsv"
 
 
 def _tao_container(state_dict: dict[str, torch.Tensor], **extra: object) -> dict[str, object]:
@@ -90,15 +94,29 @@ def test_num_region_queries_is_inferred_from_the_keys(
     assert not any(key.startswith("rela.") for key in checkpoint.state_dict)
 
 
-def test_full_size_config_is_inferred_on_meta() -> None:
-    config = MaskGDINOConfig.full()
-    state = build_model(config, "meta").state_dict()
-    from gdino_ros.model.checkpoint import infer_config
+def _tao_layout() -> dict[str, torch.Tensor]:
+    """TAO's real checkpoint layout (data/tao_state_dict_keys.tsv), prefix removed, as meta tensors."""
+    state = {}
+    for line in TSV.read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, dtype = line.split("\t")
+        size = [int(dim) for dim in shape.strip("()").split(",") if dim.strip()]
+        state[key.removeprefix("model.model.")] = torch.empty(
+            size, dtype=getattr(torch, dtype), device="meta"
+        )
+    return state
 
-    assert infer_config(state) == config
-    assert infer_config({k: v for k, v in state.items() if not k.startswith("rela.")}) == config.replace(
-        num_region_queries=0
-    )
+
+def test_taos_full_layout_infers_the_full_config_and_checks_strictly() -> None:
+    state = _tao_layout()
+    assert infer_config(state) == MaskGDINOConfig.full()  # BERT-base sizes, 100 region queries, ...
+    check_state_dict(state, MaskGDINOConfig.full())
+    without_rela = {key: value for key, value in state.items() if not key.startswith("rela.")}
+    assert infer_config(without_rela) == MaskGDINOConfig.full(num_region_queries=0)
+    check_state_dict(without_rela, MaskGDINOConfig.full(num_region_queries=0))
+    with pytest.raises(CheckpointError, match=r"num_region_queries=100\): \d+ missing key\(s\): rela\."):
+        check_state_dict(without_rela, MaskGDINOConfig.full())
 
 
 def test_own_format_round_trip(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:

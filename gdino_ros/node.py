@@ -296,7 +296,7 @@ class SegmentNode(Node):
         self._mask_encoding: str = values["mask_encoding"]
         self._overlay_enabled: bool = values["overlay"]
         self._prompt_mode: str = values["prompt_mode"]
-        self._active_prompt: str = values["prompt"] if self._segmenter.prompt is not None else ""
+        self._active_prompt: str = self._segmenter.prompt_text or ""
 
         reliable = QoSProfile(
             depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE

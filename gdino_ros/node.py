@@ -37,6 +37,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -483,14 +484,13 @@ class SegmentNode(Node):
         self._prompt_mode = new_mode
         if prompt:
             try:
-                self._segmenter.set_prompt(prompt, self._prompt_mode)
+                encoded = self._segmenter.set_prompt(prompt, self._prompt_mode)
             except ValueError as error:
                 self.get_logger().warning(
                     f"rejected prompt {prompt!r}: {error} Still using {self._active_prompt!r}."
                 )
             else:
                 self._active_prompt = prompt
-                encoded = self._segmenter.prompt
                 self.get_logger().info(f"prompt is now {prompt!r} ({encoded.mode})")
                 if encoded.dropped:
                     self.get_logger().warning(
@@ -609,14 +609,14 @@ class SegmentNode(Node):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``segment_node [--ros-args ...]``; return 0 after a clean shutdown, 1 if it cannot start."""
     try:
-        rclpy.init(args=argv)
+        rclpy.init(args=None if argv is None else list(argv))
     except RuntimeError as error:  # rcl could not parse the --ros-args (it has logged which one)
         print(f"segment_node: {error}", file=sys.stderr)
         return 2
     try:
         node = SegmentNode()
     except StartupError as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(error))
+        get_logger(NODE_NAME).fatal(str(error))
         rclpy.try_shutdown()
         return 1
     executor = SingleThreadedExecutor()

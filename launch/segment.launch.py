@@ -8,11 +8,10 @@
 Every other parameter comes from params_file (default: this package's config/params.yaml); model, prompt
 and prompt_mode override it only when given.
 """
+from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
-
-from launch import LaunchDescription
 
 PACKAGE = "gdino_ros"
 EXECUTABLE = "segment_node"

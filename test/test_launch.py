@@ -107,10 +107,9 @@ def _installed(name: str) -> bool:
 )
 @pytest.mark.parametrize("rviz", ["false", "true"])
 def test_launch_description_builds_the_nodes(rviz: str) -> None:
+    from launch import LaunchContext
     from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
-
-    from launch import LaunchContext
 
     description = _import_launch_file().generate_launch_description()
     declared = [e for e in description.entities if isinstance(e, DeclareLaunchArgument)]

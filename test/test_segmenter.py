@@ -5,7 +5,9 @@ The graph puts the box centre at x = input_ids[0, 1] / 10000 of the image width 
 """
 from __future__ import annotations
 
+import random
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,15 +92,20 @@ def test_each_frame_runs_with_one_prompt_while_another_thread_switches(segmenter
 
     def switch() -> None:
         nonlocal switches
+        pauses = random.Random(0)
         while not stop.is_set():
             segmenter.set_prompt("dog" if switches % 2 else "cat")
             switches += 1
+            time.sleep(pauses.uniform(0.0, 0.002))  # vary the phase against the frames
+
+    def both_prompts_seen_often() -> bool:
+        return all(sum(prompt == text for prompt, _, _ in seen) >= 10 for text in ids)
 
     switcher = threading.Thread(target=switch)
     switcher.start()
-    seen = []
+    seen: list[tuple[str, str, int]] = []
     try:
-        for _ in range(150):
+        while len(seen) < 150 or (not both_prompts_seen_often() and len(seen) < 3000):
             result = segmenter(IMAGE)
             seen.append((result.prompt, result.detections[0].label, first_token_seen(result, IMAGE.shape[1])))
     finally:

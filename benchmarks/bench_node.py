@@ -115,29 +115,22 @@ def make_node(scenario: str) -> Any:
 def run_node(scenario: str) -> int:
     """Child process: the node with the no-op engine, spinning until it is terminated."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    from gdino_ros.node import spin_until_shutdown
 
     rclpy.init()
-    node = make_node(scenario)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(make_node(scenario))
     return 0
 
 
 def run_relay() -> int:
     """Child process: a plain rclpy subscriber that answers each frame's header on /relay (DDS ceiling)."""
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
+
+    from gdino_ros.node import spin_until_shutdown
 
     rclpy.init()
     node = rclpy.create_node("bench_relay")
@@ -147,13 +140,7 @@ def run_relay() -> int:
         Image, "/image", lambda msg: answers.publish(Detection2DArray(header=msg.header)),
         QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE),
     )
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    spin_until_shutdown(node)
     return 0
 
 

@@ -619,7 +619,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         get_logger(NODE_NAME).fatal(str(error))
         rclpy.try_shutdown()
         return 1
-    executor = SingleThreadedExecutor()
+    spin_until_shutdown(node)
+    return 0
+
+
+def spin_until_shutdown(node: Node) -> None:
+    """Spin ``node`` until Ctrl-C or an external shutdown, then destroy it and shut rclpy down."""
+    executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
         executor.spin()
@@ -627,8 +633,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        rclpy.try_shutdown(context=node.context)
 
 
 if __name__ == "__main__":

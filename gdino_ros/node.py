@@ -46,7 +46,12 @@ from std_msgs.msg import String
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
-from gdino_ros.conversions.messages import OUTPUT_TYPES, result_to_messages, ros_message_types
+from gdino_ros.conversions.messages import (
+    OUTPUT_NAMESPACE,
+    OUTPUT_TYPES,
+    result_to_messages,
+    ros_message_types,
+)
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES, PromptError, TokenizerNotFoundError
@@ -61,9 +66,9 @@ STATS_WINDOW = 100  # frames the diagnostics' rates and latencies are computed o
 WORKER_STOP_TIMEOUT_S = 30.0
 
 # detections, mask, no_target, result, overlay
-OUTPUT_TOPICS = {leaf: f"gdino/{leaf}" for leaf in OUTPUT_TYPES}
-PROMPT_TOPIC = "gdino/prompt"
-ACTIVE_PROMPT_TOPIC = "gdino/active_prompt"
+OUTPUT_TOPICS = {leaf: f"{OUTPUT_NAMESPACE}/{leaf}" for leaf in OUTPUT_TYPES}
+PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/prompt"
+ACTIVE_PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/active_prompt"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
 _DEFAULT_THRESHOLDS = PostprocessParams()

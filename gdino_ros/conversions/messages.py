@@ -57,6 +57,9 @@ MESSAGE_TYPE_NAMES: dict[str, str] = {
     "SegmentationResult": "gdino_ros/msg/SegmentationResult",
 }
 
+# Namespace of every output topic: relative in the node (so a node namespace applies), "/gdino" in bags.
+OUTPUT_NAMESPACE = "gdino"
+
 # ResultMessages field (the topic's leaf name) -> ROS type name of that output.
 OUTPUT_TYPES: dict[str, str] = {
     "detections": MESSAGE_TYPE_NAMES["Detection2DArray"],

@@ -56,13 +56,17 @@ import numpy as np
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.conversions.image import compressed_to_pixels, image_to_pixels
-from gdino_ros.conversions.messages import OUTPUT_TYPES, result_to_messages, rosbags_message_types
+from gdino_ros.conversions.messages import (
+    OUTPUT_NAMESPACE,
+    OUTPUT_TYPES,
+    result_to_messages,
+    rosbags_message_types,
+)
 from gdino_ros.conversions.typestore import project_typestore
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES
 from gdino_ros.core.result import Result
 
-OUTPUT_NAMESPACE = "/gdino"
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 STORAGES = ("mcap", "sqlite3")
@@ -769,7 +773,7 @@ def run(args: argparse.Namespace) -> Stats:
         segmenter = _open_segmenter(args, schedule)
         try:
             topics = {
-                name: (f"{OUTPUT_NAMESPACE}/{name}", msgtype)
+                name: (f"/{OUTPUT_NAMESPACE}/{name}", msgtype)
                 for name, msgtype in OUTPUT_TYPES.items()
                 if args.overlay or name != "overlay"
             }

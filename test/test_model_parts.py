@@ -9,7 +9,7 @@ import torch
 from gdino_ros.model.backbone import SwinTransformer, shifted_window_mask, window_partition, window_reverse
 from gdino_ros.model.config import SWIN_VARIANTS
 from gdino_ros.model.fusion import BiMultiHeadAttention
-from gdino_ros.model.heads import contrastive_logits
+from gdino_ros.model.heads import ContrastiveEmbed
 from gdino_ros.model.mask_head import aligned_bilinear, dynamic_mask_logits, split_dynamic_params
 from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_core
 from gdino_ros.model.position_encoding import (
@@ -199,7 +199,7 @@ def test_fusion_ignores_padded_text_tokens_on_the_image_side() -> None:
 def test_contrastive_logits_pad_with_minus_inf() -> None:
     visual, text = torch.randn(1, 3, 8), torch.randn(1, 4, 8)
     mask = torch.tensor([[True, True, False, True]])
-    logits = contrastive_logits(visual, text, mask, max_text_len=6)
+    logits = ContrastiveEmbed(None, False, max_text_len=6)(visual, text, mask)
     assert logits.shape == (1, 3, 6)
     torch.testing.assert_close(logits[0, :, [0, 1, 3]], (visual @ text.transpose(1, 2))[0, :, [0, 1, 3]])
     assert (logits[0, :, [2, 4, 5]] == float("-inf")).all()

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from gdino_ros import __version__
-from gdino_ros.model.config import SWIN_VARIANTS, MaskGDINOConfig, SwinSpec
+from gdino_ros.model.config import SWIN_VARIANTS, LogScale, MaskGDINOConfig, SwinSpec, parse_log_scale
 
 TAO_PREFIX = "model.model."
 TAO_MODEL_NAME = "mask_grounding_dino"
@@ -37,6 +37,9 @@ OWN_FORMAT_KEY = "gdino_ros"
 ANCHOR_KEY = "backbone.0.body.patch_embed.proj.weight"
 # Non-persistent buffers in current transformers that older TAO checkpoints still carry (contract §5.5).
 IGNORED_KEYS: frozenset[str] = frozenset({"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"})
+# Modules that hold a contrastive class head (``.bias``/``.log_scale`` when it has parameters);
+# ``{i}`` runs over the decoder layers.
+_CLASS_HEADS = ("class_embed.{i}", "transformer.decoder.class_embed.{i}", "transformer.enc_out_class_embed")
 _KEY_LIST_LIMIT = 12
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
@@ -63,12 +66,16 @@ def load_tao_checkpoint(
     path: str | Path,
     *,
     trust_checkpoint: bool = False,
+    log_scale: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> TaoCheckpoint:
     """Read a checkpoint file, strip its container, infer the config and check every key and shape.
 
+    ``log_scale`` ("auto", "none" or a number, as ``gdino-export --log-scale``) overrides the class
+    head's scaling that :func:`infer_class_head` would choose; ``None`` infers it.
     Raises :class:`CheckpointError` for a missing, empty, truncated, encrypted, unsafe (without
-    ``trust_checkpoint``) or non-checkpoint file, and for any missing, unexpected or mis-shaped key.
+    ``trust_checkpoint``) or non-checkpoint file, for any missing, unexpected or mis-shaped key, and for
+    a ``log_scale`` that contradicts the checkpoint.
     """
     path = Path(path)
     say = progress or (lambda _message: None)
@@ -76,6 +83,11 @@ def load_tao_checkpoint(
     raw = _read_file(path, trust_checkpoint)
     state_dict, metadata, stored_config = _unwrap(raw, path)
     config = stored_config if stored_config is not None else infer_config(state_dict)
+    if stored_config is None or log_scale is not None:
+        scale, bias, reason = infer_class_head(state_dict, config.dec_layers, log_scale)
+        config = config.replace(log_scale=scale, class_embed_bias=bias)
+        say(f"class head: {config.head_spec} ({reason})")
+    metadata["class_head"] = config.head_spec
     check_state_dict(state_dict, config)
     say(f"hashing {path.name}")
     metadata.update(path=str(path), sha256=_sha256(path))
@@ -87,6 +99,7 @@ def build_model_from_checkpoint(
     *,
     trust_checkpoint: bool = False,
     input_size: tuple[int, int] | None = None,
+    log_scale: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[torch.nn.Module, TaoCheckpoint]:
     """Build ``MaskGroundingDINO`` with the checkpoint's weights, in eval mode on the CPU.
@@ -95,7 +108,9 @@ def build_model_from_checkpoint(
     it, so the default is the inferred preset's (544x960 for TAO's network). The returned checkpoint's
     ``config`` includes it.
     """
-    checkpoint = load_tao_checkpoint(path, trust_checkpoint=trust_checkpoint, progress=progress)
+    checkpoint = load_tao_checkpoint(
+        path, trust_checkpoint=trust_checkpoint, log_scale=log_scale, progress=progress
+    )
     if input_size is not None:
         config = checkpoint.config.replace(input_height=input_size[0], input_width=input_size[1])
         checkpoint = checkpoint._replace(config=config)
@@ -151,7 +166,7 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], config: MaskGDINOCo
     if problems:
         raise CheckpointError(
             "checkpoint does not match the Mask Grounding DINO network "
-            f"(num_region_queries={config.num_region_queries}): " + "; ".join(problems)
+            f"(num_region_queries={config.num_region_queries}, {config.head_spec}): " + "; ".join(problems)
         )
 
 
@@ -160,9 +175,10 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
 
     Read from shapes: the Swin variant (embedding width, depths, heads, window), the number of feature
     levels, encoder/decoder depth, FFN width, deformable points, queries, ``num_region_queries`` (0 when
-    the ``rela.*`` keys are absent) and every BERT size. Attention head counts are not visible in
-    weight shapes: they come from the preset with the same backbone (TAO's 8 heads; bert-base's 12, or
-    64-wide heads for any other BERT width). The input size is not stored; it stays at the preset's.
+    the ``rela.*`` keys are absent), the class head (:func:`infer_class_head`) and every BERT size.
+    Attention head counts are not visible in weight shapes: they come from the preset with the same
+    backbone (TAO's 8 heads; bert-base's 12, or 64-wide heads for any other BERT width). The input size
+    is not stored; it stays at the preset's.
     """
     try:
         swin = _infer_swin(state_dict)
@@ -186,12 +202,16 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
         bert_hidden = _shape(state_dict, "bert.embeddings.word_embeddings.weight")[1]
         bert_heads = preset.text_num_heads if bert_hidden == preset.text_hidden_size else bert_hidden // 64
         rela = "rela.query_feat.weight" in state_dict
+        dec_layers = _count(state_dict, "transformer.decoder.layers.")
+        log_scale, class_embed_bias, _ = infer_class_head(state_dict, dec_layers)
         return preset.replace(
             backbone=backbone,
             num_feature_levels=levels,
             hidden_dim=hidden,
             enc_layers=_count(state_dict, "transformer.encoder.layers."),
-            dec_layers=_count(state_dict, "transformer.decoder.layers."),
+            dec_layers=dec_layers,
+            log_scale=log_scale,
+            class_embed_bias=class_embed_bias,
             dim_feedforward=_shape(state_dict, "transformer.encoder.layers.0.linear1.weight")[0],
             enc_n_points=enc_offsets // per_head,
             dec_n_points=dec_offsets // per_head,
@@ -209,6 +229,69 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
         if isinstance(error, CheckpointError):
             raise
         raise CheckpointError(f"checkpoint sizes do not describe a valid network: {error}") from None
+
+
+def infer_class_head(
+    state_dict: Mapping[str, torch.Tensor], dec_layers: int, override: str | None = None
+) -> tuple[LogScale, bool, str]:
+    """Decide the contrastive head's ``log_scale`` and ``class_embed_bias``; also say why.
+
+    The bias keys (one per head: 2 x ``dec_layers`` + 1) give ``class_embed_bias``, and ``log_scale``
+    keys a learnable scale. "auto" and no scaling leave no key, so with bias keys and no ``log_scale``
+    key the model card's "auto" is taken, and without either TAO's default (no scaling). ``override``
+    (``--log-scale``) replaces that guess but must not contradict a learnable scale in the file.
+    """
+    bias = _head_keys(state_dict, dec_layers, "bias")
+    learnable = _head_keys(state_dict, dec_layers, "log_scale")
+    if learnable:
+        shapes = {key: tuple(state_dict[key].shape) for key in learnable}
+        wrong = [f"{key} {list(shape)}" for key, shape in shapes.items() if shape != (1,)]
+        if wrong:
+            raise CheckpointError(
+                "checkpoint's class-head log_scale must be one number per head (shape [1]), got: "
+                + ", ".join(wrong[:_KEY_LIST_LIMIT])
+            )
+    if override is not None:
+        try:
+            wanted = parse_log_scale(override)
+        except ValueError as error:
+            raise CheckpointError(f"--log-scale: {error}") from None
+        if learnable and not isinstance(wanted, float):
+            raise CheckpointError(
+                f"--log-scale {override} contradicts the checkpoint, which has a learnable log_scale "
+                f"({learnable[0]}); drop --log-scale"
+            )
+        if isinstance(wanted, float) and not learnable:
+            raise CheckpointError(
+                f"--log-scale {override} needs the checkpoint's learnable log_scale keys, and it has "
+                "none; use --log-scale auto or none"
+            )
+    if learnable:
+        return float(state_dict[learnable[0]].reshape(-1)[0]), bool(bias), "learnable log_scale in the file"
+    if override is not None:
+        return parse_log_scale(override), bool(bias), "--log-scale given"
+    if bias:
+        return "auto", True, "bias keys without log_scale keys: the model card's log_scale=auto"
+    return None, False, "no bias or log_scale keys: TAO's config default"
+
+
+def _head_keys(state_dict: Mapping[str, torch.Tensor], dec_layers: int, leaf: str) -> list[str]:
+    """List the class heads' ``leaf`` keys: all of them or none; a partial set is a broken checkpoint."""
+    wanted = [
+        f"{head.format(i=i)}.{leaf}"
+        for head in _CLASS_HEADS
+        for i in (range(dec_layers) if "{i}" in head else [0])
+    ]
+    present = [key for key in wanted if key in state_dict]
+    if present and len(present) != len(wanted):
+        absent = [key for key in wanted if key not in state_dict]
+        raise CheckpointError(
+            f"checkpoint has a class-head {leaf} on some heads and not others: "
+            + _listing(f"{len(present)} present", present) + "; "
+            + _listing(f"{len(absent)} missing", absent)
+            + ". TAO writes it on all or none; the file is damaged or was edited"
+        )
+    return present
 
 
 def _infer_swin(state_dict: Mapping[str, torch.Tensor]) -> SwinSpec:

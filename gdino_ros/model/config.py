@@ -8,9 +8,15 @@ two-stage box head); those are not fields here because the checkpoint layout dep
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Literal, TypeAlias
 
 from gdino_ros import contract
+
+# TAO's ``log_scale`` of the contrastive class head: None (no scaling), "auto" (divide by
+# sqrt(hidden_dim)) or a float (the initial value of a learnable log-scale, multiplied in as exp()).
+LogScale: TypeAlias = Literal["auto"] | float | None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,9 @@ class MaskGDINOConfig:
     """
 
     backbone: str = "swin_tiny_224_1k"
+    # TAO's config defaults; the released checkpoint's model card sets "auto" and True (see ``full``).
+    log_scale: LogScale = None
+    class_embed_bias: bool = False
     num_feature_levels: int = 4
     hidden_dim: int = 256
     nheads: int = 8
@@ -101,12 +110,24 @@ class MaskGDINOConfig:
             raise ValueError(
                 f"num_region_queries must be >= 0 (0 disables ReLA), got {self.num_region_queries}"
             )
+        if not (
+            self.log_scale is None
+            or self.log_scale == "auto"
+            or (isinstance(self.log_scale, float) and math.isfinite(self.log_scale))
+        ):
+            raise ValueError(f"log_scale must be None, 'auto' or a finite float, got {self.log_scale!r}")
         stride = 32
         if self.input_height % stride or self.input_width % stride:
             raise ValueError(
                 f"input size {self.input_height}x{self.input_width} must be a multiple of {stride} "
                 f"so that masks are exactly H/{contract.MASK_STRIDE} x W/{contract.MASK_STRIDE}"
             )
+
+    @property
+    def head_spec(self) -> str:
+        """The class head's spec as TAO's config writes it, e.g. ``log_scale=auto class_embed_bias=True``."""
+        scale = "none" if self.log_scale is None else str(self.log_scale)
+        return f"log_scale={scale} class_embed_bias={self.class_embed_bias}"
 
     @property
     def swin(self) -> SwinSpec:
@@ -129,8 +150,13 @@ class MaskGDINOConfig:
 
     @classmethod
     def full(cls, **changes: object) -> MaskGDINOConfig:
-        """TAO 7.0.1's defaults: Swin-T, bert-base-uncased, 900 queries, ReLA with 100 queries, 544x960."""
-        return dataclasses.replace(cls(), **changes)  # type: ignore[arg-type]
+        """Return the released checkpoint's spec (NGC model card): TAO's defaults plus its class head.
+
+        Swin-T, bert-base-uncased, 900 queries, ReLA with 100 queries, 544x960, and the contrastive head
+        with ``log_scale="auto"`` and ``class_embed_bias=True`` (TAO's config defaults have neither).
+        """
+        card = cls(log_scale="auto", class_embed_bias=True)
+        return dataclasses.replace(card, **changes)  # type: ignore[arg-type]
 
     @classmethod
     def tiny(cls, **changes: object) -> MaskGDINOConfig:
@@ -138,6 +164,7 @@ class MaskGDINOConfig:
 
         Keeps 256 text tokens, the output names, 169 mask-controller parameters and ReLA; shrinks the
         backbone, BERT, the number of encoder layers, queries and FFN widths, and the input to 128x224.
+        The class head is TAO's config default (no scale, no bias).
         BERT keeps the bert-base-uncased vocabulary so that real token ids work.
         """
         tiny = cls(
@@ -155,3 +182,19 @@ class MaskGDINOConfig:
             input_width=224,
         )
         return dataclasses.replace(tiny, **changes)  # type: ignore[arg-type]
+
+
+def parse_log_scale(text: str) -> LogScale:
+    """``"auto"``, ``"none"`` or a number (TAO's spellings) -> :data:`LogScale`; ValueError otherwise."""
+    lowered = text.strip().lower()
+    if lowered == "auto":
+        return "auto"
+    if lowered == "none":
+        return None
+    try:
+        value = float(lowered)
+    except ValueError:
+        raise ValueError(f"log_scale {text!r} is not 'auto', 'none' or a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"log_scale {text!r} must be finite")
+    return value

@@ -64,10 +64,13 @@ class TransformerDecoder(nn.Module):
     """Decoder stack with iterative box refinement.
 
     ``bbox_embed`` is assigned by the owning model: one MLP shared by all layers and also registered as the
-    model's top-level ``bbox_embed``, which is why TAO's checkpoint stores it under both names.
+    model's top-level ``bbox_embed``, which is why TAO's checkpoint stores it under both names. The
+    contrastive ``class_embed`` is registered the same way; the export-time forward only uses the
+    model's copy on the last layer, so the decoder just holds it for the checkpoint layout.
     """
 
     bbox_embed: nn.ModuleList
+    class_embed: nn.ModuleList
 
     def __init__(
         self, num_layers: int, d_model: int, d_ffn: int, n_levels: int, n_heads: int, n_points: int

@@ -137,6 +137,8 @@ def metadata_of(config: MaskGDINOConfig, source: str, msda: str) -> dict[str, st
         contract.META_INPUT_HEIGHT: str(config.input_height),
         contract.META_INPUT_WIDTH: str(config.input_width),
         contract.META_MSDA: msda,
+        contract.META_LOG_SCALE: "none" if config.log_scale is None else str(config.log_scale),
+        contract.META_CLASS_EMBED_BIAS: str(config.class_embed_bias),
         contract.META_VERSION: __version__,
     }
 

@@ -16,7 +16,7 @@ from torch import nn
 from gdino_ros import contract
 from gdino_ros.model.backbone import SwinTransformer
 from gdino_ros.model.config import MaskGDINOConfig
-from gdino_ros.model.heads import MLP, contrastive_logits, inverse_sigmoid
+from gdino_ros.model.heads import MLP, ContrastiveEmbed, inverse_sigmoid
 from gdino_ros.model.mask_head import NUM_DYNAMIC_PARAMS, MaskHeadConv, dynamic_mask_logits
 from gdino_ros.model.position_encoding import image_position_embedding
 from gdino_ros.model.rela import NUM_RELA_LEVELS, ReLA
@@ -86,6 +86,11 @@ class MaskGroundingDINO(nn.Module):
         self.bbox_embed = nn.ModuleList([box_head] * config.dec_layers)
         self.transformer.decoder.bbox_embed = self.bbox_embed
         self.transformer.enc_out_bbox_embed = copy.deepcopy(box_head)
+        # Likewise one contrastive class head for all decoder layers (it has parameters only with
+        # class_embed_bias or a learnable log_scale); query selection has its own in the transformer.
+        class_head = ContrastiveEmbed(config.log_scale, config.class_embed_bias, config.max_text_len)
+        self.class_embed = nn.ModuleList([class_head] * config.dec_layers)
+        self.transformer.decoder.class_embed = self.class_embed
 
         self.controller = MLP(hidden, hidden, NUM_DYNAMIC_PARAMS, 3)
         _init_linears(self.controller)
@@ -165,7 +170,7 @@ class MaskGroundingDINO(nn.Module):
         out = self.transformer(srcs, pos, text, token_mask, text_token_mask, position_ids)
 
         last = len(out.hs) - 1
-        pred_logits = contrastive_logits(out.hs[last], out.text, token_mask, config.max_text_len)
+        pred_logits = self.class_embed[last](out.hs[last], out.text, token_mask)
         # TAO's export path refines the last layer's output from references[last - 1], i.e. the reference
         # that went *into* the second-to-last layer, not the last layer's own input reference.
         box_logits = self.bbox_embed[last](out.hs[last]) + inverse_sigmoid(out.references[last - 1])

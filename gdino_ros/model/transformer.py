@@ -9,7 +9,7 @@ from torch import nn
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.decoder import TransformerDecoder
 from gdino_ros.model.encoder import TransformerEncoder
-from gdino_ros.model.heads import MLP, contrastive_logits
+from gdino_ros.model.heads import MLP, ContrastiveEmbed
 from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, SpatialShapes
 
 
@@ -76,6 +76,10 @@ class Transformer(nn.Module):
         self.enc_output = nn.Linear(d_model, d_model)
         self.enc_output_norm = nn.LayerNorm(d_model)
         self._reset_parameters()
+        # Query selection's own class head (TAO's two_stage_class_embed_share=False).
+        self.enc_out_class_embed = ContrastiveEmbed(
+            config.log_scale, config.class_embed_bias, self.max_text_len
+        )
 
     def _reset_parameters(self) -> None:
         """TAO's init: Xavier for every matrix, then the deformable-attention and level-embedding inits."""
@@ -123,7 +127,7 @@ class Transformer(nn.Module):
 
         output_memory, proposals = encoder_output_proposals(memory, spatial_shapes)
         output_memory = self.enc_output_norm(self.enc_output(output_memory))
-        token_logits = contrastive_logits(output_memory, text, text_token_mask, self.max_text_len)
+        token_logits = self.enc_out_class_embed(output_memory, text, text_token_mask)
         topk = torch.topk(token_logits.max(-1)[0], self.num_queries, dim=1)[1]  # B, Q
         boxes_unselected = self.enc_out_bbox_embed(output_memory) + proposals
         refpoints = torch.gather(boxes_unselected, 1, topk.unsqueeze(-1).expand(-1, -1, 4))

@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: plugin on a CUDA machine, grid-sample otherwise",
     )
     parser.add_argument(
+        "--log-scale",
+        metavar="auto|none|FLOAT",
+        help="the class head's log_scale. Default: read from the checkpoint (a learnable log_scale key), "
+        "else 'auto' when it has class-embedding bias keys (the model card's spec), else none",
+    )
+    parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow a checkpoint that needs unrestricted unpickling (can run code from the file)",
@@ -63,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint is not None and args.config != "full":
         print("gdino-export: error: --config only applies to --random-init", file=sys.stderr)
+        return 2
+    if args.random_init and args.log_scale is not None:
+        print("gdino-export: error: --log-scale only applies to --checkpoint (--random-init builds the "
+              "model card's spec, log_scale=auto)", file=sys.stderr)
         return 2
     started = time.monotonic()
 
@@ -101,7 +111,9 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         source = contract.RANDOM_INIT_SOURCE
     else:
         trust = args.trust_checkpoint
-        checkpoint = load_tao_checkpoint(args.checkpoint, trust_checkpoint=trust, progress=say)
+        checkpoint = load_tao_checkpoint(
+            args.checkpoint, trust_checkpoint=trust, log_scale=args.log_scale, progress=say
+        )
         config = _with_size(checkpoint.config, args.height, args.width)
         say(f"{checkpoint.metadata['format']} checkpoint, num_region_queries={config.num_region_queries}")
         say("building the network and loading the weights")
@@ -109,7 +121,8 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         model.load_state_dict(checkpoint.state_dict, strict=True)
         source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
     height, width = config.input_height, config.input_width
-    say(f"exporting {height}x{width}, msda={msda}, outputs: {', '.join(config.output_names)}")
+    outputs = ", ".join(config.output_names)
+    say(f"exporting {height}x{width}, msda={msda}, {config.head_spec}, outputs: {outputs}")
     export_onnx(model, config, output, source=source, msda=msda, progress=say)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     if args.random_init:

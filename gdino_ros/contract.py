@@ -1,7 +1,7 @@
 """The TAO Mask Grounding DINO contract: every fact that more than one stage relies on.
 
-Source: TAO 7.0.1 export, deploy and training code as summarised in the project's design notes
-(``tao_contract.md``). Engine I/O names, shapes, normalisation constants, special token ids and the
+What these facts mean and where they come from (TAO 7.0.1's export, deploy and training code):
+``docs/engine_contract.md``. Engine I/O names, shapes, normalisation constants, special token ids and the
 post-processing defaults are defined here once; every other module imports them.
 """
 from __future__ import annotations

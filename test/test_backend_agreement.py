@@ -64,7 +64,7 @@ def test_raw_outputs_agree(backends: tuple[Backend, Backend], vocab_path: Path, 
         np.testing.assert_array_equal(finite, np.isfinite(b), err_msg=f"{name}: -inf at different places")
         scale = float(np.abs(a[finite]).max())
         np.testing.assert_allclose(b[finite], a[finite], rtol=1e-4, atol=1e-4 * max(scale, 1.0), err_msg=name)
-    # Padded tokens are -inf in pred_logits on both (contract §1.3).
+    # Padded tokens are -inf in pred_logits on both (docs/engine_contract.md#outputs).
     assert np.isneginf(expected[contract.PRED_LOGITS][0, :, prompt.num_tokens:]).all()
 
 

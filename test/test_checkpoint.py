@@ -30,7 +30,7 @@ TSV = Path(__file__).parent / "data" / "tao_state_dict_keys.tsv"
 
 
 def _tao_container(state_dict: dict[str, torch.Tensor], **extra: object) -> dict[str, object]:
-    """What TAO's Lightning ModelCheckpoint writes for Mask GDINO (contract §5.5), minus optimizer state."""
+    """What TAO's Lightning ModelCheckpoint writes for Mask GDINO (docs/engine_contract.md#checkpoint-layout), minus optimizer state."""
     return {
         "epoch": 11,
         "global_step": 1200,

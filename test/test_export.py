@@ -45,7 +45,7 @@ def _tokenizer() -> object:
 
 
 def _text_inputs(text: str, mode: str) -> dict[str, np.ndarray]:
-    """The engine's text inputs (contract §3.3) for a phrase list or a referring expression."""
+    """The engine's text inputs (docs/engine_contract.md#text-inputs) for phrases or an expression."""
     inputs = encode_prompt(text, mode, _tokenizer()).text_inputs()
     assert inputs[contract.INPUT_IDS][0, 0] == contract.CLS_ID  # real bert-base-uncased ids
     return inputs

@@ -1,8 +1,8 @@
 """The tiny network's forward pass on a real photo and real bert-base-uncased token ids.
 
 Token ids come from ``BertTokenizerFast`` over the bert-base-uncased vocabulary; ``position_ids`` and
-``text_token_mask`` are built here by the contract's rule (tao_contract.md §3.3), independently of
-``gdino_ros.core.prompt``.
+``text_token_mask`` are built here by the contract's rule (docs/engine_contract.md#text-inputs),
+independently of ``gdino_ros.core.prompt``.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ EXPRESSION = "the man on the left holding a red umbrella ."
 
 
 def encode_caption(tokenizer: BertTokenizerFast, caption: str) -> dict[str, torch.Tensor]:
-    """The five text inputs for ``caption``, per contract §3.3."""
+    """The five text inputs for ``caption``, per docs/engine_contract.md#text-inputs."""
     t = contract.MAX_TEXT_LEN
     ids = tokenizer(caption, padding="max_length", max_length=t)["input_ids"][:t]
     mask = torch.eye(t, dtype=torch.bool)
@@ -76,7 +76,8 @@ def run(model: MaskGroundingDINO, tokenizer: BertTokenizerFast, caption: str) ->
 
 
 def test_encoded_caption_follows_the_contract_example(tokenizer: BertTokenizerFast) -> None:
-    # tao_contract.md §3.3: "cat . dog ." -> blocks {0}, {1,2}, {3,4}, {5}; positions 0,0,1,0,1,0.
+    # docs/engine_contract.md#text-inputs: "cat . dog ." -> blocks {0}, {1,2}, {3,4}, {5};
+    # positions 0,0,1,0,1,0.
     text = encode_caption(tokenizer, "cat . dog .")
     assert text[contract.POSITION_IDS][0, :7].tolist() == [0, 0, 1, 0, 1, 0, 0]
     block = text[contract.TEXT_TOKEN_MASK][0, :7, :7].int().tolist()

@@ -1,7 +1,7 @@
 """The network's parameters mirror TAO 7.0.1's Mask GDINO checkpoint, and the config rejects bad sizes.
 
 ``data/tao_state_dict_keys.tsv`` lists every tensor of TAO's checkpoint (``model.model.`` prefix, shape,
-dtype) as dumped from TAO's own ``MaskGDINOModel`` (design notes, tao_contract.md §5.5). The full-size
+dtype) as dumped from TAO's own ``MaskGDINOModel`` (docs/engine_contract.md#checkpoint-layout). The full-size
 model is built on the meta device, so no weights are allocated.
 """
 from __future__ import annotations
@@ -86,7 +86,7 @@ def test_learnable_log_scale_adds_one_key_per_head() -> None:
 @pytest.mark.parametrize(
     ("config", "count"),
     [
-        # 184,989,944: TAO's MaskGDINOModel with ReLA and its config-default head (tao_contract.md §5.5);
+        # 184,989,944: TAO's MaskGDINOModel with ReLA and its config-default head;
         # the card's spec adds two scalar biases (the decoder's shared one and query selection's).
         (MaskGDINOConfig.full(log_scale=None, class_embed_bias=False), 184_989_944),
         (MaskGDINOConfig.full(), 184_989_946),

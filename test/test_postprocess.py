@@ -1,4 +1,6 @@
-"""Post-processing on hand-built engine outputs whose answers are worked out by hand (contract §4).
+"""Post-processing on hand-built engine outputs whose answers are worked out by hand.
+
+The rules: docs/engine_contract.md#post-processing.
 
 Where a mask's expected pixels are needed, they come from the straightforward computation that TAO
 Deploy does (full-image ``cv2.resize`` of the logits, sigmoid, ``> threshold``), with OpenCV's generic

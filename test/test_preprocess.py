@@ -1,4 +1,4 @@
-"""Image preprocessing against independent computations (contract §2)."""
+"""Image preprocessing against independent computations (docs/engine_contract.md#image-preprocessing)."""
 from __future__ import annotations
 
 import cv2

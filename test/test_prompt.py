@@ -1,7 +1,7 @@
 """Prompt encoding with the real bert-base-uncased vocabulary: ids, blocks, phrase maps, limits, errors.
 
 Expected token ids come from the line numbers of vocab.txt itself; expected blocks and maps are written out
-by hand from the contract (§3.3, §3.4).
+by hand from docs/engine_contract.md#text-inputs.
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Engine outputs -> detections, instance masks, a label image and the no-target decision (contract §4).
+"""Engine outputs -> detections, instance masks, a label image and the no-target decision.
+
+The rules: docs/engine_contract.md#post-processing.
 
 Order of operations, per frame (batch 1):
 
@@ -32,6 +34,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from gdino_ros.backends.base import ArrayMasks, MaskPlanes
 from gdino_ros.contract import (
     CONF_THRESHOLD,
     IOI_THRESHOLD,
@@ -54,7 +57,7 @@ _LABEL_MAX = np.iinfo(np.uint16).max
 
 @dataclass(frozen=True)
 class PostprocessParams:
-    """Post-processing thresholds; the defaults are TAO's inference spec (contract §4.4).
+    """Post-processing thresholds; the defaults are TAO's inference spec.
 
     ``max_detections`` caps the output after NMS (the default keeps everything ``num_select`` allows).
     ``mask_threshold`` applies to ``sigmoid(mask logit)``.
@@ -99,12 +102,16 @@ def postprocess(
     prompt: EncodedPrompt,
     image_hw: tuple[int, int],
     params: PostprocessParams | None = None,
+    *,
+    masks: MaskPlanes | None = None,
 ) -> Result:
     """Decode one frame's engine outputs into a :class:`Result` for an original image of ``image_hw``.
 
     ``outputs`` maps contract output names to arrays with the batch dimension: ``pred_logits``
     [1, Q, 256], ``pred_boxes`` [1, Q, 4], ``pred_masks`` [1, Q, 1, h, w] and, for ReLA models,
-    ``no_targets`` [1, 2] and ``union_mask_logits`` [1, 2, hu, wu] (float32 or float16).
+    ``no_targets`` [1, 2] and ``union_mask_logits`` [1, 2, hu, wu] (float32 or float16). ``masks``, if
+    given, replaces ``pred_masks``: only the planes of the candidates (ReLA IoI test) or of the kept
+    detections are read from it.
 
     Without a ReLA head ``no_target_probability`` is NaN and ``no_target`` means "nothing detected" (TAO
     Deploy's reading). ``timings_ms`` is left empty for the caller.
@@ -113,7 +120,8 @@ def postprocess(
     height, width = int(image_hw[0]), int(image_hw[1])
     if height < 1 or width < 1:
         raise ValueError(f"image_hw must be a positive (height, width), got {image_hw}.")
-    logits, boxes, masks, no_targets, union = _read_outputs(outputs)
+    logits, boxes, masks, no_targets, union = _read_outputs(outputs, masks)
+    mask_hw = (int(masks.shape[3]), int(masks.shape[4]))
     label_image = np.zeros((height, width), dtype=np.uint16)
 
     no_target_probability = math.nan
@@ -126,18 +134,23 @@ def postprocess(
 
     scores, queries, classes, token_probs = _select(logits, prompt, params)
     boxes_xyxy = boxes_to_pixels(boxes[queries], height, width)
-    foreground = None
     if union is not None and params.ioi_threshold > 0:
-        foreground = union_foreground(union, masks.shape[1:])
-    keep = _filter(scores, boxes_xyxy, masks, queries, foreground, params)
+        # The IoI test reads the candidates' masks: fetch each candidate query's plane once.
+        candidates, rows = np.unique(queries, return_inverse=True)
+        candidate_masks = masks.planes(candidates)
+        keep = _filter(scores, boxes_xyxy, candidate_masks, rows, union_foreground(union, mask_hw), params)
+        kept_masks = candidate_masks[rows[keep]]
+    else:
+        keep = _filter(scores, boxes_xyxy, np.empty((0, *mask_hw), np.float32), queries, None, params)
+        kept_masks = masks.planes(queries[keep])
     scores, queries, classes, boxes_xyxy = scores[keep], queries[keep], classes[keep], boxes_xyxy[keep]
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
     # One block for all instance masks: a single allocation whose pages are touched only where masks are.
     instance_masks = np.zeros((len(queries), height, width), dtype=np.bool_)
-    upsampler = MaskUpsampler(masks.shape[1:], (height, width))
-    rectangles = [upsampler.paint(masks[q], params.mask_logit_threshold, instance_masks[k])
-                  for k, q in enumerate(queries)]
+    upsampler = MaskUpsampler(mask_hw, (height, width))
+    rectangles = [upsampler.paint(kept_masks[k], params.mask_logit_threshold, instance_masks[k])
+                  for k in range(len(queries))]
     # Lowest score first, so that where instances overlap the higher score is written last and wins.
     for k in range(len(rectangles) - 1, -1, -1):
         rectangle = rectangles[k]
@@ -162,10 +175,11 @@ def postprocess(
 
 
 def _read_outputs(
-    outputs: Mapping[str, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Check the engine outputs and drop the batch dimension (and the mask channel)."""
-    missing = [name for name in (PRED_LOGITS, PRED_BOXES, PRED_MASKS) if name not in outputs]
+    outputs: Mapping[str, np.ndarray], masks: MaskPlanes | None
+) -> tuple[np.ndarray, np.ndarray, MaskPlanes, np.ndarray | None, np.ndarray | None]:
+    """Check the engine outputs and drop the batch dimension of the arrays."""
+    required = (PRED_LOGITS, PRED_BOXES) if masks is not None else (PRED_LOGITS, PRED_BOXES, PRED_MASKS)
+    missing = [name for name in required if name not in outputs]
     if missing:
         raise ValueError(f"Engine outputs lack {missing}; got {sorted(outputs)}. "
                          "Is this a Mask Grounding DINO model exported with masks?")
@@ -174,13 +188,14 @@ def _read_outputs(
                          f"them came: {sorted(outputs)}.")
     logits = np.asarray(outputs[PRED_LOGITS])
     boxes = np.asarray(outputs[PRED_BOXES])
-    masks = np.asarray(outputs[PRED_MASKS])
+    if masks is None:
+        masks = ArrayMasks(np.asarray(outputs[PRED_MASKS]))
     if logits.ndim != 3 or logits.shape[0] != 1:
         raise ValueError(f"{PRED_LOGITS} must be [1, Q, 256], got {logits.shape}.")
     queries = logits.shape[1]
     if boxes.shape != (1, queries, 4):
         raise ValueError(f"{PRED_BOXES} must be [1, {queries}, 4], got {boxes.shape}.")
-    if masks.ndim != 5 or masks.shape[:3] != (1, queries, 1):
+    if len(masks.shape) != 5 or masks.shape[:3] != (1, queries, 1):
         raise ValueError(f"{PRED_MASKS} must be [1, {queries}, 1, H/4, W/4], got {masks.shape}.")
     no_targets = union = None
     if NO_TARGETS in outputs:
@@ -191,7 +206,7 @@ def _read_outputs(
         if union.ndim != 4 or union.shape[:2] != (1, 2):
             raise ValueError(f"{UNION_MASK_LOGITS} must be [1, 2, H/8, W/8], got {union.shape}.")
         union = union[0]
-    return logits[0], boxes[0], masks[0, :, 0], no_targets, union
+    return logits[0], boxes[0], masks, no_targets, union
 
 
 def _select(
@@ -274,13 +289,13 @@ def _filter(
     scores: np.ndarray,
     boxes_xyxy: np.ndarray,
     masks: np.ndarray,
-    queries: np.ndarray,
+    rows: np.ndarray,
     foreground: np.ndarray | None,
     params: PostprocessParams,
 ) -> np.ndarray:
     """Return the candidates (indices, best first) that pass the IoI filter, NMS and the cap.
 
-    ``masks`` are all queries' mask logits [Q, h, w] and ``queries`` each candidate's query. One greedy
+    Candidate i's mask logits are ``masks[rows[i]]`` (read only when ``foreground`` is given). One greedy
     pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as if the IoI
     filter had run on all candidates before NMS; but the test is only paid for candidates that NMS has not
     already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly above
@@ -293,7 +308,7 @@ def _filter(
         if suppressed[i]:
             continue
         if foreground is not None:
-            binary = masks[queries[i]] > threshold
+            binary = masks[rows[i]] > threshold
             inside = np.count_nonzero(binary & foreground) / (np.count_nonzero(binary) + 1e-6)
             if not inside > params.ioi_threshold:
                 continue

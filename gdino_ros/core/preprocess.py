@@ -1,4 +1,6 @@
-"""Camera image -> the engine's image tensor (contract §2: stretch-resize, /255, mean/std, CHW).
+"""Camera image -> the engine's image tensor: stretch-resize, /255, mean/std, CHW.
+
+The rules: docs/engine_contract.md#image-preprocessing.
 
 The resize runs on the uint8 image (a quarter of the bytes of float32) and the normalisation is one fused
 multiply-add per channel plane written straight into the output tensor, which keeps a 1080p frame within a

@@ -1,6 +1,6 @@
 """Text prompt -> the engine's text inputs and the token maps that post-processing needs.
 
-Two prompt modes (contract §3.2):
+Two prompt modes (docs/engine_contract.md#text-inputs):
 
 * **phrases** -- a list of things to find, ``"cup . red bottle . table"`` (commas work too). The caption is
   TAO's ``"cup . red bottle . table ."`` and every detection is labelled with one phrase. Each phrase is
@@ -186,7 +186,7 @@ class EncodedPrompt:
     Phrases mode: ``phrases`` are the kept phrases (the user's text, whitespace-normalised), ``dropped``
     those that did not fit into 256 tokens, ``phrase_token_spans[i]`` the token range ``[start, end)`` of
     phrase i, and ``positive_map`` float32 [P, 256] has row i = 1/n over those n tokens (a phrase's score is
-    the mean of its token probabilities, contract §3.4). Expression mode: ``phrases`` and ``dropped`` are
+    the mean of its token probabilities, as TAO Deploy). Expression mode: ``phrases`` and ``dropped`` are
     empty and ``positive_map`` is None.
 
     ``words`` are the caption's words (punctuation excluded) and ``token_words`` int64 [256] gives each
@@ -388,8 +388,9 @@ def _build(
 def phrase_blocks(input_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``position_ids`` int64 [256] and ``text_token_mask`` bool [256, 256] from padded ``input_ids``.
 
-    Contract §3.3: every phrase and its closing delimiter form one fully connected block whose positions
-    restart at 0; a delimiter in the first or last slot is a block of its own; padding attends to itself.
+    The rule (docs/engine_contract.md#text-inputs): every phrase and its closing delimiter form one fully
+    connected block whose positions restart at 0; a delimiter in the first or last slot is a block of its
+    own; padding attends to itself.
     """
     length = input_ids.shape[0]
     position_ids = np.zeros(length, dtype=np.int64)

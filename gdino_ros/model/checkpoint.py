@@ -1,6 +1,6 @@
 """Read TAO Mask Grounding DINO checkpoints safely, infer the network's sizes from them, load strictly.
 
-Accepted containers (contract §5.5):
+Accepted containers (docs/engine_contract.md#checkpoint-layout):
 
 * TAO's Lightning ``.pth``: ``{"state_dict": {"model.model.<key>": tensor}, "tao_model": ..., ...}``;
 * a bare state dict, with or without a prefix (``model.model.``, ``model.``, ``module.``);
@@ -35,7 +35,7 @@ TAO_MODEL_NAME = "mask_grounding_dino"
 OWN_FORMAT_KEY = "gdino_ros"
 # Every Mask Grounding DINO state dict has this key; whatever precedes it is the container's prefix.
 ANCHOR_KEY = "backbone.0.body.patch_embed.proj.weight"
-# Non-persistent buffers in current transformers that older TAO checkpoints still carry (contract §5.5).
+# Non-persistent buffers in current transformers that older TAO checkpoints still carry.
 IGNORED_KEYS: frozenset[str] = frozenset({"bert.embeddings.position_ids", "bert.embeddings.token_type_ids"})
 # Modules that hold a contrastive class head (``.bias``/``.log_scale`` when it has parameters);
 # ``{i}`` runs over the decoder layers.

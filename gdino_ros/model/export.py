@@ -1,4 +1,4 @@
-"""ONNX export of Mask Grounding DINO with TAO's exact engine interface (contract §1.1-1.3).
+"""ONNX export of Mask Grounding DINO with TAO's exact engine interface (docs/engine_contract.md).
 
 The graph has TAO's input and output names, dtypes and batch-1 shapes, opset 17, and metadata that
 records where its weights came from. Multi-scale deformable attention is emitted either as
@@ -48,8 +48,8 @@ def default_msda_mode() -> str:
 def example_inputs(config: MaskGDINOConfig, seed: int = 0) -> dict[str, torch.Tensor]:
     """Batch-1 inputs with the engine's names and dtypes: a random image and TAO's dummy caption.
 
-    ``position_ids``/``text_token_mask`` follow contract §3.3 for ``[CLS] the running dog . [SEP]``:
-    blocks {0}, {1..4}, {5}, and every pad token on its own.
+    ``position_ids``/``text_token_mask`` follow docs/engine_contract.md#text-inputs for
+    ``[CLS] the running dog . [SEP]``: blocks {0}, {1..4}, {5}, and every pad token on its own.
     """
     generator = torch.Generator().manual_seed(seed)
     length = contract.MAX_TEXT_LEN
@@ -114,7 +114,7 @@ def export_onnx(
 
 
 def output_shapes(config: MaskGDINOConfig) -> dict[str, tuple[int, ...]]:
-    """Return the static engine output shapes (contract §1.3) for ``config``'s queries and input size."""
+    """Return the static output shapes (docs/engine_contract.md#outputs) for ``config``'s queries and size."""
     h, w = config.input_height, config.input_width
     queries, tokens = config.num_queries, config.max_text_len
     shapes = {

@@ -14,6 +14,7 @@ import io
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -92,7 +93,7 @@ def export_onnx(
     model.eval()
     buffer = io.BytesIO()
     converting = _heartbeat(say, "tracing and converting")
-    with _msda_cores(model, msda), _static_shapes(), torch.no_grad(), converting:
+    with _msda_cores(model, msda), _static_shapes(), torch.no_grad(), converting, _expected_warnings_hidden():
         torch.onnx.export(
             model,
             tuple(inputs.values()),
@@ -248,6 +249,20 @@ def _static_shapes() -> Iterator[None]:
         yield
     finally:
         exporter._trace_and_get_graph_from_model = trace
+
+
+@contextlib.contextmanager
+def _expected_warnings_hidden() -> Iterator[None]:
+    """Hide the tracer's warnings that this export causes on purpose, so users see only real problems.
+
+    Freezing shapes into Python ints and numpy-built constants is how the graph gets TAO's static batch-1
+    shapes (:func:`_static_shapes`), and the exporter notes that it cannot fold strided slices; neither
+    changes the graph's results, which the tests compare with the PyTorch forward.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+        yield
 
 
 @contextlib.contextmanager

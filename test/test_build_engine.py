@@ -5,19 +5,23 @@ skipped without them.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fakes.trt_builder import BuildState, make_tensorrt
 from model_fixtures import make_contract_onnx
 
 from gdino_ros import contract
 from gdino_ros.backends import BackendError, open_backend
+from gdino_ros.backends.cuda import GpuInfo
 from gdino_ros.backends.engine_meta import (
     BuildKey,
     BuildRecord,
@@ -27,13 +31,15 @@ from gdino_ros.backends.engine_meta import (
     sidecar_path,
     stale_reasons,
     summarize_precision,
+    timing_cache_path,
     write_record,
 )
 from gdino_ros.tools import build_engine
 
 ONNX_BYTES = b"onnx bytes"
-KEY = BuildKey.create(hashlib.sha256(ONNX_BYTES).hexdigest(), "10.13.0.35", "NVIDIA H100 PCIe", "fp16",
-                      ["*LayerNorm*"])
+H100 = "NVIDIA H100 PCIe sm_90 114SM 81559MiB"
+ORIN_NX = "Orin sm_87 8SM 15656MiB L4T 36.4.3"
+KEY = BuildKey.create(hashlib.sha256(ONNX_BYTES).hexdigest(), "10.13.0.35", H100, "fp16", ["*LayerNorm*"])
 
 
 def real_tensorrt_with_gpu() -> bool:
@@ -79,7 +85,7 @@ def test_record_round_trip_and_location(built: tuple[Path, Path]) -> None:
     assert sidecar_path(engine) == engine.parent / "model.engine.json"
     record = read_record(engine)
     assert record == record_for(engine, onnx)
-    assert json.loads(sidecar_path(engine).read_text())["key"]["gpu_name"] == "NVIDIA H100 PCIe"
+    assert json.loads(sidecar_path(engine).read_text())["key"]["gpu"] == H100
 
 
 @pytest.mark.parametrize(
@@ -87,7 +93,8 @@ def test_record_round_trip_and_location(built: tuple[Path, Path]) -> None:
     [
         {"onnx_sha256": "cd" * 32},
         {"tensorrt_version": "10.14.1"},
-        {"gpu_name": "Orin"},
+        {"gpu": ORIN_NX},
+        {"gpu": "NVIDIA H100 PCIe sm_90 132SM 81559MiB"},  # same name, another SKU
         {"precision": "fp32"},
         {"fp32_layers": ()},
     ],
@@ -118,19 +125,19 @@ def test_stale_reasons_name_each_mismatch(built: tuple[Path, Path]) -> None:
     engine, onnx = built
     record = read_record(engine)
     assert record is not None
-    assert stale_reasons(record, "10.13.0.35", "NVIDIA H100 PCIe") == []
-    reasons = stale_reasons(record, "10.3.0", "Orin (nvgpu)")
+    assert stale_reasons(record, "10.13.0.35", H100) == []
+    reasons = stale_reasons(record, "10.3.0", ORIN_NX)
     assert reasons == [
         "it was built with TensorRT 10.13.0.35, this is TensorRT 10.3.0",
-        "it was built on a NVIDIA H100 PCIe, this GPU is a Orin (nvgpu)",
+        f"it was built on {H100}, this GPU is {ORIN_NX}",
     ]
     # Touching the ONNX file without changing it is not a change ...
     os.utime(onnx, ns=(record.onnx_mtime_ns + 10**9, record.onnx_mtime_ns + 10**9))
-    assert stale_reasons(record, "10.13.0.35", "NVIDIA H100 PCIe") == []
+    assert stale_reasons(record, "10.13.0.35", H100) == []
     # ... re-exporting it with other content is.
     onnx.write_bytes(b"other onnx bytes")
     changed = [f"{onnx} has changed since the engine was built from it"]
-    assert stale_reasons(record, "10.13.0.35", "NVIDIA H100 PCIe") == changed
+    assert stale_reasons(record, "10.13.0.35", H100) == changed
 
 
 def _layer(kind: str, *formats: str) -> dict[str, object]:
@@ -227,3 +234,235 @@ def test_engine_build_run_reuse_and_staleness(tmp_path: Path, capsys: pytest.Cap
     assert code == 0 and "wrote" in lines[-1]
     with open_backend(engine) as backend:
         assert backend.infer(image, text)[contract.PRED_BOXES].shape == (1, 7, 4)
+
+
+# --- Records of older formats and TensorRT 11's inspector JSON ------------------------------------------
+
+
+def test_old_format_record_is_stale_and_never_reused(built: tuple[Path, Path]) -> None:
+    engine, _ = built
+    content = json.loads(sidecar_path(engine).read_text())
+    content["format"] = 1
+    content["key"]["gpu_name"] = "Orin"  # format 1 knew the GPU by name only
+    del content["key"]["gpu"]
+    sidecar_path(engine).write_text(json.dumps(content))
+    record = read_record(engine)
+    assert record is not None and record.format == 1 and record.key.gpu == "Orin"
+    old_key = BuildKey(**{**KEY.__dict__, "gpu": "Orin"})
+    assert not is_reusable(engine, old_key)
+    reasons = stale_reasons(record, "10.13.0.35", ORIN_NX)
+    assert len(reasons) == 1
+    assert "format 1" in reasons[0] and "names the GPU model only" in reasons[0] and ORIN_NX in reasons[0]
+
+
+# TensorRT 10.x: one "Format/Datatype" text per tensor, "Bindings" a list of names.
+INSPECTOR_10 = """{"Layers": [
+ {"Name": "/backbone/conv", "LayerType": "CaskConvolution", "Inputs": [{"Name": "inputs",
+  "Location": "Device", "Dimensions": [1,3,64,96], "Format/Datatype": "Row major linear FP32"}],
+  "Outputs": [{"Name": "c", "Location": "Device", "Dimensions": [1,96,16,24],
+  "Format/Datatype": "Channel major FP16 format where channel % 8 == 0"}], "TacticValue": "0x1"},
+ {"Name": "/encoder/LayerNormalization", "LayerType": "Normalization", "Outputs": [{"Name": "n",
+  "Location": "Device", "Dimensions": [1,256,768], "Format/Datatype": "Row major linear FP32"}]},
+ {"Name": "/decoder/MatMul", "LayerType": "MatrixMultiply", "Outputs": [{"Name": "m", "Location": "Device",
+  "Dimensions": [1,900,256], "Format/Datatype": "Half"}]},
+ {"Name": "Reformatting CopyNode", "LayerType": "Reformat", "Outputs": [{"Name": "r", "Location": "Device",
+  "Dimensions": [1,900,256], "Format/Datatype": "Row major linear FP32"}]},
+ {"Name": "/shape", "LayerType": "Shape", "Outputs": [{"Name": "s", "Location": "Device", "Dimensions": [2],
+  "Format/Datatype": "Row major linear Int64 format"}]}],
+ "Bindings": ["inputs", "pred_logits"]}"""
+
+# TensorRT 11.x: "Format" and "DataType" are separate keys, "I/O Tensors" replaces "Bindings".
+INSPECTOR_11 = """{"Layers": [
+ {"Name": "/backbone/conv", "LayerType": "CaskConvolution", "Inputs": [{"Name": "inputs",
+  "Location": "Device", "Dimensions": [1,3,64,96], "Format": "Row major linear FP32 format (kLINEAR)",
+  "DataType": "Float"}],
+  "Outputs": [{"Name": "c", "Location": "Device", "Dimensions": [1,96,16,24],
+  "Format": "Channel major FP16 format where channel % 8 == 0 (kHWC8)", "DataType": "Half"}]},
+ {"Name": "/encoder/LayerNormalization", "LayerType": "Normalization", "Outputs": [{"Name": "n",
+  "Location": "Device", "Dimensions": [1,256,768], "Format": "Row major linear FP32 format (kLINEAR)",
+  "DataType": "Float"}]},
+ {"Name": "/decoder/MatMul", "LayerType": "MatrixMultiply", "Outputs": [{"Name": "m", "Location": "Device",
+  "Dimensions": [1,900,256], "Format": "Row major linear FP16 format (kLINEAR)", "DataType": "Half"}]},
+ {"Name": "/head/Cast", "LayerType": "Cast", "Outputs": [{"Name": "b", "Location": "Device",
+  "Dimensions": [1,900,256], "Format": "Row major linear FP16 format (kLINEAR)", "DataType": "BFloat16"}]},
+ {"Name": "/shape", "LayerType": "Shape", "Outputs": [{"Name": "s", "Location": "Device", "Dimensions": [2],
+  "Format": "Row major linear Int64 format (kLINEAR)", "DataType": "Int64"}]}],
+ "I/O Tensors": [{"Name": "inputs", "IOMode": "Input", "DataType": "Float", "Dimensions": [1,3,64,96],
+  "Location": "Device", "IsShapeInferenceIO": false}]}"""
+
+
+def test_precision_summary_reads_tensorrt_10_and_11_inspector_json() -> None:
+    assert summarize_precision(INSPECTOR_10) == "fp16 (1 of 3 layers fp32)"
+    # The 11.x layout: the data type decides, not the format text ("BFloat16" is not FP32 "Float").
+    assert summarize_precision(INSPECTOR_11) == "fp16 (1 of 4 layers fp32, 1 of 4 layers bf16)"
+
+
+# --- gdino-build-engine against the fake TensorRT builder (test/fakes/trt_builder.py) ------------------
+
+ORIN = GpuInfo(index=0, name="Orin", compute_capability=(8, 7), sm_count=8, total_memory=7620 << 20,
+               integrated=True, l4t_release="36.4.3")
+BIG_GPU = GpuInfo(index=0, name="NVIDIA H200", compute_capability=(9, 0), sm_count=132,
+                  total_memory=143771 << 20, integrated=False, l4t_release=None)
+VERSIONS = ("10.3.0", "10.16.1.11", "11.4.0.106")
+
+
+class FakeBuild:
+    """Installs a fake ``tensorrt`` and a fake GPU; runs the command line in ``tmp_path``."""
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    ) -> None:
+        self.monkeypatch, self.capsys = monkeypatch, capsys
+        self.onnx = make_contract_onnx(tmp_path / "m.onnx")
+        self.engine = tmp_path / "m.engine"
+        self.state = self.use("10.16.1.11", ORIN)
+
+    def use(self, version: str, gpu: GpuInfo) -> BuildState:
+        module, self.state = make_tensorrt(version)
+        self.monkeypatch.setitem(sys.modules, "tensorrt", module)
+        self.monkeypatch.setattr(build_engine, "select_gpu", lambda index: gpu)
+        return self.state
+
+    def run(self, *extra: str) -> tuple[int, list[str]]:
+        return _run_cli(self.capsys, "--onnx", str(self.onnx), "--output", str(self.engine), *extra)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> FakeBuild:
+    return FakeBuild(monkeypatch, capsys, tmp_path)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_build_is_strongly_typed_and_uses_no_weak_typing_api(fake: FakeBuild, version: str) -> None:
+    state = fake.use(version, ORIN)
+    code, lines = fake.run()
+    assert code == 0, lines
+    trt = sys.modules["tensorrt"]
+    assert state.network_flags == [1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)]
+    assert state.flags_set == []  # no BuilderFlag.FP16 / PREFER_PRECISION_CONSTRAINTS (gone in 11.x)
+    assert not [name for name in state.touched if name.startswith("ILayer.")]
+    record = read_record(fake.engine)
+    assert record is not None and record.key.tensorrt_version == version
+    assert record.key.precision == "fp32" and record.engine_precision == "fp32"
+
+
+def test_the_11x_fake_has_no_weak_typing_api() -> None:
+    """What makes the test above fail if the build used weak typing on 11.x (and only there)."""
+    trt10, _ = make_tensorrt("10.16.1.11")
+    trt11, _ = make_tensorrt("11.4.0.106")
+    assert hasattr(trt10.BuilderFlag, "FP16") and hasattr(trt10.BuilderFlag, "PREFER_PRECISION_CONSTRAINTS")
+    assert not hasattr(trt11.BuilderFlag, "FP16")
+    assert not hasattr(trt11.BuilderFlag, "PREFER_PRECISION_CONSTRAINTS")
+
+
+def test_builder_objects_are_released_before_the_engine_is_deserialised(fake: FakeBuild) -> None:
+    code, lines = fake.run()
+    assert code == 0, lines
+    assert fake.state.deserialized == 1
+    assert fake.state.alive_at_deserialize == []
+
+
+def test_timing_cache_is_saved_and_reused_and_a_foreign_one_ignored(fake: FakeBuild) -> None:
+    cache = timing_cache_path(fake.engine)
+    assert cache.name == "m.engine.timing.cache"
+    code, lines = fake.run()
+    assert code == 0 and cache.is_file(), lines
+    first = cache.read_bytes()
+    assert fake.state.timing_cache_loaded == b""  # nothing to reuse on the first build
+    state = fake.use("10.16.1.11", ORIN)
+    code, lines = fake.run("--force")
+    assert code == 0, lines
+    assert state.timing_cache_loaded == first
+    assert any(f"reusing kernel timings from {cache}" in line for line in lines)
+    assert cache.read_bytes().startswith(first)  # the second build added its timings
+    cache.write_bytes(b"a cache from another GPU")
+    state = fake.use("10.16.1.11", ORIN)
+    code, lines = fake.run("--force")
+    assert code == 0 and state.timing_cache_rejected, lines
+    assert any("from another GPU or TensorRT version" in line for line in lines)
+
+
+@pytest.mark.parametrize(("gpu", "argv", "expected"), [
+    (ORIN, (), (7620 << 20) // 2),  # half of an 8 GB Orin's memory
+    (BIG_GPU, (), 8 << 30),  # at most 8 GiB
+    (ORIN, ("--workspace-gb", "1.5"), int(1.5 * (1 << 30))),
+])
+def test_workspace_is_at_most_half_the_gpu_memory_by_default(
+    fake: FakeBuild, gpu: GpuInfo, argv: tuple[str, ...], expected: int
+) -> None:
+    state = fake.use("10.3.0", gpu)
+    code, lines = fake.run(*argv)
+    assert code == 0, lines
+    assert state.workspace == expected
+
+
+def test_workspace_beyond_the_gpu_memory_is_refused(fake: FakeBuild) -> None:
+    code, lines = fake.run("--workspace-gb", "16")
+    assert code == 1
+    assert lines[-1] == ("gdino-build-engine: error: --workspace-gb 16 does not fit Orin (7.4 GiB); leave it "
+                         "out to use 3.7 GiB")
+    assert not fake.engine.exists()
+
+
+def test_cache_key_holds_the_gpu_identity_not_just_its_name(fake: FakeBuild) -> None:
+    nano = dataclasses.replace(ORIN, sm_count=4)  # Orin Nano and NX both report the name "Orin"
+    fake.use("10.3.0", ORIN)
+    assert fake.run()[0] == 0
+    fake.use("10.3.0", ORIN)
+    code, lines = fake.run()
+    assert code == 0 and "is up to date" in lines[-1]
+    state = fake.use("10.3.0", nano)
+    code, lines = fake.run()
+    assert code == 0 and state.builds == 1
+    assert any(f"it was built on {ORIN.identity()}, this GPU is {nano.identity()}" in line for line in lines)
+    record = read_record(fake.engine)
+    assert record is not None and record.key.gpu == nano.identity()
+
+
+def test_a_file_not_written_by_the_tool_is_replaced_only_with_force(fake: FakeBuild) -> None:
+    fake.engine.write_bytes(b"an engine from trtexec")
+    code, lines = fake.run()
+    assert code == 1 and "was not written by gdino-build-engine" in lines[-1] and "--force" in lines[-1]
+    assert fake.engine.read_bytes() == b"an engine from trtexec"
+    assert fake.state.builds == 0
+    code, lines = fake.run("--force")
+    assert code == 0 and read_record(fake.engine) is not None, lines
+
+
+def test_output_naming_the_onnx_file_is_refused(fake: FakeBuild) -> None:
+    onnx_as_engine = fake.onnx.with_suffix(".engine")
+    shutil.copy(fake.onnx, onnx_as_engine)
+    before = onnx_as_engine.read_bytes()
+    code, lines = _run_cli(fake.capsys, "--onnx", str(onnx_as_engine), "--output", str(onnx_as_engine),
+                           "--force")
+    assert code == 1 and "is the ONNX file itself" in lines[-1]
+    assert onnx_as_engine.read_bytes() == before
+
+
+@pytest.mark.parametrize(("knob", "expected"), [
+    ({"plugins_load": False},
+     "TensorRT's plugin library (libnvinfer_plugin) did not load: install the one of TensorRT 10.16.1.11"),
+    ({"parse_errors": ["In node 7 (importPlugin): UNSUPPORTED_NODE: No importer registered for op: "
+                       "MultiscaleDeformableAttnPlugin_TRT"]},
+     "or export with gdino-export --msda grid-sample"),
+    ({"build_error": "[defaultAllocator.cpp::allocate::31] Error Code 1: Cuda Runtime (out of memory)"},
+     "TensorRT ran out of GPU memory while building: pass a smaller --workspace-gb (this build used 3.7)"),
+    ({"build_error": "Error Code 10: Internal Error (Could not find any implementation for node x)"},
+     "TensorRT failed to build the engine (see its messages above)"),
+])
+def test_build_failures_say_what_to_do(fake: FakeBuild, knob: dict[str, object], expected: str) -> None:
+    for name, value in knob.items():
+        setattr(fake.state, name, value)
+    code, lines = fake.run()
+    assert code == 1
+    assert lines[-1].startswith("gdino-build-engine: error: ") and expected in lines[-1], lines[-1]
+    assert not fake.engine.exists() and not sidecar_path(fake.engine).exists()
+
+
+def test_tensorrt_older_than_10_is_named(fake: FakeBuild) -> None:
+    fake.use("8.6.1", ORIN)
+    code, lines = fake.run()
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].startswith("gdino-build-engine: error: TensorRT 8.6.1 is too old: this backend needs "
+                               "TensorRT 10 or newer (")  # ... and how to get it
+    assert fake.state.builds == 0 and not fake.engine.exists()

@@ -354,8 +354,8 @@ class _Runtime(_Fake):
         return _Engine(state, self._api, json.loads(bytes(data)[len(b"fake-engine:"):]))
 
 
-def _enum(name: str, members: list[str]) -> type[enum.Enum]:
-    return enum.Enum(name, {member: index for index, member in enumerate(members)})  # type: ignore[return-value]
+def _enum(name: str, members: list[str]) -> type[enum.IntEnum]:
+    return enum.IntEnum(name, {member: index for index, member in enumerate(members)})
 
 
 def _own_api(weak_typing: bool) -> types.SimpleNamespace:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar
@@ -170,6 +170,114 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
     return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs))
 
 
+class MaskPlanes(ABC):
+    """``pred_masks`` [1, Q, 1, h, w], read per query.
+
+    A GPU backend then copies to the host only the planes post-processing reads, not all Q (117.5 MB per
+    frame at 544x960 with 900 queries).
+    """
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    @abstractmethod
+    def planes(self, queries: np.ndarray) -> np.ndarray:
+        """Mask logits of ``queries`` (query indices, in that order) as a float array [len(queries), h, w]."""
+
+
+class ArrayMasks(MaskPlanes):
+    """:class:`MaskPlanes` of an array already in host memory."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        super().__init__(tuple(array.shape))
+        self.array = array
+
+    def planes(self, queries: np.ndarray) -> np.ndarray:
+        """Index the array (a copy of just those planes)."""
+        planes: np.ndarray = self.array[0, np.asarray(queries, dtype=np.int64), 0]
+        return planes
+
+
+class Frame(ABC):
+    """One image submitted to a backend (:meth:`Backend.submit`); close it when its outputs are read.
+
+    The network may still be running when the frame is returned: :meth:`outputs` and ``masks.planes``
+    wait for it. A backend keeps :attr:`Backend.FRAMES_IN_FLIGHT` frames open at most and reuses the
+    buffers of a closed frame.
+    """
+
+    def __init__(self, masks: MaskPlanes, release: Callable[[], None]) -> None:
+        self.masks = masks
+        self._release_slot: Callable[[], None] | None = release
+
+    @abstractmethod
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Every output except ``pred_masks`` (read those through :attr:`masks`), as arrays of their own."""
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every output as an array, ``pred_masks`` in full (what :meth:`Backend.infer` returns)."""
+        arrays = self.outputs()
+        every_query = np.arange(self.masks.shape[1])
+        arrays[contract.PRED_MASKS] = self.masks.planes(every_query).reshape(self.masks.shape)
+        return {name: arrays[name] for name in contract.RELA_OUTPUT_NAMES if name in arrays}
+
+    def close(self) -> None:
+        """Give the frame's buffers back to the backend. Safe to repeat."""
+        release, self._release_slot = self._release_slot, None
+        if release is not None:
+            release()
+
+    def __enter__(self) -> Frame:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class _EagerFrame(Frame):
+    """A frame whose outputs were computed before it was returned (the CPU backends)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], release: Callable[[], None]) -> None:
+        super().__init__(ArrayMasks(arrays[contract.PRED_MASKS]), release)
+        self._arrays = arrays
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Return the outputs that were computed at submission (``pred_masks`` excepted)."""
+        return {name: value for name, value in self._arrays.items() if name != contract.PRED_MASKS}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Return the arrays as computed, without copying."""
+        return self._arrays
+
+
+class _Slots:
+    """The numbers of the frames a backend may have open at once; :meth:`take` waits for a free one."""
+
+    def __init__(self, count: int) -> None:
+        self._free = list(range(count))
+        self._condition = threading.Condition()
+        self._shut = False
+
+    def take(self, backend_name: str) -> int:
+        with self._condition:
+            self._condition.wait_for(lambda: self._free or self._shut)
+            if self._shut:
+                raise BackendError(f"the {backend_name} backend has been closed; open the model again")
+            return self._free.pop(0)
+
+    def give(self, slot: int) -> None:
+        with self._condition:
+            self._free.append(slot)
+            self._condition.notify()
+
+    def shut(self) -> None:
+        with self._condition:
+            self._shut = True
+            self._condition.notify_all()
+
+
 class Backend(ABC):
     """Runs the network on one preprocessed image and one encoded prompt.
 
@@ -178,12 +286,14 @@ class Backend(ABC):
     mixed description), ``input_hw`` (the image tensor's H, W), ``input_dtype`` (the image tensor's dtype,
     to pass to preprocessing) and ``output_names`` (3 names, or 5 with the no-target head).
 
-    :meth:`infer` is thread-safe. The text tensors are sent to the model only when ``text_inputs`` is a
-    different object from the previous call's, so a caller encodes a prompt once, keeps its dict, and
-    every frame runs with exactly the prompt it was given.
+    :meth:`infer` and :meth:`submit` are thread-safe. The text tensors are sent to the model only when
+    ``text_inputs`` is a different object from the previous call's, so a caller encodes a prompt once,
+    keeps its dict, and every frame runs with exactly the prompt it was given.
     """
 
     name: ClassVar[str]
+    #: Frames that may be open at once: the one being post-processed and the one being computed.
+    FRAMES_IN_FLIGHT: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -203,6 +313,7 @@ class Backend(ABC):
         self._lock = threading.Lock()
         self._text_inputs: Mapping[str, np.ndarray] | None = None
         self._closed = False
+        self._slots = _Slots(self.FRAMES_IN_FLIGHT)
 
     @property
     def has_no_target_head(self) -> bool:
@@ -210,12 +321,21 @@ class Backend(ABC):
         return contract.NO_TARGETS in self.output_names
 
     def infer(self, image: np.ndarray, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the network on one image with one prompt.
+        """Run the network on one image with one prompt and return every output in full.
 
         ``image`` is ``input_dtype`` [1, 3, H, W] with (H, W) = ``input_hw``; ``text_inputs`` maps the
         contract's five text input names to their batch-1 arrays (``EncodedPrompt.text_inputs()``).
         Returns ``output_names`` -> float arrays with the contract's shapes. The arrays may be reused by
-        the next call and are invalid after :meth:`close`; copy anything that must outlive them.
+        later calls and are invalid after :meth:`close`; copy anything that must outlive them.
+        """
+        with self.submit(image, text_inputs) as frame:
+            return frame.arrays()
+
+    def submit(self, image: np.ndarray, text_inputs: Mapping[str, np.ndarray]) -> Frame:
+        """Start the network on one image with one prompt (arguments as :meth:`infer`); return its frame.
+
+        A GPU backend returns as soon as the work is queued, so the caller can post-process the previous
+        frame meanwhile. Waits while :attr:`FRAMES_IN_FLIGHT` frames are open; close each frame.
         """
         expected = expected_input_shape(contract.INPUT_IMAGE, self.input_hw)
         if image.shape != expected or image.dtype != self.input_dtype:
@@ -223,13 +343,18 @@ class Backend(ABC):
                 f"image tensor is {image.dtype} {image.shape}, the model needs {self.input_dtype} "
                 f"{expected}; preprocess with input_hw={self.input_hw} and dtype={self.input_dtype}"
             )
-        with self._lock:
-            if self._closed:
-                raise BackendError(f"the {self.name} backend has been closed; open the model again")
-            if text_inputs is not self._text_inputs:
-                self._set_text(self._checked_text(text_inputs))
-                self._text_inputs = text_inputs
-            return self._run(np.ascontiguousarray(image))
+        slot = self._slots.take(self.name)
+        try:
+            with self._lock:
+                if self._closed:
+                    raise BackendError(f"the {self.name} backend has been closed; open the model again")
+                if text_inputs is not self._text_inputs:
+                    self._set_text(self._checked_text(text_inputs))
+                    self._text_inputs = text_inputs
+                return self._submit(np.ascontiguousarray(image), slot, lambda: self._slots.give(slot))
+        except BaseException:
+            self._slots.give(slot)
+            raise
 
     def _checked_text(self, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names and shapes of the text tensors; return copies in the model's dtypes."""
@@ -250,12 +375,23 @@ class Backend(ABC):
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
         """Make these (checked, model-dtype) text tensors the ones the next runs use."""
 
-    @abstractmethod
+    def _submit(self, image: np.ndarray, slot: int, release: Callable[[], None]) -> Frame:
+        """Start ``image`` with the current text tensors in buffer set ``slot``; ``release`` frees the slot.
+
+        Called with the backend's lock held. The CPU backends compute the outputs right here (:meth:`_run`).
+        """
+        return _EagerFrame(self._run(image), release)
+
     def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        """Run on ``image`` with the current text tensors."""
+        """Compute every output on ``image`` with the current text tensors (used by the default _submit)."""
+        raise NotImplementedError(f"{type(self).__name__} overrides neither _submit nor _run")
 
     def close(self) -> None:
-        """Release the model and its buffers; the backend cannot be used afterwards. Safe to repeat."""
+        """Release the model and its buffers; the backend cannot be used afterwards. Safe to repeat.
+
+        Waits for a frame that is being read at this moment; open frames raise :class:`BackendError` after.
+        """
+        self._slots.shut()
         with self._lock:
             if not self._closed:
                 self._closed = True

@@ -1,20 +1,28 @@
-"""TensorRT 10 backend: a serialized engine (``.engine`` / ``.plan``) on one CUDA stream.
+"""TensorRT 10/11 backend: a serialized engine (``.engine`` / ``.plan``) with asynchronous CUDA streams.
 
-Kept thin and importable without TensorRT (imports happen inside the functions that need them); CI
-type-checks it against ``tensorrt-stubs`` and stubs built from cuda-python (``tools/type_stubs.py``).
+Importable without TensorRT: ``tensorrt`` and ``cuda.bindings`` are imported only after
+:func:`require_tensorrt` has checked them, so a missing package is one clear :class:`BackendError`.
 
-Per engine: the plugin library is initialised before deserialising (TAO engines embed
-``MultiscaleDeformableAttnPlugin_TRT``); I/O is discovered by name and checked against the contract;
-page-locked host buffers and device buffers are allocated once and their device addresses set once.
-Per prompt: the text tensors are uploaded. Per frame: one image upload, ``execute_async_v3``, output
-downloads on the same stream, one synchronize.
+Buffers, allocated once: device buffers for the inputs (the image and the five text tensors) and
+page-locked host buffers for the text; and two *output sets* of device buffers for every output, each
+with page-locked host buffers for the small outputs (logits, boxes, no-target head, union map), for the
+image waiting for upload, and for the mask planes read back. One execution context and one compute stream
+run the frames in order; a second stream copies mask planes.
+
+Per frame (:meth:`TensorRTBackend.submit`): the image is uploaded, the context's output addresses point
+at a free output set, ``execute_async_v3`` and the downloads of the small outputs are queued, an event
+marks their end, and the call returns. Post-processing waits for that event only, selects its queries,
+then copies just their planes of ``pred_masks`` on the copy stream. Meanwhile the next frame runs on the
+compute stream into the other output set. A prompt change synchronises the compute stream before the
+text is rewritten, so a frame never mixes two prompts. Every error path synchronises before it frees or
+raises, so no queued GPU work refers to freed memory.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,35 +32,47 @@ from gdino_ros import contract
 from gdino_ros.backends.base import (
     Backend,
     BackendError,
+    Frame,
+    MaskPlanes,
     TensorSpec,
     check_io,
     expected_input_shape,
     parse_device,
 )
-from gdino_ros.backends.engine_meta import read_record, stale_reasons, summarize_precision
+from gdino_ros.backends.cuda import (
+    DeviceBuffer,
+    Event,
+    GpuInfo,
+    PinnedBuffer,
+    Stream,
+    require_cuda_python,
+    select_gpu,
+    use_gpu,
+)
+from gdino_ros.backends.engine_meta import BuildRecord, read_record, stale_reasons, summarize_precision
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import tensorrt as trt
-    from cuda.bindings import runtime as cudart
 
 _log = logging.getLogger(__name__)
 
 TENSORRT_MISSING = (
-    "TensorRT's Python package is not installed: on a desktop GPU `pip install tensorrt>=10 cuda-python`; "
-    "on Jetson use JetPack's python3-libnvinfer (sudo apt-get install python3-libnvinfer) and "
-    "`pip install cuda-python` matching JetPack's CUDA version. Or run the .onnx model with ONNX Runtime"
+    "TensorRT's Python package is not installed: on a desktop GPU `pip install tensorrt-cu12 "
+    "'cuda-python>=12.6.2.post1,<13'` (CUDA 12) or `pip install tensorrt-cu13 'cuda-python>=13'` "
+    "(CUDA 13); on JetPack 6 `sudo apt-get install python3-libnvinfer` and "
+    "`pip install 'cuda-python>=12.6.2.post1,<13'`. Or run the .onnx model with ONNX Runtime"
 )
-CUDA_PYTHON_MISSING = (
-    "cuda-python is not installed (TensorRT needs it here for buffers and streams): "
-    "pip install cuda-python (version 12.6.1 or newer, same major version as your CUDA)"
-)
+# Outputs copied to the host whole every frame; pred_masks is read per query instead.
+_SMALL_OUTPUTS = (contract.PRED_LOGITS, contract.PRED_BOXES, contract.NO_TARGETS, contract.UNION_MASK_LOGITS)
 
 
 def require_tensorrt() -> str:
     """Check that real TensorRT 10+ and cuda-python are importable; return TensorRT's version.
 
-    A directory left by ``tensorrt-stubs`` alone imports as an empty namespace package, so the check
-    looks for the runtime class, not just for the import to succeed.
+    A directory left by a stub package alone imports as an empty namespace package, so the check looks
+    for the runtime class, not just for the import to succeed.
     """
     try:
         import tensorrt as trt
@@ -60,39 +80,14 @@ def require_tensorrt() -> str:
         raise BackendError(TENSORRT_MISSING) from None
     if not hasattr(trt, "Runtime"):
         raise BackendError(TENSORRT_MISSING)
-    if int(trt.__version__.split(".")[0]) < 10:
-        raise BackendError(f"TensorRT {trt.__version__} is too old: this backend needs TensorRT 10 or newer")
-    try:
-        from cuda.bindings import runtime  # noqa: F401 - only checking that it imports
-    except ImportError:
-        raise BackendError(CUDA_PYTHON_MISSING) from None
-    return trt.__version__
-
-
-def cuda_check(error: cudart.cudaError_t, call: str) -> None:
-    """Raise :class:`BackendError` naming the CUDA call and error unless ``error`` is success."""
-    from cuda.bindings import runtime as cudart
-
-    if error != cudart.cudaError_t.cudaSuccess:
-        _, name = cudart.cudaGetErrorName(error)
-        raise BackendError(f"CUDA {call} failed with {name.decode()}")
-
-
-def select_gpu(index: int) -> str:
-    """Make GPU ``index`` current for this thread and return its name (e.g. ``"NVIDIA H100 PCIe"``)."""
-    from cuda.bindings import runtime as cudart
-
-    error, count = cudart.cudaGetDeviceCount()
-    if error != cudart.cudaError_t.cudaSuccess or count == 0:
-        raise BackendError("TensorRT needs an NVIDIA GPU with a working driver, and CUDA reports none")
-    if index >= count:
-        raise BackendError(f"GPU {index} does not exist; this machine has {count} GPU(s), from cuda:0")
-    (error,) = cudart.cudaSetDevice(index)
-    cuda_check(error, "cudaSetDevice")
-    error, properties = cudart.cudaGetDeviceProperties(index)
-    cuda_check(error, "cudaGetDeviceProperties")
-    name = properties.name
-    return (name.decode() if isinstance(name, bytes) else str(name)).rstrip("\x00")
+    version = str(trt.__version__)
+    if int(version.split(".")[0]) < 10:
+        raise BackendError(
+            f"TensorRT {version} is too old: this backend needs TensorRT 10 or newer (JetPack 6.1+ on "
+            "Jetson; `pip install tensorrt-cu12` on a desktop GPU)"
+        )
+    require_cuda_python()
+    return version
 
 
 def numpy_dtype(dtype: trt.DataType) -> np.dtype:
@@ -113,15 +108,118 @@ def numpy_dtype(dtype: trt.DataType) -> np.dtype:
     return np.dtype(known[dtype])
 
 
-@dataclass
-class _Buffer:
-    """One engine I/O tensor: a pinned host array and its device copy, allocated once."""
+def rebuild_command(path: Path, record: BuildRecord | None) -> str:
+    """Return the gdino-build-engine line that rebuilds ``path`` (from its build record when there is one)."""
+    if record is None:
+        return f"gdino-build-engine --onnx <the model's .onnx> --output {path}"
+    fp16 = " --fp16" if record.key.precision == "fp16" else ""
+    return f"gdino-build-engine --onnx {record.onnx_path} --output {path}{fp16}"
 
-    name: str
-    host: np.ndarray
-    host_ptr: int
-    device_ptr: int
-    nbytes: int
+
+def _checked_record(path: Path, data: bytes, version: str, gpu: GpuInfo) -> BuildRecord | None:
+    """Return the engine's build record; refuse an engine that the record says is stale here."""
+    record = read_record(path)
+    if record is not None and record.engine_sha256 != hashlib.sha256(data).hexdigest():
+        _log.warning("%s: its build record belongs to another engine file; ignoring the record", path)
+        record = None
+    if record is None:
+        _log.warning(
+            "%s has no build record from gdino-build-engine: cannot check that it was built for this "
+            "GPU, TensorRT version and ONNX file", path
+        )
+        return None
+    reasons = stale_reasons(record, version, gpu.identity())
+    if reasons:
+        raise BackendError(
+            f"engine {path} is stale: {'; '.join(reasons)}. Rebuild it: {rebuild_command(path, record)}"
+        )
+    return record
+
+
+def _load_engine(
+    path: Path, data: bytes, version: str, record: BuildRecord | None
+) -> tuple[trt.Runtime, trt.ICudaEngine]:
+    """Initialise the plugin library (TAO engines embed its deformable-attention plugin), deserialise."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    try:
+        plugins_ready = trt.init_libnvinfer_plugins(logger, "")
+    except (OSError, RuntimeError):
+        plugins_ready = False
+    if not plugins_ready:
+        raise BackendError(
+            f"TensorRT {version}'s plugin library (libnvinfer_plugin) is missing or failed to initialise; "
+            "TAO engines need its MultiscaleDeformableAttnPlugin_TRT. Install it (pip: the tensorrt-cuXX "
+            "package with its libs; JetPack: sudo apt-get install libnvinfer-plugin10)"
+        )
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise BackendError(
+            f"TensorRT {version} could not deserialise {path} (see TensorRT's message above): an engine "
+            "only loads on the TensorRT version and GPU model it was built with. Rebuild it here: "
+            + rebuild_command(path, record)
+        )
+    return runtime, engine
+
+
+def _engine_io(engine: trt.ICudaEngine) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
+    """Return the engine's inputs and outputs as declared (-1 dimensions as ``None``)."""
+    import tensorrt as trt
+
+    inputs: dict[str, TensorSpec] = {}
+    outputs: dict[str, TensorSpec] = {}
+    for position in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(position)
+        dims = engine.get_tensor_shape(name)
+        declared = tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
+        spec = TensorSpec(name, numpy_dtype(engine.get_tensor_dtype(name)), declared)
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
+    return inputs, outputs
+
+
+def _create_context(
+    engine: trt.ICudaEngine, path: Path, inputs: dict[str, TensorSpec], input_hw: tuple[int, int]
+) -> trt.IExecutionContext:
+    """Create an execution context; set every dynamic input shape to the contract's batch-1 shape."""
+    context = engine.create_execution_context()
+    if context is None:
+        raise BackendError(
+            f"TensorRT could not create an execution context for {path}: the GPU is out of memory for "
+            "the engine's activations (8 GB Jetsons are tight). Stop other GPU programs, or rebuild the "
+            "engine at a smaller input size"
+        )
+    for name in contract.INPUT_NAMES:
+        shape = expected_input_shape(name, input_hw)
+        if None in inputs[name].shape and not context.set_input_shape(name, shape):
+            min_shape, _, max_shape = engine.get_tensor_profile_shape(name, 0)
+            raise BackendError(
+                f"engine {path}: input '{name}' cannot take shape {shape} (its profile allows "
+                f"{min_shape} to {max_shape}); build it with gdino-build-engine"
+            )
+    return context
+
+
+def _runtime_shape(context: trt.IExecutionContext, name: str, path: Path) -> tuple[int, ...]:
+    dims = context.get_tensor_shape(name)
+    shape = tuple(dims[i] for i in range(len(dims)))
+    if min(shape) < 0:
+        raise BackendError(f"engine {path}: '{name}' has a data-dependent shape {shape}")
+    return shape
+
+
+@dataclass
+class _OutputSet:
+    """The buffers of one frame in flight: its outputs on the device, what of them comes to the host."""
+
+    image: PinnedBuffer  # the frame's image until its upload has run
+    device: dict[str, DeviceBuffer]  # every output
+    host: dict[str, PinnedBuffer]  # the small outputs
+    ready: Event  # recorded after the small outputs' downloads
+    mask_shape: tuple[int, ...]
+    mask_dtype: np.dtype
+    planes: PinnedBuffer | None = field(default=None)  # mask planes read back; grows on demand
 
 
 class TensorRTBackend(Backend):
@@ -130,158 +228,219 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
 
     def __init__(self, path: str | Path, device: str = "auto") -> None:
-        import tensorrt as trt
-        from cuda.bindings import runtime as cudart
-
-        path = Path(path)
         version = require_tensorrt()
+        path = Path(path)
         kind, index = parse_device(device)
         if kind == "cpu":
             raise BackendError("a TensorRT engine runs on a GPU only; use the .onnx model for device='cpu'")
         gpu = select_gpu(index)
         self._gpu_index = index
+        self._path = path
         data = path.read_bytes()
-        record = read_record(path)
-        if record is not None and record.engine_sha256 != hashlib.sha256(data).hexdigest():
-            _log.warning("%s: its build record belongs to another engine file; ignoring the record", path)
-            record = None
-        if record is None:
-            _log.warning(
-                "%s has no build record from gdino-build-engine: cannot check that it was built for this "
-                "GPU, TensorRT version and ONNX file", path
-            )
-        else:
-            reasons = stale_reasons(record, version, gpu)
-            if reasons:
-                raise BackendError(
-                    f"engine {path} is stale: {'; '.join(reasons)}. Rebuild it: gdino-build-engine "
-                    f"--onnx {record.onnx_path} --output {path}"
-                    + (" --fp16" if record.key.precision == "fp16" else "")
-                )
-
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        if not trt.init_libnvinfer_plugins(self._logger, ""):
-            raise BackendError("TensorRT's plugin library (libnvinfer_plugin) failed to initialise")
-        self._runtime = trt.Runtime(self._logger)
-        engine = self._runtime.deserialize_cuda_engine(data)
-        if engine is None:
-            raise BackendError(
-                f"TensorRT {version} could not deserialise {path} (see TensorRT's messages above): engines "
-                "only load on the TensorRT version and GPU model they were built with; rebuild it with "
-                "gdino-build-engine"
-            )
-        self._engine = engine
-
-        inputs: dict[str, TensorSpec] = {}
-        outputs: dict[str, TensorSpec] = {}
-        for position in range(engine.num_io_tensors):
-            name = engine.get_tensor_name(position)
-            dims = engine.get_tensor_shape(name)
-            declared = tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
-            spec = TensorSpec(name, numpy_dtype(engine.get_tensor_dtype(name)), declared)
-            (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
+        record = _checked_record(path, data, version, gpu)
+        self._runtime, self._engine = _load_engine(path, data, version, record)
+        inputs, outputs = _engine_io(self._engine)
         io = check_io(inputs, outputs, f"engine {path}")
-
-        context = engine.create_execution_context()
-        for name in contract.INPUT_NAMES:
-            shape = expected_input_shape(name, io.input_hw)
-            if None in inputs[name].shape and not context.set_input_shape(name, shape):
-                min_shape, _, max_shape = engine.get_tensor_profile_shape(name, 0)
-                raise BackendError(
-                    f"engine {path}: input '{name}' cannot take shape {shape} (its profile allows "
-                    f"{min_shape} to {max_shape}); build it with gdino-build-engine"
-                )
-        self._context = context
-
-        precision = summarize_precision(
-            engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
-        )
-        if precision == "unknown" and record is not None:
-            precision = record.engine_precision
+        self._context = _create_context(self._engine, path, inputs, io.input_hw)
         super().__init__(
             device=f"cuda:{index}",
-            precision=precision,
+            precision=self._precision(record),
             input_hw=io.input_hw,
             input_dtypes=io.input_dtypes,
             output_names=io.output_names,
         )
+        with ExitStack() as resources:
+            self._allocate(resources, inputs, outputs)
+            self._resources = resources.pop_all()
 
-        error, stream = cudart.cudaStreamCreateWithFlags(cudart.cudaStreamNonBlocking)
-        cuda_check(error, "cudaStreamCreateWithFlags")
-        self._stream = stream
-        self._buffers: dict[str, _Buffer] = {}
-        for name in (*contract.INPUT_NAMES, *self.output_names):
-            dims = context.get_tensor_shape(name)
-            runtime_shape = tuple(dims[i] for i in range(len(dims)))
-            if min(runtime_shape) < 0:
-                raise BackendError(f"engine {path}: '{name}' has a data-dependent shape {runtime_shape}")
-            spec = inputs.get(name) or outputs[name]
-            self._buffers[name] = self._allocate(name, runtime_shape, spec.dtype)
-            if not context.set_tensor_address(name, self._buffers[name].device_ptr):
-                raise BackendError(f"engine {path}: TensorRT refused the device buffer of '{name}'")
+    def _precision(self, record: BuildRecord | None) -> str:
+        import tensorrt as trt
 
-    def _allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> _Buffer:
-        from cuda.bindings import runtime as cudart
+        inspector = self._engine.create_engine_inspector()
+        precision = summarize_precision(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+        if precision == "unknown" and record is not None:
+            return record.engine_precision
+        return precision
 
-        nbytes = int(np.prod(shape)) * dtype.itemsize
-        error, host_ptr = cudart.cudaMallocHost(nbytes)
-        cuda_check(error, f"cudaMallocHost({nbytes}) for '{name}'")
-        error, device_ptr = cudart.cudaMalloc(nbytes)
-        cuda_check(error, f"cudaMalloc({nbytes}) for '{name}'")
-        pinned = (ctypes.c_uint8 * nbytes).from_address(int(host_ptr))
-        host = np.frombuffer(memoryview(pinned), dtype=dtype).reshape(shape)
-        return _Buffer(name, host, int(host_ptr), int(device_ptr), nbytes)
+    def _allocate(
+        self, resources: ExitStack, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]
+    ) -> None:
+        """Create the streams and every buffer; each is registered on ``resources`` as it is made."""
+        self._stream = Stream()
+        resources.callback(self._stream.destroy)
+        self._copy_stream = Stream()
+        resources.callback(self._copy_stream.destroy)
+        self._inputs: dict[str, DeviceBuffer] = {}
+        self._text: dict[str, PinnedBuffer] = {}
+        for name in contract.INPUT_NAMES:
+            shape, spec = _runtime_shape(self._context, name, self._path), inputs[name]
+            self._inputs[name] = self._device(resources, int(np.prod(shape)) * spec.dtype.itemsize, name)
+            if not self._context.set_tensor_address(name, self._inputs[name].ptr):
+                raise BackendError(f"engine {self._path}: TensorRT refused the device buffer of '{name}'")
+            if name != contract.INPUT_IMAGE:
+                self._text[name] = self._pinned(resources, shape, spec.dtype, name)
+        self._sets = [self._output_set(resources, inputs, outputs) for _ in range(self.FRAMES_IN_FLIGHT)]
 
-    def _upload(self, buffer: _Buffer) -> None:
-        from cuda.bindings import runtime as cudart
+    def _output_set(
+        self, resources: ExitStack, inputs: dict[str, TensorSpec], outputs: dict[str, TensorSpec]
+    ) -> _OutputSet:
+        image_shape = _runtime_shape(self._context, contract.INPUT_IMAGE, self._path)
+        image = self._pinned(resources, image_shape, inputs[contract.INPUT_IMAGE].dtype, "the image")
+        device: dict[str, DeviceBuffer] = {}
+        host: dict[str, PinnedBuffer] = {}
+        for name in self.output_names:
+            shape, dtype = _runtime_shape(self._context, name, self._path), outputs[name].dtype
+            device[name] = self._device(resources, int(np.prod(shape)) * dtype.itemsize, name)
+            if name in _SMALL_OUTPUTS:
+                host[name] = self._pinned(resources, shape, dtype, name)
+        ready = Event()
+        resources.callback(ready.destroy)
+        masks = contract.PRED_MASKS
+        return _OutputSet(image, device, host, ready, _runtime_shape(self._context, masks, self._path),
+                          outputs[masks].dtype)
 
-        (error,) = cudart.cudaMemcpyAsync(
-            buffer.device_ptr, buffer.host_ptr, buffer.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
-            self._stream,
-        )
-        cuda_check(error, f"cudaMemcpyAsync (upload of '{buffer.name}')")
+    @staticmethod
+    def _device(resources: ExitStack, nbytes: int, name: str) -> DeviceBuffer:
+        buffer = DeviceBuffer.allocate(nbytes, f"'{name}'")
+        resources.callback(buffer.free)
+        return buffer
 
-    def _use_gpu(self) -> None:
-        """Make this backend's GPU current: CUDA's current device is per thread, and callers may differ."""
-        from cuda.bindings import runtime as cudart
+    @staticmethod
+    def _pinned(resources: ExitStack, shape: tuple[int, ...], dtype: np.dtype, name: str) -> PinnedBuffer:
+        buffer = PinnedBuffer.allocate(shape, dtype, f"'{name}'")
+        resources.callback(buffer.free)
+        return buffer
 
-        (error,) = cudart.cudaSetDevice(self._gpu_index)
-        cuda_check(error, "cudaSetDevice")
+    def _drain(self, stream: Stream) -> None:
+        """Wait for ``stream`` after a failure: nothing queued may still use buffers about to be freed."""
+        try:
+            stream.synchronize("draining the stream after an error")
+        except BackendError as error:
+            _log.error("%s", error)
 
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
-        self._use_gpu()
-        for name, value in text_inputs.items():
-            np.copyto(self._buffers[name].host, value)
-            self._upload(self._buffers[name])
+        use_gpu(self._gpu_index)
+        # Frames in flight may not have uploaded the previous prompt yet: let them finish first.
+        self._stream.synchronize("frames in flight before a prompt change")
+        try:
+            for name, value in text_inputs.items():
+                host = self._text[name]
+                np.copyto(host.array, value)
+                self._stream.upload(self._inputs[name].ptr, host.ptr, host.nbytes, name)
+        except BaseException:
+            self._drain(self._stream)
+            raise
 
-    def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
-        from cuda.bindings import runtime as cudart
+    def _submit(self, image: np.ndarray, slot: int, release: Callable[[], None]) -> Frame:
+        use_gpu(self._gpu_index)
+        out = self._sets[slot]
+        out.ready.synchronize("the previous frame of this output set")  # its image may await upload
+        np.copyto(out.image.array, image)
+        try:
+            self._enqueue(out)
+        except BaseException:
+            self._drain(self._stream)
+            raise
+        return _TensorRTFrame(self, out, release)
 
-        self._use_gpu()
-        image_buffer = self._buffers[contract.INPUT_IMAGE]
-        np.copyto(image_buffer.host, image)
-        self._upload(image_buffer)
-        if not self._context.execute_async_v3(int(self._stream)):
+    def _enqueue(self, out: _OutputSet) -> None:
+        """Queue one frame: image upload, the engine into ``out``, downloads of the small outputs."""
+        image = self._inputs[contract.INPUT_IMAGE]
+        self._stream.upload(image.ptr, out.image.ptr, out.image.nbytes, "the image")
+        for name, buffer in out.device.items():
+            if not self._context.set_tensor_address(name, buffer.ptr):
+                raise BackendError(f"engine {self._path}: TensorRT refused the device buffer of '{name}'")
+        if not self._context.execute_async_v3(int(self._stream.handle)):
             raise BackendError("TensorRT could not enqueue the engine (see TensorRT's messages above)")
-        for name in self.output_names:
-            buffer = self._buffers[name]
-            (error,) = cudart.cudaMemcpyAsync(
-                buffer.host_ptr, buffer.device_ptr, buffer.nbytes,
-                cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self._stream,
-            )
-            cuda_check(error, f"cudaMemcpyAsync (download of '{name}')")
-        (error,) = cudart.cudaStreamSynchronize(self._stream)
-        cuda_check(error, "cudaStreamSynchronize (engine execution)")
-        return {name: self._buffers[name].host for name in self.output_names}
+        for name, host in out.host.items():
+            self._stream.download(host.ptr, out.device[name].ptr, host.nbytes, name)
+        out.ready.record(self._stream)
+
+    def _read_outputs(self, out: _OutputSet) -> dict[str, np.ndarray]:
+        """Wait for the frame in ``out``; copies of its small outputs (NaN means FP16 overflow)."""
+        with self._lock:
+            self._check_open()
+            use_gpu(self._gpu_index)
+            out.ready.synchronize("engine execution")
+            arrays = {name: host.array.copy() for name, host in out.host.items()}
+        for name in (contract.PRED_LOGITS, contract.PRED_BOXES):
+            if np.isnan(arrays[name]).any():
+                raise BackendError(
+                    f"engine {self._path} ({self.precision}) output NaN in '{name}': FP16 overflowed. "
+                    "Rebuild it from the mixed-precision export (gdino-export --precision fp16, then "
+                    "gdino-build-engine), or in FP32 (gdino-build-engine without --fp16)"
+                )
+        return arrays
+
+    def _read_planes(self, out: _OutputSet, queries: np.ndarray) -> np.ndarray:
+        """Copy ``pred_masks`` planes of ``queries`` of the frame in ``out`` to the host; a copy of them."""
+        count, (height, width) = len(queries), out.mask_shape[3:]
+        if count and (queries.min() < 0 or queries.max() >= out.mask_shape[1]):
+            raise IndexError(f"query indices must be within [0, {out.mask_shape[1]}), got {queries}")
+        with self._lock:
+            self._check_open()
+            use_gpu(self._gpu_index)
+            out.ready.synchronize("engine execution")  # the copy stream does not wait for the compute one
+            planes = self._plane_buffer(out, count)
+            plane_bytes = height * width * out.mask_dtype.itemsize
+            source = out.device[contract.PRED_MASKS].ptr
+            try:
+                for k, query in enumerate(queries.tolist()):
+                    self._copy_stream.download(planes.ptr + k * plane_bytes, source + query * plane_bytes,
+                                               plane_bytes, f"mask plane {query}")
+                self._copy_stream.synchronize("mask plane copies")
+            except BaseException:
+                self._drain(self._copy_stream)
+                raise
+            return planes.array[:count].copy()
+
+    def _plane_buffer(self, out: _OutputSet, count: int) -> PinnedBuffer:
+        """Return a page-locked buffer for ``count`` planes of ``out`` (idle: its copies were awaited)."""
+        if out.planes is None or out.planes.array.shape[0] < count:
+            if out.planes is not None:
+                out.planes.free()
+                out.planes = None
+            shape = (max(count, 1), *out.mask_shape[3:])
+            out.planes = PinnedBuffer.allocate(shape, out.mask_dtype, "mask planes")
+        return out.planes
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError("the tensorrt backend has been closed; open the model again")
 
     def _release(self) -> None:
-        """Free the buffers and the stream, then the execution context and the engine."""
-        from cuda.bindings import runtime as cudart
+        """Wait for queued work, then free the buffers, streams and events, the context and the engine."""
+        use_gpu(self._gpu_index)
+        self._drain(self._stream)
+        self._drain(self._copy_stream)
+        for out in self._sets:
+            if out.planes is not None:
+                out.planes.free()
+        self._resources.close()
+        del self._context, self._engine, self._runtime
 
-        self._use_gpu()
-        for buffer in self._buffers.values():
-            cudart.cudaFreeHost(buffer.host_ptr)
-            cudart.cudaFree(buffer.device_ptr)
-        self._buffers = {}
-        cudart.cudaStreamDestroy(self._stream)
-        del self._context, self._engine
+
+class _DeviceMasks(MaskPlanes):
+    """``pred_masks`` of one frame, left on the GPU; :meth:`planes` copies only the planes asked for."""
+
+    def __init__(self, backend: TensorRTBackend, out: _OutputSet) -> None:
+        super().__init__(out.mask_shape)
+        self._backend = backend
+        self._out = out
+
+    def planes(self, queries: np.ndarray) -> np.ndarray:
+        """Copy the planes of ``queries`` from the device."""
+        return self._backend._read_planes(self._out, np.asarray(queries, dtype=np.int64).reshape(-1))
+
+
+class _TensorRTFrame(Frame):
+    """A frame queued on the compute stream; its outputs live in one output set until it is closed."""
+
+    def __init__(self, backend: TensorRTBackend, out: _OutputSet, release: Callable[[], None]) -> None:
+        super().__init__(_DeviceMasks(backend, out), release)
+        self._backend = backend
+        self._out = out
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """Wait for the engine; copies of the small outputs."""
+        return self._backend._read_outputs(self._out)

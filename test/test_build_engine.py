@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from fakes.trt_builder import BuildState, make_tensorrt
 from model_fixtures import make_contract_onnx
@@ -34,6 +35,8 @@ from gdino_ros.backends.engine_meta import (
     timing_cache_path,
     write_record,
 )
+from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionReport
+from gdino_ros.model.precision import convert_to_fp16
 from gdino_ros.tools import build_engine
 
 ONNX_BYTES = b"onnx bytes"
@@ -466,3 +469,130 @@ def test_tensorrt_older_than_10_is_named(fake: FakeBuild) -> None:
     assert lines[0].startswith("gdino-build-engine: error: TensorRT 8.6.1 is too old: this backend needs "
                                "TensorRT 10 or newer (")  # ... and how to get it
     assert fake.state.builds == 0 and not fake.engine.exists()
+
+
+# --- FP16: conversion next to the engine, and the accuracy check after the build -------------------------
+
+
+def _report(**change: object) -> PrecisionReport:
+    values: dict[str, object] = dict(
+        per_output={contract.PRED_LOGITS: (0.5, 0.01), contract.PRED_BOXES: (0.002, 0.0004)},
+        box_l1_px=0.3, mask_iou=0.97, detection_agreement=1.0, no_target_agreement=1.0,
+        nan_counts={}, runs=2, matched=6, reference_detections=6, candidate_detections=6,
+    )
+    return PrecisionReport(**{**values, **change})  # type: ignore[arg-type]
+
+
+class FakeComparison:
+    """Stands in for the backends and compare_backends: records what was compared, returns ``report``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, report: PrecisionReport) -> None:
+        self.report = report
+        self.calls: list[tuple[str, str, int, tuple[str, ...]]] = []
+
+        class Opened:
+            def __init__(self, path: Path, device: str = "auto") -> None:
+                self.path = Path(path)
+
+            def __enter__(self) -> Opened:
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+        def compare(reference: Opened, candidate: Opened, images: list[np.ndarray], prompts: tuple[str, ...],
+                    tokenizer: object) -> PrecisionReport:
+            assert read_record(candidate.path) is not None  # the new engine and its record, not installed yet
+            self.calls.append((reference.path.name, candidate.path.name, len(images), tuple(prompts)))
+            return self.report
+
+        monkeypatch.setattr("gdino_ros.backends.onnxruntime.OnnxRuntimeBackend", Opened)
+        monkeypatch.setattr("gdino_ros.backends.tensorrt.TensorRTBackend", Opened)
+        monkeypatch.setattr("gdino_ros.core.precision_check.compare_backends", compare)
+        monkeypatch.setattr("gdino_ros.core.tokenizer.load_tokenizer", lambda *args: "tokenizer")
+
+
+def test_fp16_converts_the_onnx_next_to_the_engine_and_checks_the_engine(
+    fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    comparison = FakeComparison(monkeypatch, _report())
+    before = fake.onnx.read_bytes()
+    code, lines = fake.run("--fp16")
+    assert code == 0, lines
+    converted = fake.engine.with_name("m.fp16.onnx")
+    assert build_engine.is_mixed_fp16(onnx.load(str(converted)))
+    assert fake.onnx.read_bytes() == before  # the user's file is never rewritten
+    record = read_record(fake.engine)
+    assert record is not None and record.key.precision == "fp16"
+    assert record.engine_precision.startswith("fp16")
+    assert record.onnx_path == str(fake.onnx.resolve())
+    assert comparison.calls == [("m.onnx", "m.engine.partial", 1, CALIBRATION_PROMPTS)]
+    assert "FP16 engine within tolerance of FP32 (box L1 0.30 px, mask IoU 0.970" in lines[-2]
+    assert not list(fake.engine.parent.glob("*.partial*"))
+    # A rebuild for another GPU reuses the conversion (same ONNX, same keep-list).
+    fake.use("10.16.1.11", dataclasses.replace(ORIN, sm_count=16))
+    code, lines = fake.run("--fp16")
+    assert code == 0 and any("reusing" in line and "m.fp16.onnx" in line for line in lines), lines
+
+
+def test_fp16_check_warns_with_the_numbers_beyond_the_tolerance(
+    fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeComparison(monkeypatch, _report(box_l1_px=4.25, detection_agreement=0.5, matched=3))
+    code, lines = fake.run("--fp16")
+    assert code == 0, lines  # a warning, not an error: what is acceptable depends on the application
+    text = "\n".join(lines)
+    warning = "warning: FP16 engine differs from FP32 beyond the tolerance: "
+    assert warning + "matched boxes differ by 4.25 px" in text
+    assert "detections agree 0.500 (3 matched of 6 reference / 6 candidate; tolerance 0.900)" in text
+    assert "| box L1, matched detections (px) | 4.250 |" in text
+    assert read_record(fake.engine) is not None
+
+
+def test_fp16_engine_with_nan_outputs_is_not_installed(
+    fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    FakeComparison(monkeypatch, _report())
+    assert fake.run()[0] == 0  # an FP32 engine is in place
+    fp32_engine = fake.engine.read_bytes()
+    FakeComparison(monkeypatch, _report(nan_counts={contract.PRED_MASKS: 17}))
+    fake.use("10.16.1.11", ORIN)
+    code, lines = fake.run("--fp16")
+    assert code == 1
+    assert lines[-1].startswith(
+        "gdino-build-engine: error: the FP16 engine's outputs contain NaN (pred_masks: 17 NaN value(s)")
+    assert "it was not installed" in lines[-1] and "--fp32-layers" in lines[-1]
+    assert fake.engine.read_bytes() == fp32_engine
+    record = read_record(fake.engine)
+    assert record is not None and record.key.precision == "fp32"
+    assert not list(fake.engine.parent.glob("*.partial*"))
+
+
+def test_fp16_onnx_builds_fp16_and_keeps_its_export_time_keep_list(
+    fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    comparison = FakeComparison(monkeypatch, _report())
+    fp16_onnx = fake.onnx.with_name("exported_fp16.onnx")
+    onnx.save(convert_to_fp16(onnx.load(str(fake.onnx))), str(fp16_onnx))
+    argv = ("--onnx", str(fp16_onnx), "--output", str(fake.engine))
+    code, lines = _run_cli(fake.capsys, *argv, "--fp32-layers", "*/Softmax*", "--fp16")
+    assert code == 1 and "is already FP16" in lines[-1]
+    assert "gdino-export ... --precision fp16 --fp32-layers */Softmax*" in lines[-1]
+    code, lines = _run_cli(fake.capsys, *argv)  # no --fp16 needed: the graph says FP16
+    assert code == 0, lines
+    record = read_record(fake.engine)
+    assert record is not None and record.key.precision == "fp16"
+    assert not fake.engine.with_name("m.fp16.onnx").exists()
+    assert comparison.calls == [] and any("pass --reference-onnx" in line for line in lines)
+    code, lines = _run_cli(fake.capsys, *argv, "--reference-onnx", str(fake.onnx), "--force")
+    assert code == 0 and comparison.calls == [("m.onnx", "m.engine.partial", 1, CALIBRATION_PROMPTS)], lines
+
+
+def test_fp16_conversion_refuses_bad_patterns_and_foreign_files(fake: FakeBuild) -> None:
+    code, lines = fake.run("--fp16", "--fp32-layers", "*NoSuchLayer*")
+    assert code == 1 and "cannot convert" in lines[-1] and "'*NoSuchLayer*'" in lines[-1]
+    user_file = fake.engine.with_name("m.fp16.onnx")
+    user_file.write_bytes(onnx.load(str(fake.onnx)).SerializeToString())
+    code, lines = fake.run("--fp16")
+    assert code == 1 and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
+    assert not build_engine.is_mixed_fp16(onnx.load(str(user_file)))

@@ -450,7 +450,7 @@ def _check_fp16_engine(engine: Path, reference_onnx: Path, tokenizer: Path | Non
         calibration_image,
         compare_backends,
     )
-    from gdino_ros.core.prompt import TokenizerNotFoundError, load_tokenizer
+    from gdino_ros.core.tokenizer import TokenizerNotFoundError, load_tokenizer
 
     try:
         tokens = load_tokenizer(tokenizer, reference_onnx)

@@ -72,7 +72,8 @@ def make_node(scenario: str) -> Any:
 
     from gdino_ros import contract
     from gdino_ros.backends.base import Backend
-    from gdino_ros.core.prompt import encode_prompt, load_tokenizer
+    from gdino_ros.core.prompt import encode_prompt
+    from gdino_ros.core.tokenizer import load_tokenizer
     from gdino_ros.core.segmenter import Segmenter
     from gdino_ros.node import SegmentNode
 

@@ -47,7 +47,8 @@ from gdino_ros.core.postprocess import (
     union_foreground,
 )
 from gdino_ros.core.preprocess import preprocess
-from gdino_ros.core.prompt import EncodedPrompt, encode_prompt, load_tokenizer
+from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
+from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.core.result import Detection, Result
 
 ENGINE_HW = (contract.DEFAULT_INPUT_HEIGHT, contract.DEFAULT_INPUT_WIDTH)

@@ -69,6 +69,7 @@ META_INPUT_WIDTH = "input_width"
 META_MSDA = "msda"  # "grid-sample" or "plugin" (needs TensorRT's MultiscaleDeformableAttnPlugin_TRT)
 META_LOG_SCALE = "log_scale"  # the class head's scaling: "auto", "none" or the learnable scale's init
 META_CLASS_EMBED_BIAS = "class_embed_bias"  # "True" or "False"
+META_VOCAB = "bert_vocab"  # the tokenizer's vocab.txt, so a model file needs nothing beside it
 META_VERSION = "gdino_ros_version"
 
 # --- Image normalisation (training values; TAO Deploy's std 0.224 on every channel is a bug) --------------

@@ -54,7 +54,8 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
-from gdino_ros.core.prompt import PROMPT_MODES, PromptError, TokenizerNotFoundError
+from gdino_ros.core.prompt import PROMPT_MODES, PromptError
+from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.core.segmenter import Segmenter
 
 NODE_NAME = "segment_node"

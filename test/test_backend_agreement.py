@@ -18,7 +18,8 @@ from gdino_ros import contract
 from gdino_ros.backends import Backend, BackendError, open_backend
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.preprocess import preprocess
-from gdino_ros.core.prompt import encode_prompt, load_tokenizer
+from gdino_ros.core.prompt import encode_prompt
+from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.core.segmenter import Segmenter
 
 PROMPTS = [("person . rocket . flag", "phrases"), ("the woman in the white space suit", "expression")]

@@ -23,7 +23,8 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from gdino_ros import contract
-from gdino_ros.core.prompt import encode_prompt, load_tokenizer
+from gdino_ros.core.prompt import encode_prompt
+from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, export_onnx

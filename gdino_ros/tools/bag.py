@@ -562,7 +562,8 @@ def _estimated_frames(
 
 def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> Any:
     """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early."""
-    from gdino_ros.core.prompt import PromptError, TokenizerNotFoundError, encode_prompt
+    from gdino_ros.core.prompt import PromptError, encode_prompt
+    from gdino_ros.core.tokenizer import TokenizerNotFoundError
     from gdino_ros.core.segmenter import Segmenter
 
     values = {

@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         "else 'auto' when it has class-embedding bias keys (the model card's spec), else none",
     )
     parser.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="bert-base-uncased vocab.txt or tokenizer directory to store in the model (default: found "
+        "locally as every tool finds it; the stored copy lets the model run without this flag)",
+    )
+    parser.add_argument(
         "--trust-checkpoint",
         action="store_true",
         help="allow a checkpoint that needs unrestricted unpickling (can run code from the file)",
@@ -123,13 +129,30 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     height, width = config.input_height, config.input_width
     outputs = ", ".join(config.output_names)
     say(f"exporting {height}x{width}, msda={msda}, {config.head_spec}, outputs: {outputs}")
-    export_onnx(model, config, output, source=source, msda=msda, progress=say)
+    vocab = _vocabulary(args.tokenizer, say)
+    export_onnx(model, config, output, source=source, msda=msda, vocab=vocab, progress=say)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     if args.random_init:
         print("NOTE: this ONNX has random, untrained weights; its detections are meaningless.")
     if msda == MSDA_PLUGIN:
         print(f"NOTE: this ONNX needs TensorRT's {contract.MSDA_PLUGIN_OP}; ONNX Runtime cannot run it.")
     return 0
+
+
+def _vocabulary(tokenizer_path: Path | None, say: Callable[[str], None]) -> str | None:
+    """Return the vocabulary to store with the model; without one found, the model needs --tokenizer."""
+    from gdino_ros.core.tokenizer import TokenizerNotFoundError, load_tokenizer, vocabulary_text
+
+    try:
+        tokenizer = load_tokenizer(tokenizer_path)
+    except TokenizerNotFoundError:
+        if tokenizer_path is not None:
+            raise
+        print("NOTE: no bert-base-uncased vocabulary found on this machine, so none is stored in the model; "
+              "the tools will need --tokenizer PATH (or pass --tokenizer here)")
+        return None
+    say("storing the bert-base-uncased vocabulary in the model")
+    return vocabulary_text(tokenizer)
 
 
 def _with_size(config: MaskGDINOConfig, height: int | None, width: int | None) -> MaskGDINOConfig:

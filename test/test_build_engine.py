@@ -11,12 +11,14 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+import trt_bindings
 from fakes.trt_builder import BuildState, make_tensorrt
 from model_fixtures import make_contract_onnx
 
@@ -39,6 +41,7 @@ from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionReport
 from gdino_ros.model.precision import convert_to_fp16
 from gdino_ros.tools import build_engine
 
+ROOT = Path(__file__).resolve().parents[1]
 ONNX_BYTES = b"onnx bytes"
 H100 = "NVIDIA H100 PCIe sm_90 114SM 81559MiB"
 ORIN_NX = "Orin sm_87 8SM 15656MiB L4T 36.4.3"
@@ -596,3 +599,85 @@ def test_fp16_conversion_refuses_bad_patterns_and_foreign_files(fake: FakeBuild)
     code, lines = fake.run("--fp16")
     assert code == 1 and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
     assert not build_engine.is_mixed_fp16(onnx.load(str(user_file)))
+
+
+# --- The same build against the real binding modules of TensorRT 10.3, newest 10.x, newest 11.x ----------
+
+# Runs in a subprocess whose `import tensorrt` is the real pybind module (test/trt_bindings.py). The module
+# seen by gdino-build-engine is a proxy: enums, Dims, ILogger and IProgressMonitor are the real ones and
+# every `trt.X` / `trt.Enum.MEMBER` read is recorded; Builder, OnnxParser, Runtime and
+# init_libnvinfer_plugins (which need the native library) come from the fake builder, whose objects accept
+# only attributes the real classes have. So any API the build uses that this version lacks fails the run.
+REAL_BINDINGS_SCRIPT = r"""
+import json, sys, types
+from pathlib import Path
+import tensorrt as real
+sys.path[:0] = [sys.argv[1], sys.argv[1] + "/test"]
+from fakes.trt_builder import make_tensorrt
+from gdino_ros.backends.cuda import GpuInfo
+from gdino_ros.tools import build_engine
+
+fake, state = make_tensorrt(real.__version__, real=real)
+used = []
+
+class Members:
+    def __init__(self, value, name):
+        self._value, self._name = value, name
+    def __getattr__(self, member):
+        used.append(f"{self._name}.{member}")
+        return getattr(self._value, member)
+
+class Proxy(types.ModuleType):
+    def __getattr__(self, name):
+        used.append(name)
+        if name in ("Builder", "OnnxParser", "Runtime", "init_libnvinfer_plugins"):
+            return getattr(fake, name)
+        value = getattr(real, name)
+        return Members(value, name) if hasattr(value, "__members__") else value
+
+sys.modules["tensorrt"] = Proxy("tensorrt")
+gpu = GpuInfo(0, "Orin", (8, 7), 8, 7620 << 20, True, "36.4.3")
+build_engine.select_gpu = lambda index: gpu
+code = build_engine.main(["--onnx", sys.argv[2], "--output", sys.argv[3]])
+weak = ["BuilderFlag.FP16", "BuilderFlag.PREFER_PRECISION_CONSTRAINTS", "ILayer.precision",
+        "ILayer.set_output_type"]
+strongly_typed = 1 << int(real.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+print(json.dumps({
+    "code": code, "version": real.__version__, "used": sorted(set(used)),
+    "touched": sorted(set(state.touched)), "flags": state.network_flags, "strongly_typed": strongly_typed,
+    "alive": state.alive_at_deserialize, "weak_typing_api": {
+        path: hasattr(getattr(real, path.split(".")[0]), path.split(".")[1]) for path in weak},
+}))
+"""
+
+
+@pytest.mark.parametrize("label", trt_bindings.LABELS)
+def test_build_uses_only_api_the_real_tensorrt_module_has(label: str, tmp_path: Path) -> None:
+    trt_bindings.require(label)
+    onnx_path = make_contract_onnx(tmp_path / "m.onnx")
+    engine = tmp_path / "m.engine"
+    result = subprocess.run(
+        [sys.executable, "-c", REAL_BINDINGS_SCRIPT, str(ROOT), str(onnx_path), str(engine)],
+        env=trt_bindings.subprocess_env(label), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["version"] == label
+    assert report["code"] == 0, result.stderr[-3000:]
+    assert report["flags"] == [report["strongly_typed"]]
+    assert report["alive"] == []
+    # The paths the build took on this version; each exists in the real module (or the run failed above).
+    for path in ("NetworkDefinitionCreationFlag.STRONGLY_TYPED", "MemoryPoolType.WORKSPACE",
+                 "ProfilingVerbosity.DETAILED", "LayerInformationFormat.JSON", "ILogger", "IProgressMonitor",
+                 "Dims", "init_libnvinfer_plugins"):
+        assert path in report["used"], path
+    for method in ("IBuilderConfig.create_timing_cache", "IBuilderConfig.set_timing_cache",
+                   "IBuilderConfig.get_timing_cache", "IBuilderConfig.set_memory_pool_limit",
+                   "IBuilderConfig.progress_monitor", "Builder.build_serialized_network",
+                   "OnnxParser.parse_from_file", "Runtime.deserialize_cuda_engine"):
+        assert method in report["touched"], method
+    # Weak typing is there on 10.x and gone on 11.x, and the build used none of it on either.
+    assert set(report["weak_typing_api"].values()) == {label.startswith("10.")}
+    assert not [p for p in report["used"] + report["touched"] if "FP16" in p or p.startswith("ILayer.")]
+    record = read_record(engine)
+    assert record is not None and record.key.tensorrt_version == label

@@ -48,8 +48,8 @@ from gdino_ros.core.postprocess import (
 )
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
-from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.core.result import Detection, Result
+from gdino_ros.core.tokenizer import load_tokenizer
 
 ENGINE_HW = (contract.DEFAULT_INPUT_HEIGHT, contract.DEFAULT_INPUT_WIDTH)
 MASK_HW = (ENGINE_HW[0] // contract.MASK_STRIDE, ENGINE_HW[1] // contract.MASK_STRIDE)
@@ -228,8 +228,7 @@ def main() -> int:
     print("\n| stage | image | median ms (CPU ms) |\n|---|---|---|")
     for name, hw in IMAGE_SIZES.items():
         image = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
-        out = np.empty((1, 3, *ENGINE_HW), np.float32)
-        wall, cpu = timed_ms(lambda i=image, o=out: preprocess(i, ENGINE_HW, out=o), repeat * 3)
+        wall, cpu = timed_ms(lambda i=image: preprocess(i, ENGINE_HW), repeat * 3)
         print(f"| preprocess (to {ENGINE_HW[0]}×{ENGINE_HW[1]}) | {name} | {wall:.2f} ({cpu:.2f}) |")
 
     print("\n| case | image | survivors | postprocess ms (CPU ms) | of which masks + label image ms "

@@ -19,8 +19,8 @@ from gdino_ros.backends import Backend, BackendError, open_backend
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import encode_prompt
-from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.core.segmenter import Segmenter
+from gdino_ros.core.tokenizer import load_tokenizer
 
 PROMPTS = [("person . rocket . flag", "phrases"), ("the woman in the white space suit", "expression")]
 # Random weights give low, close scores; thresholds low enough that detections survive to be compared.

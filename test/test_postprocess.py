@@ -22,8 +22,8 @@ import pytest
 from gdino_ros.contract import NO_TARGETS, PRED_BOXES, PRED_LOGITS, PRED_MASKS, UNION_MASK_LOGITS
 from gdino_ros.core.postprocess import MaskUpsampler, PostprocessParams, postprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
-from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.core.result import Result
+from gdino_ros.core.tokenizer import load_tokenizer
 
 MASK_HW = (8, 12)  # a 32×48 engine
 UNION_HW = (4, 6)

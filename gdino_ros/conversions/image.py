@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 
 from gdino_ros.conversions.encodings import BGR8, BGRA8, MONO8, MONO16, RGB8, RGBA8
+from gdino_ros.errors import InputError
 
 
-class ImageConversionError(ValueError):
+class ImageConversionError(InputError, ValueError):
     """The message cannot be read as an image; the text says what was wrong and what would work."""
 
 

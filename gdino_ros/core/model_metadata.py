@@ -10,13 +10,15 @@ import io
 from pathlib import Path
 from typing import BinaryIO
 
+from gdino_ros.errors import ModelError
+
 # ModelProto's field number of ``repeated StringStringEntryProto metadata_props``, whose entries hold
 # ``key`` as field 1 and ``value`` as field 2 (onnx.proto).
 _METADATA_FIELD = 14
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
 
-class ModelMetadataError(ValueError):
+class ModelMetadataError(ModelError, ValueError):
     """The file is not a readable ONNX model."""
 
 

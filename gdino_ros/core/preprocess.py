@@ -47,29 +47,23 @@ def preprocess(
     *,
     bgr: bool = False,
     dtype: np.dtype | type = np.float32,
-    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Turn a uint8 H×W×3 RGB image (BGR if ``bgr``) into the engine input [1, 3, H, W] of ``dtype``.
 
     The image is stretched to the engine's ``input_hw`` = (H, W) with bilinear interpolation (no letterbox:
     TAO's contract, so boxes map back by plain scaling), divided by 255 and normalised with the training
-    mean/std. ``out``, if given, is a float32 C-contiguous [1, 3, H, W] array (e.g. a page-locked host
-    buffer) that receives the result and is returned.
+    mean/std.
     """
     check_image(image)
     height, width = int(input_hw[0]), int(input_hw[1])
     if height < 1 or width < 1:
         raise ValueError(f"input_hw must be a positive (height, width), got {input_hw}.")
     dtype = np.dtype(dtype)
-    if out is not None and (out.shape != (1, 3, height, width) or out.dtype != np.float32
-                            or not out.flags.c_contiguous):
-        raise ValueError(f"out must be a C-contiguous float32 array of shape (1, 3, {height}, {width}), "
-                         f"got {out.dtype} {out.shape}.")
     if not image.flags.c_contiguous:
         image = np.ascontiguousarray(image)
     if image.shape[:2] != (height, width):
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
-    tensor = np.empty((1, 3, height, width), dtype=np.float32) if out is None else out
+    tensor = np.empty((1, 3, height, width), dtype=np.float32)
     planes = cv2.split(image)
     for rgb_channel in range(3):
         plane = planes[2 - rgb_channel] if bgr else planes[rgb_channel]

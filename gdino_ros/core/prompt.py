@@ -37,6 +37,7 @@ from gdino_ros.contract import (
     TOKEN_TYPE_IDS,
 )
 from gdino_ros.core.result import EXPRESSION, PHRASES, PromptMode
+from gdino_ros.errors import InputError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -49,7 +50,7 @@ AUTO_MAX_PHRASE_WORDS = 3
 _PHRASE_SEPARATORS = re.compile(r"[.,]")
 
 
-class PromptError(ValueError):
+class PromptError(InputError, ValueError):
     """A prompt (or the tokenizer it needs) cannot be used; the message says what to do."""
 
 

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING
 
 from gdino_ros.contract import CLS_ID, META_VOCAB, PAD_ID, PERIOD_ID, QUESTION_ID, SEP_ID, TEXT_ENCODER_TYPE
 from gdino_ros.core.model_metadata import ModelMetadataError, read_onnx_metadata
-from gdino_ros.core.prompt import PromptError
+from gdino_ros.errors import ModelError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-class TokenizerNotFoundError(PromptError):
+class TokenizerNotFoundError(ModelError, ValueError):
     """No usable bert-base-uncased tokenizer was found in local files."""
 
 

@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from gdino_ros.errors import InputError
 from gdino_ros.eval.metrics import rle_to_mask
 
 LOG = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ NO_TARGET_ANN_ID = -1
 _MISSING_IMAGES_LOGGED = 5  # name this many missing images one by one, then give a total
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """The annotation files cannot be read as the released format; the message says what to fix."""
 
 

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from gdino_ros import __version__
+from gdino_ros.errors import ModelError
 from gdino_ros.model.config import SWIN_VARIANTS, LogScale, MaskGDINOConfig, SwinSpec, parse_log_scale
 
 TAO_PREFIX = "model.model."
@@ -45,7 +46,7 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ModelError, ValueError):
     """A checkpoint that cannot be used; the message says what is wrong and what to do."""
 
 

@@ -41,8 +41,8 @@ def _read_list() -> dict[str, tuple[str, str]]:
     for line in LIST.read_text().splitlines():
         fields = line.split("#", 1)[0].split()
         if fields:
-            kind, label, requirement = fields
-            entries[label] = (kind, requirement)
+            kind, label, pinned = fields
+            entries[label] = (kind, pinned)
     return entries
 
 
@@ -53,6 +53,11 @@ LABELS: tuple[str, ...] = tuple(label for label, (kind, _) in _ENTRIES.items() i
 CUDA_LABELS: tuple[str, ...] = tuple(label for label, (kind, _) in _ENTRIES.items() if kind == "cuda")
 
 
+def requirement(label: str) -> str:
+    """The pinned requirement that setup fetched for ``label``, e.g. ``tensorrt-cu12-bindings==10.3.0``."""
+    return _ENTRIES[label][1]
+
+
 def directory(label: str) -> Path:
     """Where setup put the binding module of ``label`` (a TensorRT or cuda-python version)."""
     kind, _ = _ENTRIES[label]
@@ -61,7 +66,6 @@ def directory(label: str) -> Path:
 
 def require(label: str) -> None:
     """Skip the calling test, saying why, when setup did not provide the bindings of ``label``."""
-    requirement = _ENTRIES[label][1]
     dest = directory(label)
     if (dest / ".stamp").is_file():
         return
@@ -69,8 +73,8 @@ def require(label: str) -> None:
     if failed.is_file():
         lines = [line for line in failed.read_text().splitlines() if line.strip()]
         last = lines[-1] if lines else "no output"
-        pytest.skip(f"tools/setup_env.sh could not fetch {requirement} ({last}); see {failed} and rerun it")
-    pytest.skip(f"{requirement} is not in {dest}: run tools/setup_env.sh")
+        pytest.skip(f"tools/setup_env.sh could not fetch {requirement(label)} ({last}); see {failed}")
+    pytest.skip(f"{requirement(label)} is not in {dest}: run tools/setup_env.sh")
 
 
 def subprocess_env(label: str) -> dict[str, str]:

@@ -1,33 +1,47 @@
-"""Write mypy-readable type stubs for TensorRT and cuda-python into a directory.
+"""Write mypy-readable type stubs for the TensorRT or cuda-python module that this Python imports.
 
-TensorRT cannot be installed on CI, so ``gdino_ros/backends/tensorrt.py`` is type-checked instead of run.
-That needs stubs that mypy can actually read:
+TensorRT cannot run on CI (no GPU, no native libraries), so ``gdino_ros/backends/tensorrt.py`` and
+``gdino_ros/tools/build_engine.py`` are type-checked instead, against stubs made from the real binding
+modules of each supported version (``tools/binding-wheels.txt``; run this script in the environment of
+``test/trt_bindings.subprocess_env(label)``, where those modules import):
 
-* ``tensorrt-stubs`` (installed with ``--no-deps``) are generated from the bindings and have defects that
-  stop mypy: a parameter named ``in``, a required parameter after defaults, ``...`` used as a type, an
-  undefined ``capsule`` type, a module-level ``bool`` that shadows the builtin in every annotation, and an
-  import of the absent ``tensorrt_libs``. :func:`repair_tensorrt_stubs` fixes a copy; the installed files
-  stay untouched.
-* ``cuda-python``'s ``cuda.bindings.runtime`` is a compiled module without stubs. Its docstrings carry
-  each function's Python signature and return tuple, so :func:`write_cudart_stub` builds a stub from
-  them: misspelt functions, wrong argument counts or keywords and wrong unpacking of the returned
-  ``(error, value...)`` tuples then fail the check.
+* ``tensorrt``: pybind11-stubgen describes the real ``tensorrt_bindings`` module.
+  :func:`_repair_tensorrt_text` then fixes, mechanically, what stops mypy from reading the result:
 
-Usage: ``python tools/type_stubs.py OUTDIR``, then run mypy with ``MYPYPATH=OUTDIR``.
+  - a parameter named ``in`` (a keyword; pybind11 takes it positionally, so it is renamed ``in_``);
+  - ``...`` written where stubgen could not name a C++ type (``nvonnxparser::IParserError``); it becomes
+    ``typing.Any``, so only those few signatures go unchecked;
+  - a required parameter after parameters with defaults (a pybind11 overload that Python syntax forbids);
+    the later ones get a ``...`` default;
+  - the module-level ``bool`` (``DataType.BOOL``), which shadows the builtin in every annotation of the
+    same file; annotations say ``builtins.bool`` instead;
+  - ``typing_extensions.CapsuleType`` for a C ``void*`` becomes ``typing.Any``: pybind11 converts a
+    capsule, None or any bound object (``init_libnvinfer_plugins(logger, ...)`` passes a ``Logger``);
+  - a class whose docstring says it "exposes a buffer interface using Python's buffer protocol"
+    (``IHostMemory``) gets ``__buffer__``, which stubgen cannot see, so ``memoryview(host_memory)``
+    type-checks as it runs.
+
+  The files start with ``# mypy: ignore-errors``: semantic slips inside the stubs (e.g. an overload that
+  differs only in a keyword) are stubgen's problem, while every error in the checked code is reported.
+  ``tensorrt/__init__.pyi`` re-exports ``tensorrt_bindings`` as the ``tensorrt-cuXX`` meta-package does.
+* ``cuda``: ``cuda.bindings.runtime`` is a compiled Cython module. pybind11-stubgen cannot describe it (it
+  ends in a RecursionError on cuda-python 13.4.4, and Cython functions carry no typed signature object),
+  but every function's docstring begins with its Python signature and lists the returned tuple, so
+  :func:`write_cudart_stub` builds the stub from those: misspelt functions, wrong argument counts or
+  keywords and wrong unpacking of the returned ``(error, value...)`` tuples then fail the check.
+
+Usage: ``python tools/type_stubs.py {tensorrt,cuda} OUTDIR``, then run mypy with ``MYPYPATH=OUTDIR``.
 """
 from __future__ import annotations
 
 import argparse
 import ast
-import importlib.metadata
 import re
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
-
-TENSORRT_STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 
 # A C parameter type in a cuda-python docstring signature ("size_t count") -> Python type.
 _C_INT_TYPES = {"int", "unsigned int", "size_t", "unsigned long long", "long long", "unsigned long", "long"}
@@ -35,30 +49,15 @@ _RETURN_TYPE_NAMES = {"int": "int", "unsigned int": "int", "unsigned long long":
                       "float": "float", "bytes": "bytes", "Any": "Any"}
 
 
-def installed_tensorrt_stubs() -> Path:
-    """Return the site-packages directory that holds the installed ``tensorrt-stubs`` files."""
-    try:
-        dist = importlib.metadata.distribution("tensorrt-stubs")
-    except importlib.metadata.PackageNotFoundError:
-        raise SystemExit("tensorrt-stubs is not installed: pip install --no-deps tensorrt-stubs") from None
-    root = Path(str(dist.locate_file("")))
-    if not (root / "tensorrt_bindings" / "tensorrt.pyi").is_file():
-        raise SystemExit(f"tensorrt-stubs is installed but {root}/tensorrt_bindings/tensorrt.pyi is missing")
-    return root
-
-
 def _repair_tensorrt_text(text: str, module_defines_bool: bool) -> str:
-    """Fix the syntax and name defects of one generated TensorRT stub file."""
-    # `in` is a keyword; the bindings accept the argument positionally, so the name is free.
+    """Fix the syntax and name defects of one generated TensorRT stub file (see the module docstring)."""
     text = re.sub(r"\bin: ", "in_: ", text)
-    # `...` used as a type (for types the generator could not name).
-    text = re.sub(r"(:|->) \.\.\.(?=[,)]|:\n)", r"\1 typing.Any", text)
-    # A required parameter after parameters with defaults: give the later ones a `...` default.
+    text = re.sub(r"(:|->) \.\.\.(?=[,)]|:\n|$)", r"\1 typing.Any", text, flags=re.M)
     text = re.sub(r"^(\s*def \w+\(.*\)) ->", _default_after_default, text, flags=re.M)
-    # `capsule` is a pybind11 type name that the generator never defines.
-    text = re.sub(r"\bcapsule\b", "typing.Any", text)
+    text = text.replace("typing_extensions.CapsuleType", "typing.Any")
+    text = re.sub(r'^(class \w+.*:\n    """(?:(?!""").)*?buffer protocol(?:(?!""").)*?"""\n)',
+                  r"\1    def __buffer__(self, flags: int, /) -> memoryview: ...\n", text, flags=re.M | re.S)
     if module_defines_bool:
-        # The module exports `bool = DataType.BOOL`, which shadows the builtin in every annotation.
         text = re.sub(r"^(\s*def .*)$", lambda m: re.sub(r"\bbool\b", "builtins.bool", m.group(1)),
                       text, flags=re.M)
         text = re.sub(r"^(\s+\w+: )bool$", r"\1builtins.bool", text, flags=re.M)
@@ -66,9 +65,6 @@ def _repair_tensorrt_text(text: str, module_defines_bool: bool) -> str:
     if "typing.Any" in text and "\nimport typing\n" not in text:
         text = text.replace("from __future__ import annotations\n",
                             "from __future__ import annotations\nimport typing\n", 1)
-    # `tensorrt_libs` only ships with the real wheel (it holds the shared libraries).
-    text = re.sub(r"^import tensorrt_libs as tensorrt_libs\n", "", text, flags=re.M)
-    text = text.replace("'tensorrt_libs', ", "")
     return text
 
 
@@ -105,21 +101,26 @@ def _split_params(params: str) -> list[str]:
     return parts
 
 
-def repair_tensorrt_stubs(dest: Path) -> None:
-    """Copy the installed TensorRT stubs into ``dest`` and repair them there."""
-    source = installed_tensorrt_stubs()
-    for package in TENSORRT_STUB_PACKAGES:
-        target = dest / package
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(source / package, target, ignore=shutil.ignore_patterns("__pycache__"))
-        for stub in target.rglob("*.pyi"):
+def write_tensorrt_stubs(dest: Path) -> None:
+    """Describe the importable ``tensorrt_bindings`` with pybind11-stubgen; write the repaired stubs."""
+    try:
+        import pybind11_stubgen
+        import tensorrt_bindings
+    except ImportError as error:
+        raise SystemExit(f"cannot describe TensorRT here ({error}); see test/trt_bindings.py") from None
+    with tempfile.TemporaryDirectory() as raw:
+        pybind11_stubgen.main(["--output-dir", raw, tensorrt_bindings.__name__])
+        for stub in sorted(Path(raw).rglob("*.pyi")):
             text = stub.read_text()
-            defines_bool = re.search(r"^bool: ", text, flags=re.M) is not None
-            repaired = _repair_tensorrt_text(text, defines_bool)
-            # Semantic slips inside the stubs (e.g. `__hash__ = None` on Dims) are the stubs' own problem;
-            # errors in the code under test are still reported.
-            stub.write_text("# mypy: ignore-errors\n" + repaired)
+            repaired = _repair_tensorrt_text(text, re.search(r"^bool: ", text, flags=re.M) is not None)
             ast.parse(repaired, filename=str(stub))  # a repair that leaves a syntax error fails here
+            target = dest / stub.relative_to(raw)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text("# mypy: ignore-errors\n" + repaired)
+    package = dest / "tensorrt"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.pyi").write_text(
+        "from tensorrt_bindings import *\nfrom tensorrt_bindings import __version__ as __version__\n")
 
 
 def _annotation(text: str, module: ModuleType) -> str:
@@ -140,6 +141,10 @@ def _return_type(entry: str, module: ModuleType) -> str:
 
 
 def _function_stub(name: str, doc: str, module: ModuleType) -> str:
+    # 12.6.2.post1 indents the numpydoc sections by four spaces, 13.x does not.
+    indent = re.search(r"^([ \t]*)Returns\n", doc, re.M)
+    if indent is not None and indent[1]:
+        doc = re.sub(rf"^{indent[1]}", "", doc, flags=re.M)
     signature = doc.splitlines()[0]
     params = []
     for param in _split_params(signature[len(name) + 1: signature.rindex(")")]):
@@ -177,11 +182,11 @@ def _class_stub(name: str, cls: type) -> str:
 
 
 def write_cudart_stub(dest: Path) -> None:
-    """Write ``cuda/bindings/runtime.pyi`` built from the installed cuda-python's docstrings."""
+    """Write ``cuda/bindings/runtime.pyi`` built from the importable cuda-python's docstrings."""
     try:
         from cuda.bindings import runtime
     except ImportError:
-        raise SystemExit("cuda-python is not installed: pip install cuda-python") from None
+        raise SystemExit("cuda.bindings does not import here; see test/trt_bindings.py") from None
     body = ["from typing import Any, ClassVar, Optional", ""]
     for name in sorted(dir(runtime)):
         obj = getattr(runtime, name)
@@ -202,20 +207,15 @@ def write_cudart_stub(dest: Path) -> None:
     (package / "runtime.pyi").write_text(text)
 
 
-def write_stubs(dest: Path) -> Path:
-    """Write all stubs into ``dest`` (created if needed) and return it, ready for ``MYPYPATH``."""
-    dest.mkdir(parents=True, exist_ok=True)
-    repair_tensorrt_stubs(dest)
-    write_cudart_stub(dest)
-    return dest
-
-
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("module", choices=("tensorrt", "cuda"), help="which importable module to describe")
     parser.add_argument("outdir", type=Path, help="directory to write the stubs into (use as MYPYPATH)")
     args = parser.parse_args(argv)
-    print(write_stubs(args.outdir))
+    args.outdir.mkdir(parents=True, exist_ok=True)
+    (write_tensorrt_stubs if args.module == "tensorrt" else write_cudart_stub)(args.outdir)
+    print(args.outdir)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from pathlib import Path
 
@@ -30,7 +31,10 @@ TSV = Path(__file__).parent / "data" / "tao_state_dict_keys.tsv"
 
 
 def _tao_container(state_dict: dict[str, torch.Tensor], **extra: object) -> dict[str, object]:
-    """What TAO's Lightning ModelCheckpoint writes for Mask GDINO (docs/engine_contract.md#checkpoint-layout), minus optimizer state."""
+    """What TAO's Lightning ModelCheckpoint writes for Mask GDINO, minus optimizer state.
+
+    The layout: docs/engine_contract.md#checkpoint-layout.
+    """
     return {
         "epoch": 11,
         "global_step": 1200,
@@ -270,6 +274,21 @@ def test_own_format_round_trip(tiny_state: dict[str, torch.Tensor], tmp_path: Pa
     save_checkpoint(model, config, path)
     checkpoint = load_tao_checkpoint(path)
     assert checkpoint.config == config and checkpoint.metadata["format"] == "gdino_ros"
+
+
+def test_own_format_of_version_0_1_0_still_loads(
+    tiny_state: dict[str, torch.Tensor], tmp_path: Path
+) -> None:
+    """0.1.0 stored the settings that have one value; they are accepted with that value only."""
+    path = tmp_path / "old.pth"
+    fixed = {"two_stage_type": "standard", "has_mask": True, "hidden_dim": 256, "max_text_len": 256}
+    stored = {**dataclasses.asdict(MaskGDINOConfig.tiny()), **fixed}
+    torch.save(_tao_container(tiny_state, gdino_ros={"version": "0.1.0", "config": stored}), path)
+    assert load_tao_checkpoint(path).config == MaskGDINOConfig.tiny()
+    stored["hidden_dim"] = 128
+    torch.save(_tao_container(tiny_state, gdino_ros={"version": "0.1.0", "config": stored}), path)
+    with pytest.raises(CheckpointError, match="config this version .* cannot read"):
+        load_tao_checkpoint(path)
 
 
 def test_missing_key(tiny_state: dict[str, torch.Tensor], tmp_path: Path) -> None:

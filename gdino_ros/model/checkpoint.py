@@ -29,7 +29,14 @@ import torch
 
 from gdino_ros import __version__
 from gdino_ros.errors import ModelError
-from gdino_ros.model.config import SWIN_VARIANTS, LogScale, MaskGDINOConfig, SwinSpec, parse_log_scale
+from gdino_ros.model.config import (
+    HIDDEN_DIM,
+    SWIN_VARIANTS,
+    LogScale,
+    MaskGDINOConfig,
+    SwinSpec,
+    parse_log_scale,
+)
 
 TAO_PREFIX = "model.model."
 TAO_MODEL_NAME = "mask_grounding_dino"
@@ -41,6 +48,11 @@ IGNORED_KEYS: frozenset[str] = frozenset({"bert.embeddings.position_ids", "bert.
 # Modules that hold a contrastive class head (``.bias``/``.log_scale`` when it has parameters);
 # ``{i}`` runs over the decoder layers.
 _CLASS_HEADS = ("class_embed.{i}", "transformer.decoder.class_embed.{i}", "transformer.enc_out_class_embed")
+# Settings that gdino_ros 0.1.0 kept in its own checkpoints but that have only one valid value.
+_ONE_VALUE_SETTINGS: dict[str, object] = {
+    "two_stage_type": "standard", "has_mask": True, "hidden_dim": HIDDEN_DIM, "max_text_len": 256,
+}
+_NOT_ONE_VALUE = object()
 _KEY_LIST_LIMIT = 12
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
@@ -192,6 +204,10 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
         tiny = MaskGDINOConfig.tiny()
         preset = tiny if backbone == tiny.backbone else MaskGDINOConfig.full()
         levels, hidden = _shape(state_dict, "transformer.level_embed")
+        if hidden != HIDDEN_DIM:
+            raise CheckpointError(
+                f"the checkpoint's transformer is {hidden} wide; Mask Grounding DINO's is {HIDDEN_DIM}"
+            )
         per_head = levels * preset.nheads * 2
         enc_offsets = _shape(state_dict, "transformer.encoder.layers.0.self_attn.sampling_offsets.weight")[0]
         dec_offsets = _shape(state_dict, "transformer.decoder.layers.0.cross_attn.sampling_offsets.weight")[0]
@@ -208,7 +224,6 @@ def infer_config(state_dict: Mapping[str, torch.Tensor]) -> MaskGDINOConfig:
         return preset.replace(
             backbone=backbone,
             num_feature_levels=levels,
-            hidden_dim=hidden,
             enc_layers=_count(state_dict, "transformer.encoder.layers."),
             dec_layers=dec_layers,
             log_scale=log_scale,
@@ -433,6 +448,8 @@ def _config_from_dict(entry: Any, path: Path) -> MaskGDINOConfig:
     """Rebuild the config stored by :func:`save_checkpoint`; unknown fields mean a newer writer."""
     fields = {field.name for field in dataclasses.fields(MaskGDINOConfig)}
     values = entry.get("config") if isinstance(entry, Mapping) else None
+    if isinstance(values, Mapping):  # version 0.1.0 also stored the settings that have one value
+        values = {k: v for k, v in values.items() if _ONE_VALUE_SETTINGS.get(k, _NOT_ONE_VALUE) != v}
     if not isinstance(values, Mapping) or set(values) - fields:
         raise CheckpointError(
             f"{path} has a '{OWN_FORMAT_KEY}' config this version ({__version__}) cannot read; "

@@ -3,7 +3,9 @@
 Field names follow TAO's ``model`` section (``config/grounding_dino/model.py`` plus the Mask GDINO
 additions) so that a TAO spec maps onto this dataclass one to one. TAO fixes a few more choices in code
 rather than in its config (post-norm, no dropout, ``embed_init_tgt``, shared decoder box head, separate
-two-stage box head); those are not fields here because the checkpoint layout depends on them.
+two-stage box head); those are not fields here because the checkpoint layout depends on them. Nor are
+the TAO settings that Mask Grounding DINO allows one value of: ``two_stage_type`` ("standard"),
+``has_mask`` (True), ``hidden_dim`` (256) and ``max_text_len`` (256); the last two are properties.
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from gdino_ros import contract
 # TAO's ``log_scale`` of the contrastive class head: None (no scaling), "auto" (divide by
 # sqrt(hidden_dim)) or a float (the initial value of a learnable log-scale, multiplied in as exp()).
 LogScale: TypeAlias = Literal["auto"] | float | None
+# Transformer width. The dynamic mask head takes HIDDEN_DIM // 32 = 8 feature channels, which gives TAO's
+# 169 controller parameters, and the decoder's query sine embedding is fixed at 4 x 128 features.
+HIDDEN_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,6 @@ class MaskGDINOConfig:
     log_scale: LogScale = None
     class_embed_bias: bool = False
     num_feature_levels: int = 4
-    hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
     dec_layers: int = 6
@@ -59,12 +63,9 @@ class MaskGDINOConfig:
     enc_n_points: int = 4
     dec_n_points: int = 4
     num_queries: int = contract.NUM_QUERIES
-    two_stage_type: str = "standard"
     pe_temperatureH: int = 20
     pe_temperatureW: int = 20
-    max_text_len: int = contract.MAX_TEXT_LEN
     num_select: int = contract.NUM_SELECT
-    has_mask: bool = True
     num_region_queries: int = 100
     text_encoder_type: str = contract.TEXT_ENCODER_TYPE
     text_vocab_size: int = 30522
@@ -83,18 +84,6 @@ class MaskGDINOConfig:
             raise ValueError(
                 f"backbone {self.backbone!r} is not supported; use one of {sorted(SWIN_VARIANTS)}"
             )
-        if self.two_stage_type != "standard":
-            raise ValueError(
-                f"two_stage_type must be 'standard' (TAO's Mask GDINO), got {self.two_stage_type!r}"
-            )
-        if not self.has_mask:
-            raise ValueError("has_mask must be True: TAO's export always forces the mask branch on")
-        if self.hidden_dim != 256:
-            # The dynamic mask head takes hidden_dim // 32 = 8 feature channels, which gives TAO's 169
-            # controller parameters, and the decoder's query sine embedding is fixed at 4 x 128 features.
-            raise ValueError(
-                f"hidden_dim must be 256 (169 mask-controller parameters), got {self.hidden_dim}"
-            )
         if self.num_feature_levels < 4:
             raise ValueError(
                 f"num_feature_levels must be >= 4 (3 Swin stages + the extra stride-2 level), "
@@ -104,8 +93,6 @@ class MaskGDINOConfig:
             raise ValueError(
                 f"dec_layers must be >= 2 (the final box is refined from layer -2), got {self.dec_layers}"
             )
-        if self.max_text_len != contract.MAX_TEXT_LEN:
-            raise ValueError(f"max_text_len must be {contract.MAX_TEXT_LEN} (the engine's text inputs)")
         if self.num_region_queries < 0:
             raise ValueError(
                 f"num_region_queries must be >= 0 (0 disables ReLA), got {self.num_region_queries}"
@@ -122,6 +109,16 @@ class MaskGDINOConfig:
                 f"input size {self.input_height}x{self.input_width} must be a multiple of {stride} "
                 f"so that masks are exactly H/{contract.MASK_STRIDE} x W/{contract.MASK_STRIDE}"
             )
+
+    @property
+    def hidden_dim(self) -> int:
+        """Transformer width: TAO's 256 (its 169 mask-controller parameters depend on it)."""
+        return HIDDEN_DIM
+
+    @property
+    def max_text_len(self) -> int:
+        """Text tokens: the engine's 256."""
+        return contract.MAX_TEXT_LEN
 
     @property
     def head_spec(self) -> str:

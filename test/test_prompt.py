@@ -181,8 +181,36 @@ def test_empty_prompt(tokenizer, text: str) -> None:
 
 
 def test_prompt_of_separators_only_and_bad_mode(tokenizer) -> None:
-    with pytest.raises(PromptError, match="no phrase"):
+    with pytest.raises(PromptError, match="no letters or digits"):
         encode_prompt(" . , .", "phrases", tokenizer)
+
     with pytest.raises(PromptError, match="auto, phrases, expression"):
         encode_prompt("cup", "words", tokenizer)
     assert issubclass(PromptError, ValueError)
+
+
+@pytest.mark.parametrize(("text", "mode"), [(" . . .", "auto"), ("???", "auto"), ("?!", "expression"),
+                                            ("- . ~", "phrases")])
+def test_prompts_without_letters_or_digits_are_refused(tokenizer, text: str, mode: str) -> None:
+    with pytest.raises(PromptError, match="has no letters or digits"):
+        encode_prompt(text, mode, tokenizer)
+
+
+def test_a_junk_phrase_among_good_ones_is_named(tokenizer) -> None:
+    with pytest.raises(PromptError, match=r"The phrase '\?\?\?' has no letters or digits; remove it"):
+        encode_prompt("cup . ??? . bottle", "phrases", tokenizer)
+
+
+def test_overlong_prompts_are_refused_before_tokenisation(tokenizer) -> None:
+    with pytest.raises(PromptError, match=r"60000 characters long; at most 4096"):
+        encode_prompt("cup . " * 10_000, "phrases", tokenizer)
+
+
+def test_phrase_token_spans_of_many_phrases(tokenizer, vocab: list[str]) -> None:
+    """The one-pass span search gives each phrase exactly its own tokens, repeated words included."""
+    phrases = ["red cup", "cup", "a red cup", "hydrant", "cup"] * 8
+    encoded = encode_prompt(" . ".join(phrases), "phrases", tokenizer)
+    tokens = tokenizer.convert_ids_to_tokens(encoded.input_ids.tolist())
+    for phrase, (start, end) in zip(encoded.phrases, encoded.phrase_token_spans, strict=True):
+        assert tokenizer.convert_tokens_to_string(tokens[start:end]) == phrase
+        assert tokens[end] == "."

@@ -46,6 +46,9 @@ PROMPT_MODES: tuple[str, ...] = ("auto", PHRASES, EXPRESSION)
 
 #: ``auto`` mode: a prompt whose items all have at most this many words is a phrase list.
 AUTO_MAX_PHRASE_WORDS = 3
+#: Longer prompts are refused before tokenisation: 256 tokens never need more, and this bounds the work a
+#: prompt topic message can cause.
+MAX_PROMPT_CHARS = 4096
 
 _PHRASE_SEPARATORS = re.compile(r"[.,]")
 
@@ -150,16 +153,28 @@ def encode_prompt(text: str, mode: str, tokenizer: PreTrainedTokenizerBase) -> E
     if not isinstance(text, str) or not text.strip():
         raise PromptError("The prompt is empty. Give the things to find, e.g. 'cup . red bottle', "
                           "or a referring expression, e.g. 'the mug left of the plate'.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise PromptError(f"The prompt is {len(text)} characters long; at most {MAX_PROMPT_CHARS} are "
+                          f"accepted (the model reads {MAX_TEXT_LEN - 2} tokens). Shorten it.")
+    if not any(character.isalnum() for character in text):
+        raise PromptError(f"The prompt {_shown(text)} has no letters or digits. Give the things to find, "
+                          "e.g. 'cup . red bottle', or a referring expression.")
     if not getattr(tokenizer, "is_fast", False):
         raise PromptError("The tokenizer must be a fast (Rust) tokenizer with offsets; use load_tokenizer().")
     resolved = resolve_mode(text, mode)
     if resolved == PHRASES:
-        phrases = split_phrases(text)
-        if not phrases:
-            raise PromptError(f"The prompt {text!r} contains no phrase between its separators ('.' or ','). "
-                              "Give the things to find, e.g. 'cup . red bottle'.")
+        phrases = split_phrases(text)  # not empty: the text has a letter or digit
+        junk = [phrase for phrase in phrases if not any(character.isalnum() for character in phrase)]
+        if junk:
+            raise PromptError(f"The phrase {_shown(junk[0])} has no letters or digits; remove it from the "
+                              "prompt.")
         return _encode_phrases(text, phrases, tokenizer)
     return _encode_expression(text, tokenizer)
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` quoted for a message, shortened with its length when long."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def _tokenize(
@@ -183,18 +198,32 @@ def _phrase_caption(phrases: Sequence[str]) -> tuple[str, list[tuple[int, int]]]
     return " . ".join(phrases) + " .", spans
 
 
-def _token_span(offsets: Sequence[tuple[int, int]], char_span: tuple[int, int]) -> tuple[int, int]:
-    start, end = char_span
-    inside = [j for j, (a, b) in enumerate(offsets) if b > a and a < end and b > start]
-    if not inside:
-        return (0, 0)
-    return inside[0], inside[-1] + 1
+def _token_spans(
+    offsets: Sequence[tuple[int, int]], char_spans: Sequence[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Each character span's token range ``[first, last)``, ``(0, 0)`` for none, in one pass.
+
+    Both lists are in caption order and the character spans do not overlap, so one walk over the tokens
+    serves every phrase (special tokens have empty offsets and belong to no phrase).
+    """
+    spans = []
+    j, count = 0, len(offsets)
+    for start, end in char_spans:
+        while j < count and (offsets[j][1] <= offsets[j][0] or offsets[j][1] <= start):
+            j += 1
+        first = last = j
+        while j < count and (offsets[j][1] <= offsets[j][0] or offsets[j][0] < end):
+            if offsets[j][1] > offsets[j][0]:
+                last = j + 1
+            j += 1
+        spans.append((first, last) if last > first else (0, 0))
+    return spans
 
 
 def _encode_phrases(text: str, phrases: list[str], tokenizer: PreTrainedTokenizerBase) -> EncodedPrompt:
     caption, char_spans = _phrase_caption(phrases)
     ids, offsets, word_ids = _tokenize(caption, tokenizer)
-    token_spans = [_token_span(offsets, span) for span in char_spans]
+    token_spans = _token_spans(offsets, char_spans)
     for phrase, (start, end) in zip(phrases, token_spans, strict=True):
         if end <= start:
             raise PromptError(f"The phrase {phrase!r} produces no tokens; remove it or use words instead.")
@@ -212,7 +241,7 @@ def _encode_phrases(text: str, phrases: list[str], tokenizer: PreTrainedTokenize
         phrases = phrases[:kept]
         caption, char_spans = _phrase_caption(phrases)
         ids, offsets, word_ids = _tokenize(caption, tokenizer)
-        token_spans = [_token_span(offsets, span) for span in char_spans]
+        token_spans = _token_spans(offsets, char_spans)
     positive_map = np.zeros((len(phrases), MAX_TEXT_LEN), dtype=np.float32)
     for row, (start, end) in enumerate(token_spans):
         positive_map[row, start:end] = 1.0 / (end - start)

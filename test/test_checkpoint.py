@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -324,6 +326,21 @@ def test_long_key_lists_are_truncated_with_counts(
         CheckpointError, match=rf"{removed} missing key\(s\): .*\.\.\. and {removed - 12} more"
     ):
         load_tao_checkpoint(path)
+
+
+def test_decompression_bomb_is_refused_before_loading(tao_file: Path, tmp_path: Path) -> None:
+    """A deflated 256 MiB record in a small file: refused from the zip directory, nothing inflated."""
+    bomb = tmp_path / "bomb.pth"
+    shutil.copy(tao_file, bomb)
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        name = archive.namelist()[0].split("/")[0] + "/data/999"
+        with archive.open(name, "w", force_zip64=True) as entry:
+            block = bytes(1 << 20)
+            for _ in range(256):
+                entry.write(block)
+    assert bomb.stat().st_size < tao_file.stat().st_size + (4 << 20)
+    with pytest.raises(CheckpointError, match=r"data/999 would expand from 0\.\d MiB to 256\.0 MiB"):
+        load_tao_checkpoint(bomb)
 
 
 def test_truncated_file(tao_file: Path, tmp_path: Path) -> None:

@@ -55,6 +55,7 @@ _ONE_VALUE_SETTINGS: dict[str, object] = {
 _NOT_ONE_VALUE = object()
 _KEY_LIST_LIMIT = 12
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_INFLATION = 16 << 20  # bytes an archive entry may expand beyond its stored size
 _PICKLE_PROTO = 0x80
 
 
@@ -361,6 +362,8 @@ def _read_file(path: Path, trust_checkpoint: bool) -> Any:
             f"checkpoint {path} is truncated or corrupted (its zip directory is missing); "
             "download or copy it again and compare its size with the original"
         )
+    if is_zip:
+        _check_zip_sizes(path)
     if not is_zip and head[0] != _PICKLE_PROTO:
         hint = " (ONNX and TensorRT files are not checkpoints)" if path.suffix in {".onnx", ".engine"} else ""
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (.pth written by torch.save){hint}")
@@ -383,6 +386,22 @@ def _read_file(path: Path, trust_checkpoint: bool) -> Any:
         raise CheckpointError(
             f"{path} could not be loaded: {type(error).__name__}: {_first_line(error)}"
         ) from None
+
+
+def _check_zip_sizes(path: Path) -> None:
+    """Refuse an archive that would expand far beyond its size before anything is decompressed.
+
+    ``torch.save`` stores its records uncompressed, so a real checkpoint expands to its own size; an entry
+    that inflates by more than :data:`_MAX_INFLATION` bytes is a decompression bomb or a foreign archive.
+    """
+    with zipfile.ZipFile(path) as archive:
+        for entry in archive.infolist():
+            if entry.file_size - entry.compress_size > _MAX_INFLATION:
+                raise CheckpointError(
+                    f"checkpoint {path}: its entry {entry.filename} would expand from "
+                    f"{entry.compress_size / 2**20:.1f} MiB to {entry.file_size / 2**20:.1f} MiB, which "
+                    "torch.save never writes; refusing it (re-save the checkpoint with torch.save)"
+                )
 
 
 def _unwrap(raw: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], MaskGDINOConfig | None]:

@@ -55,6 +55,7 @@ DEFAULT_INPUT_WIDTH = 960
 MASK_STRIDE = 4  # pred_masks resolution relative to the input tensor
 UNION_MASK_STRIDE = 8  # union_mask_logits resolution relative to the input tensor
 MIN_IMAGE_SIDE = 32  # smaller camera images are rejected
+MAX_IMAGE_PIXELS = 40_000_000  # larger camera images are rejected before decoding (8K UHD is 33.2 MP)
 ONNX_OPSET = 17
 MSDA_PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"  # TensorRT's deformable attention plugin
 

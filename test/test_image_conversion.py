@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -14,12 +15,14 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from gdino_ros.conversions.encoded_size import encoded_image_size
 from gdino_ros.conversions.image import (
     ImageConversionError,
     compressed_to_pixels,
     compressed_to_rgb,
     image_to_pixels,
     image_to_rgb,
+    read_image_file,
 )
 
 PHOTO = np.ascontiguousarray(skdata.astronaut()[100:160, 200:290])  # uint8 [60, 90, 3] RGB, a real photo
@@ -253,10 +256,58 @@ def test_bad_frames_raise_a_clear_error(
     ("fmt", "payload", "message"),
     [
         ("jpeg", b"", "empty compressed frame"),
-        ("jpeg", b"\xff\xd8 not really a jpeg", "could not decode 20 bytes"),
+        ("jpeg", b"\xff\xd8 not really a jpeg", r"not a readable JPEG or PNG \(20 bytes\)"),
+        ("jpeg", b"\xff\xd8\xff\xc0\x00\x11\x08" + b"\x00" * 12, "could not decode"),
         ("16UC1; compressedDepth png", b"\x89PNG", "compressed depth image"),
     ],
 )
 def test_bad_compressed_frames_raise_a_clear_error(fmt: str, payload: bytes, message: str) -> None:
     with pytest.raises(ImageConversionError, match=message):
         compressed_to_rgb(_compressed(fmt, payload, make_rosbags=False))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    return b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + size
+
+
+def _jpeg_header(width: int, height: int) -> bytes:
+    """SOI, an APP0 segment to skip, then a baseline start-of-frame with the size."""
+    app0 = b"\xff\xe0\x00\x10JFIF\x00" + bytes(9)
+    sof = b"\xff\xc0\x00\x11\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes(10)
+    return b"\xff\xd8" + app0 + sof
+
+
+@pytest.mark.parametrize("extension", [".jpg", ".png"])
+def test_header_size_of_real_encodings(extension: str) -> None:
+    image = skdata.astronaut()[:300, :457]
+    ok, encoded = cv2.imencode(extension, image)
+    assert ok and encoded_image_size(memoryview(encoded)) == (457, 300)
+
+
+@pytest.mark.parametrize("header", [_png_header(16384, 16384), _jpeg_header(16384, 16384)])
+def test_oversized_compressed_frames_are_refused_before_decoding(header: bytes) -> None:
+    assert encoded_image_size(header) == (16384, 16384)
+    with pytest.raises(ImageConversionError, match="16384x16384 = 268 megapixels; at most 40"):
+        compressed_to_rgb(_compressed("png", header, make_rosbags=False))
+
+
+@BUILDERS
+def test_oversized_raw_frames_are_refused_before_conversion(make: Make) -> None:
+    msg = make(20000, 20000, "bayer_rggb8", 20000, bytes(64))
+    with pytest.raises(ImageConversionError, match="bayer_rggb8 frame is 20000x20000 = 400 megapixels"):
+        image_to_rgb(msg)
+
+
+def test_image_files(tmp_path: Path) -> None:
+    good = tmp_path / "a.png"
+    cv2.imwrite(str(good), skdata.astronaut())
+    assert read_image_file(good).shape == (512, 512, 3)
+    (tmp_path / "big.png").write_bytes(_png_header(20000, 20000) + bytes(100))
+    with pytest.raises(ImageConversionError, match=r"image .*big.png is 20000x20000"):
+        read_image_file(tmp_path / "big.png")
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(ImageConversionError, match=r"notes.png is not a readable JPEG or PNG"):
+        read_image_file(tmp_path / "notes.png")
+    with pytest.raises(ImageConversionError, match=r"cannot read image .*missing.png"):
+        read_image_file(tmp_path / "missing.png")

@@ -16,11 +16,14 @@ frame); :func:`image_to_rgb` / :func:`compressed_to_rgb` always give RGB.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
+from gdino_ros.contract import DEFAULT_INPUT_HEIGHT, DEFAULT_INPUT_WIDTH, MAX_IMAGE_PIXELS
+from gdino_ros.conversions.encoded_size import encoded_image_size
 from gdino_ros.conversions.encodings import BGR8, BGRA8, MONO8, MONO16, RGB8, RGBA8
 from gdino_ros.errors import InputError
 
@@ -73,6 +76,7 @@ def _rows(msg: Any, bytes_per_pixel: int) -> np.ndarray:
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     if height == 0 or width == 0:
         raise ImageConversionError(f"empty frame: {width}x{height} pixels")
+    check_pixel_count(width, height, f"{msg.encoding} frame")
     row_bytes = width * bytes_per_pixel
     if step < row_bytes:
         raise ImageConversionError(
@@ -148,16 +152,40 @@ def compressed_to_pixels(msg: Any) -> tuple[np.ndarray, bool]:
         raise ImageConversionError(
             f"compressed depth image (format {fmt!r}) is not a camera image; subscribe to the colour stream"
         )
-    data = np.frombuffer(msg.data, dtype=np.uint8)
+    return decode_image(np.frombuffer(msg.data, dtype=np.uint8), f"compressed frame (format {fmt!r})"), True
+
+
+def check_pixel_count(width: int, height: int, what: str) -> None:
+    """Refuse images over :data:`~gdino_ros.contract.MAX_IMAGE_PIXELS` before any pixel is decoded."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageConversionError(
+            f"{what} is {width}x{height} = {width * height / 1e6:.0f} megapixels; at most "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} are accepted (the network sees it at "
+            f"{DEFAULT_INPUT_WIDTH}x{DEFAULT_INPUT_HEIGHT} anyway): scale it down first"
+        )
+
+
+def decode_image(data: np.ndarray, what: str) -> np.ndarray:
+    """Decode JPEG or PNG bytes (uint8 [N]) to uint8 [H, W, 3] BGR, after checking the header's size."""
     if data.size == 0:
-        raise ImageConversionError(f"empty compressed frame (format {fmt!r}, 0 bytes)")
+        raise ImageConversionError(f"empty {what} (0 bytes)")
+    size = encoded_image_size(memoryview(data))
+    if size is None:
+        raise ImageConversionError(f"{what} is not a readable JPEG or PNG ({data.size} bytes)")
+    check_pixel_count(*size, what)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
-        raise ImageConversionError(
-            f"could not decode {data.size} bytes of compressed image data (format {fmt!r}); "
-            "JPEG and PNG are supported"
-        )
-    return bgr, True
+        raise ImageConversionError(f"could not decode {what} ({data.size} bytes; damaged JPEG or PNG)")
+    return bgr
+
+
+def read_image_file(path: str | Path) -> np.ndarray:
+    """Read a JPEG or PNG file as uint8 [H, W, 3] BGR; refuses oversized images before decoding."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as error:
+        raise ImageConversionError(f"cannot read image {path}: {error.strerror or error}") from None
+    return decode_image(data, f"image {path}")
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:

@@ -77,6 +77,12 @@ def test_extras_state_the_install_lines() -> None:
         assert not any(Requirement(r).name.startswith(("tensorrt", "cuda")) for r in declared[name]), name
 
 
+def test_readme_gives_each_install_line() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for line in INSTALL_LINES:
+        assert line.command() in readme, line.command()
+
+
 @pytest.mark.slow  # pip resolves against PyPI and builds the meta-package's metadata
 @pytest.mark.parametrize("line", [DESKTOP_CUDA12, DESKTOP_CUDA13], ids=lambda line: line.extra)
 def test_desktop_line_resolves_within_its_ranges(line: InstallLine, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ class InstallLine:
         return f"sudo apt-get install {' '.join(self.apt_packages)} && {pip}" if self.apt_packages else pip
 
 
-DESKTOP_CUDA12 = InstallLine("tensorrt-cu12", "desktop GPU with CUDA 12 (driver R525 or newer)",
+DESKTOP_CUDA12 = InstallLine("tensorrt-cu12", "desktop GPU with CUDA 12",
                              ("tensorrt-cu12>=10.3,<11", CUDA_PYTHON_12))
 DESKTOP_CUDA13 = InstallLine("tensorrt-cu13", "desktop GPU with CUDA 13 (driver R580 or newer)",
                              ("tensorrt-cu13>=11,<12", CUDA_PYTHON_13))

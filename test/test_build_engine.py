@@ -37,8 +37,9 @@ from gdino_ros.backends.engine_meta import (
     timing_cache_path,
     write_record,
 )
+from gdino_ros.core.model_metadata import read_onnx_metadata
 from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionReport
-from gdino_ros.model.precision import convert_to_fp16
+from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, META_FP32_LAYERS, META_PRECISION, convert_to_fp16
 from gdino_ros.tools import build_engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -524,6 +525,9 @@ def test_fp16_converts_the_onnx_next_to_the_engine_and_checks_the_engine(
     assert code == 0, lines
     converted = fake.engine.with_name("m.fp16.onnx")
     assert build_engine.is_mixed_fp16(onnx.load(str(converted)))
+    metadata = read_onnx_metadata(converted)
+    assert metadata[META_PRECISION] == "fp16" and build_engine.onnx_precision(converted) == "fp16"
+    assert json.loads(metadata[META_FP32_LAYERS]) == list(DEFAULT_FP32_LAYERS)
     assert fake.onnx.read_bytes() == before  # the user's file is never rewritten
     record = read_record(fake.engine)
     assert record is not None and record.key.precision == "fp16"
@@ -635,7 +639,9 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         return Members(value, name) if hasattr(value, "__members__") else value
 
-sys.modules["tensorrt"] = Proxy("tensorrt")
+proxy = Proxy("tensorrt")
+proxy.__spec__ = real.__spec__  # importlib.util.find_spec("tensorrt") (transformers asks) needs one
+sys.modules["tensorrt"] = proxy
 gpu = GpuInfo(0, "Orin", (8, 7), 8, 7620 << 20, True, "36.4.3")
 build_engine.select_gpu = lambda index: gpu
 code = build_engine.main(["--onnx", sys.argv[2], "--output", sys.argv[3]])
@@ -681,3 +687,13 @@ def test_build_uses_only_api_the_real_tensorrt_module_has(label: str, tmp_path: 
     assert not [p for p in report["used"] + report["touched"] if "FP16" in p or p.startswith("ILayer.")]
     record = read_record(engine)
     assert record is not None and record.key.tensorrt_version == label
+
+
+def test_without_the_onnx_package_the_build_says_how_to_get_it(
+    fake: FakeBuild, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
+    code, lines = fake.run()
+    assert code == 1
+    assert lines == ["gdino-build-engine: error: gdino-build-engine reads the ONNX graph with the onnx "
+                     "package: pip install onnx"]

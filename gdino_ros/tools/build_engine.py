@@ -40,6 +40,8 @@ from gdino_ros.backends.engine_meta import (
     write_record,
 )
 from gdino_ros.backends.tensorrt import numpy_dtype, require_tensorrt
+from gdino_ros.core.model_metadata import read_onnx_metadata
+from gdino_ros.errors import GdinoError
 
 if TYPE_CHECKING:
     import onnx
@@ -277,12 +279,12 @@ def build_engine(
     return data, _inspect(data, messages)
 
 
-def _load_onnx(path: Path) -> onnx.ModelProto:
+def _require_onnx() -> None:
+    """Raise :class:`BackendError` saying how to install ``onnx`` when it is missing (graphs need it)."""
     try:
-        import onnx
+        import onnx  # noqa: F401 - only checking that it imports
     except ImportError:
         raise BackendError(f"{PROG} reads the ONNX graph with the onnx package: pip install onnx") from None
-    return onnx.load(str(path))
 
 
 def is_mixed_fp16(model: onnx.ModelProto) -> bool:
@@ -298,13 +300,32 @@ def is_mixed_fp16(model: onnx.ModelProto) -> bool:
     )
 
 
+def onnx_precision(path: Path) -> str:
+    """Return the precision of the ONNX's network: as gdino-export recorded it, else read from the graph.
+
+    Files from TAO or older exports record none; their graph is loaded to look for FP16 tensors.
+    """
+    import onnx
+
+    from gdino_ros.model.precision import META_PRECISION, PRECISION_FP16, PRECISION_FP32, PRECISIONS
+
+    recorded = read_onnx_metadata(path).get(META_PRECISION)
+    if recorded in PRECISIONS:
+        return recorded
+    return PRECISION_FP16 if is_mixed_fp16(onnx.load(str(path), load_external_data=False)) else PRECISION_FP32
+
+
 def _conversion_stamp(onnx_path: Path, fp32_layers: tuple[str, ...]) -> str:
     """Return what the converted ONNX records of its origin, so that a later build can reuse it."""
     return json.dumps({"source_sha256": file_sha256(onnx_path), "fp32_layers": list(fp32_layers)})
 
 
-def _stamp_of(path: Path) -> str | None:
-    return {p.key: p.value for p in _load_onnx(path).metadata_props}.get(CONVERSION_META)
+def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
+    """Set metadata entries, replacing those of the same key (the conversion copies the FP32 file's)."""
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    for key, value in [*kept, *values.items()]:
+        model.metadata_props.add(key=key, value=value)
 
 
 @dataclass(frozen=True)
@@ -321,20 +342,24 @@ class OnnxSource:
         """Return the ONNX to build from, converting the given one to FP16 first when asked to."""
         if self.converted is None:
             return self.given
-        from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, check_patterns, convert_to_fp16
+        import onnx
+
+        from gdino_ros.model import precision
 
         stamp = _conversion_stamp(self.given, self.fp32_layers)
-        if self.converted.is_file() and _stamp_of(self.converted) == stamp:
+        if self.converted.is_file() and read_onnx_metadata(self.converted).get(CONVERSION_META) == stamp:
             say(f"reusing {self.converted}, the FP16 conversion of {self.given} with these --fp32-layers")
             return self.converted
         say(f"converting {self.given} to mixed FP16/FP32 into {self.converted}")
-        model = _load_onnx(self.given)
+        model = onnx.load(str(self.given))
+        keep = (*precision.DEFAULT_FP32_LAYERS, *self.fp32_layers)
         try:
-            check_patterns(model, self.fp32_layers)
-            converted = convert_to_fp16(model, (*DEFAULT_FP32_LAYERS, *self.fp32_layers))
+            precision.check_patterns(model, self.fp32_layers)
+            converted = precision.convert_to_fp16(model, keep)
         except ValueError as error:
             raise BackendError(f"cannot convert {self.given} to FP16: {error}") from None
-        converted.metadata_props.add(key=CONVERSION_META, value=stamp)
+        _set_metadata(converted, {CONVERSION_META: stamp, precision.META_PRECISION: precision.PRECISION_FP16,
+                                  precision.META_FP32_LAYERS: json.dumps(keep)})
         _write_atomically(self.converted, converted.SerializeToString())
         return self.converted
 
@@ -345,7 +370,8 @@ def plan_precision(args: argparse.Namespace) -> OnnxSource:
     layers = tuple(sorted(set(args.fp32_layers)))
     if args.fp32_layers and not args.fp16:
         raise BackendError("--fp32-layers needs --fp16 (without it the engine is FP32 throughout)")
-    if is_mixed_fp16(_load_onnx(onnx_path)):
+    _require_onnx()
+    if onnx_precision(onnx_path) == "fp16":
         if layers:
             raise BackendError(
                 f"{onnx_path} is already FP16, so its FP32 layers were chosen at export; to change them, "
@@ -358,7 +384,7 @@ def plan_precision(args: argparse.Namespace) -> OnnxSource:
     converted = output.with_name(f"{output.stem}.fp16.onnx")
     if converted.exists() and converted.resolve() == onnx_path.resolve():
         raise BackendError(f"--output {output} would write the FP16 conversion over {onnx_path}; rename one")
-    if converted.is_file() and not args.force and _stamp_of(converted) is None:
+    if converted.is_file() and not args.force and CONVERSION_META not in read_onnx_metadata(converted):
         raise BackendError(
             f"{converted} exists and is not an FP16 conversion written by {PROG}; move it away, choose "
             "another --output (the conversion is written next to the engine), or pass --force"
@@ -550,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         _say(_run(args))
-    except (BackendError, OSError) as error:
+    except (BackendError, GdinoError, OSError) as error:
         _say(f"error: {error}")
         return 1
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from pathlib import Path
@@ -145,9 +146,10 @@ def test_polygon_with_fewer_than_three_points_is_dropped_with_a_warning_naming_i
     assert split.invalid_polygons == 2
     assert "annotation 101 (image 1): polygon 1 has 4 coordinates, fewer than 3 points" in caplog.text
     assert "annotation 102 (image 1): polygon 0 has 4 coordinates, fewer than 3 points" in caplog.text
-    a, b = split.samples
+    (a,) = split.samples  # ref 2 has no instance left: dropped whole, as the official loader does
     assert np.array_equal(a.gt_mask(), box(10, 20, 30, 40))  # the valid polygon stays
-    assert b.instances == () and not b.no_target  # still a target sample, with an empty ground truth
+    assert split.dropped_refs == 1
+    assert "ref 2 has no valid ground-truth instance left; its 1 sentence(s) are left out" in caplog.text
 
 
 def test_refs_naming_an_unknown_annotation_or_inconsistent_no_target_fail_clearly(root: Path) -> None:
@@ -213,5 +215,52 @@ def test_truncated_or_non_pickle_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="not a readable refer pickle"):
         load_refer_pickle(path)
     path.write_text("{ not a pickle")
+    with pytest.raises(DatasetError, match="not a readable refer pickle"):
+        load_refer_pickle(path)
+
+
+# --- malformed files: one DatasetError naming the file and the entry -----------------------------------
+
+
+def _instances(root: Path) -> Path:
+    return root / "refcoco" / "instances.json"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["images"][0].pop("id"), r"instances.json: images\[0\] has no 'id'"),
+        (lambda d: d.update(images={"1": {}}), r"instances.json: 'images' must be a list, got dict"),
+        (lambda d: d["annotations"][1].update(id="x7"), r"annotations\[1\].id is 'x7', not an integer id"),
+    ],
+)
+def test_malformed_instances_name_the_entry(root: Path, edit: object, message: str) -> None:
+    write_refer_dataset(root, "refcoco", "unc", SIZES, ANNS, refcoco_refs())
+    data = json.loads(_instances(root).read_text())
+    edit(data)  # type: ignore[operator]
+    _instances(root).write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=message):
+        load_split("refcoco", "val", root)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"sentences": 5}, r"ref 1: 'sentences' must be a list of sentence records, got 5"),
+        ({"image_id": "one"}, r"ref 1: its image_id is 'one', not an integer id"),
+        ({"ann_id": [101, None]}, r"ref 1's ann_id is None, not an integer id"),
+    ],
+)
+def test_malformed_refs_name_the_ref(root: Path, extra: dict[str, object], message: str) -> None:
+    refs = [Ref(1, 1, [101], "val", ["a"], extra=extra)]
+    write_refer_dataset(root, "grefcoco", "unc", SIZES, ANNS, refs)
+    with pytest.raises(DatasetError, match=message):
+        load_split("grefcoco", "val", root)
+
+
+def test_pickle_declaring_a_huge_string_is_refused_without_allocating_it(tmp_path: Path) -> None:
+    path = tmp_path / "huge.p"
+    # BINBYTES8 (protocol 4+) declaring 2**40 bytes, followed by 3 bytes and STOP.
+    path.write_bytes(b"\x80\x04\x8e" + (1 << 40).to_bytes(8, "little") + b"abc.")
     with pytest.raises(DatasetError, match="not a readable refer pickle"):
         load_refer_pickle(path)

@@ -22,17 +22,21 @@ is read as a one-element list), and a no-target expression has ``ann_id == [-1]`
 
 Each sentence of a ref becomes one :class:`Sample` (ReLA's unit of evaluation). Its ground truth is
 the ref's non-crowd instances; polygons with fewer than 3 points are dropped with a warning, as ReLA
-drops them. A sample whose image is missing is skipped with a warning and counted in
-:attr:`Split.skipped_samples`.
+drops them, and a target ref left with no instance at all is dropped whole, as the official loader
+does (counted in :attr:`Split.dropped_refs`). A sample whose image is missing is skipped with a warning
+and counted in :attr:`Split.skipped_samples`. Malformed files (wrong types, missing ids) raise
+:class:`DatasetError` naming the file and the ref or entry.
 """
 from __future__ import annotations
 
 import builtins
+import io
 import json
 import logging
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -104,6 +108,7 @@ class Split:
     missing_images: list[str] = field(default_factory=list)
     skipped_samples: int = 0
     invalid_polygons: int = 0
+    dropped_refs: int = 0
 
 
 # --- Restricted unpickling ----------------------------------------------------------------------------
@@ -136,12 +141,16 @@ def load_refer_pickle(path: Path) -> object:
     Raises :class:`DatasetError` naming the offending class when the pickle references anything but
     builtin containers, numbers and strings, or when it is not a readable pickle.
     """
+    # Read from memory through read/readline only: a pickle that declares a huge string then gets what
+    # the file holds ("truncated") instead of the unpickler allocating the declared size up front.
+    buffer = io.BytesIO(path.read_bytes())
+    reader = SimpleNamespace(read=buffer.read, readline=buffer.readline)
     try:
-        with open(path, "rb") as f:
-            return _PlainDataUnpickler(f, path).load()
+        return _PlainDataUnpickler(reader, path).load()  # type: ignore[arg-type]
     except DatasetError:
         raise
-    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, UnicodeDecodeError, ValueError, TypeError, IndexError,
+            MemoryError) as exc:
         raise DatasetError(f"{path}: not a readable refer pickle ({type(exc).__name__}: {exc})") from exc
 
 
@@ -160,16 +169,11 @@ def load_split(dataset: str, split: str, data_root: Path | str, split_by: str | 
 
     ``split_by`` defaults to the first scheme of :data:`SPLIT_BY` (unc, or umd for RefCOCOg). Raises
     :class:`DatasetError` for an unknown dataset, scheme or split name (listing the valid ones), missing
-    annotation files, or refs that point at annotations or images the instances file does not have.
+    or malformed annotation files, or refs that point at annotations or images the instances file does
+    not have.
     """
     root = Path(data_root)
-    if dataset not in SPLIT_BY:
-        raise DatasetError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DATASETS)}")
-    split_by = split_by or SPLIT_BY[dataset][0]
-    if split_by not in SPLIT_BY[dataset]:
-        raise DatasetError(
-            f"{dataset} has no '{split_by}' split scheme; valid: {', '.join(SPLIT_BY[dataset])}"
-        )
+    split_by = _split_scheme(dataset, split_by)
     refs_path = refs_file(root, dataset, split_by)
     instances_path = root / dataset / INSTANCES_FILE
     for path in (refs_path, instances_path):
@@ -179,80 +183,114 @@ def load_split(dataset: str, split: str, data_root: Path | str, split_by: str | 
                 f"{dataset}/{INSTANCES_FILE} as released, and the COCO train2014 images in {IMAGE_DIR}/"
             )
     refs = _read_refs(refs_path)
-    images, annotations = _read_instances(instances_path)
-
     splits = sorted({str(ref["split"]) for ref in refs})
     if split not in splits:
         raise DatasetError(
             f"unknown split '{split}' for {dataset} ({split_by}); valid splits in {refs_path.name}: "
             f"{', '.join(splits)}"
         )
-
-    result = Split(dataset=dataset, split=split, split_by=split_by, samples=[])
-    instance_cache: dict[int, Instance | None] = {}
-    image_exists: dict[Path, bool] = {}
+    reader = _SplitReader(root, refs_path, instances_path, Split(dataset, split, split_by, samples=[]))
     for ref in refs:
-        if ref["split"] != split:
-            continue
-        ref_id = int(ref["ref_id"])
-        image_id = int(ref["image_id"])
-        ann_ids = _target_ann_ids(ref, refs_path)
-        no_target = ann_ids == [NO_TARGET_ANN_ID]
-        image = images.get(image_id)
-        if image is None:
-            raise DatasetError(
-                f"{refs_path}: ref {ref_id} names image {image_id}, which {instances_path} lacks"
-            )
-        instances: list[Instance] = []
-        for ann_id in [] if no_target else ann_ids:
-            if ann_id not in instance_cache:
-                ann = annotations.get(ann_id)
-                if ann is None:
-                    raise DatasetError(
-                        f"{refs_path}: ref {ref_id} names annotation {ann_id}, which {instances_path} lacks"
-                    )
-                instance_cache[ann_id] = _instance(ann, image, result)
-            inst = instance_cache[ann_id]
-            if inst is not None:
-                instances.append(inst)
-
-        image_path = root / IMAGE_DIR / str(image["file_name"])
-        if image_path not in image_exists:
-            image_exists[image_path] = image_path.is_file()
-            if not image_exists[image_path]:
-                result.missing_images.append(str(image_path))
-                if len(result.missing_images) <= _MISSING_IMAGES_LOGGED:
-                    LOG.warning("image %s is missing; its expressions are skipped", image_path)
-        sentences = ref["sentences"]
-        if not image_exists[image_path]:
-            result.skipped_samples += len(sentences)
-            continue
-        for sent in sentences:
-            if "sent_id" not in sent or not (sent.get("raw") or sent.get("sent")):
-                raise DatasetError(
-                    f"{refs_path}: a sentence of ref {ref_id} lacks sent_id or its text (raw/sent)"
-                )
-            sent_id = int(sent["sent_id"])
-            result.samples.append(
-                Sample(
-                    key=f"{ref_id}:{sent_id}",
-                    ref_id=ref_id,
-                    sent_id=sent_id,
-                    image_id=image_id,
-                    image_path=image_path,
-                    height=int(image["height"]),
-                    width=int(image["width"]),
-                    expression=str(sent.get("raw") or sent["sent"]),
-                    no_target=no_target,
-                    instances=tuple(instances),
-                )
-            )
+        if ref["split"] == split:
+            reader.add_ref(ref)
+    result = reader.split
     if result.missing_images:
         LOG.warning(
             "%d image(s) of %s %s are missing from %s: %d expression(s) skipped",
             len(result.missing_images), dataset, split, root / IMAGE_DIR, result.skipped_samples,
         )
     return result
+
+
+def _split_scheme(dataset: str, split_by: str | None) -> str:
+    """Validate the dataset and scheme names; the default scheme is the first of :data:`SPLIT_BY`."""
+    if dataset not in SPLIT_BY:
+        raise DatasetError(f"unknown dataset '{dataset}'; valid datasets: {', '.join(DATASETS)}")
+    split_by = split_by or SPLIT_BY[dataset][0]
+    if split_by not in SPLIT_BY[dataset]:
+        raise DatasetError(
+            f"{dataset} has no '{split_by}' split scheme; valid: {', '.join(SPLIT_BY[dataset])}"
+        )
+    return split_by
+
+
+class _SplitReader:
+    """Turns the refs of one split into samples, caching instances and image existence checks."""
+
+    def __init__(self, root: Path, refs_path: Path, instances_path: Path, split: Split) -> None:
+        self.root, self.refs_path, self.instances_path, self.split = root, refs_path, instances_path, split
+        self.images, self.annotations = _read_instances(instances_path)
+        self._instances: dict[int, Instance | None] = {}
+        self._image_exists: dict[Path, bool] = {}
+
+    def add_ref(self, ref: dict) -> None:
+        """Add the samples of one ref (one per sentence), or count why they are left out."""
+        ref_id = _int(ref["ref_id"], f"{self.refs_path}: a ref_id")
+        where = f"{self.refs_path}: ref {ref_id}"
+        image_id = _int(ref["image_id"], f"{where}: its image_id")
+        image = self.images.get(image_id)
+        if image is None:
+            raise DatasetError(f"{where} names image {image_id}, which {self.instances_path} lacks")
+        ann_ids = _target_ann_ids(ref, self.refs_path, ref_id)
+        no_target = ann_ids == [NO_TARGET_ANN_ID]
+        instances = [] if no_target else [i for a in ann_ids if (i := self._instance(a, image, where))]
+        sentences = _sentences(ref, where)
+        if not no_target and not instances:
+            self.split.dropped_refs += 1
+            LOG.warning("%s has no valid ground-truth instance left; its %d sentence(s) are left out",
+                        where, len(sentences))
+            return
+        image_path = self.root / IMAGE_DIR / str(image["file_name"])
+        if not self._has_image(image_path):
+            self.split.skipped_samples += len(sentences)
+            return
+        for sent_id, expression in sentences:
+            self.split.samples.append(Sample(
+                key=f"{ref_id}:{sent_id}", ref_id=ref_id, sent_id=sent_id, image_id=image_id,
+                image_path=image_path, height=int(image["height"]), width=int(image["width"]),
+                expression=expression, no_target=no_target, instances=tuple(instances),
+            ))
+
+    def _instance(self, ann_id: int, image: dict, where: str) -> Instance | None:
+        if ann_id not in self._instances:
+            ann = self.annotations.get(ann_id)
+            if ann is None:
+                raise DatasetError(f"{where} names annotation {ann_id}, which {self.instances_path} lacks")
+            self._instances[ann_id] = _instance(ann, image, self.split)
+        return self._instances[ann_id]
+
+    def _has_image(self, image_path: Path) -> bool:
+        if image_path not in self._image_exists:
+            self._image_exists[image_path] = image_path.is_file()
+            if not self._image_exists[image_path]:
+                self.split.missing_images.append(str(image_path))
+                if len(self.split.missing_images) <= _MISSING_IMAGES_LOGGED:
+                    LOG.warning("image %s is missing; its expressions are skipped", image_path)
+        return self._image_exists[image_path]
+
+
+def _int(value: Any, what: str) -> int:
+    """``int(value)`` for an id, or a :class:`DatasetError` naming ``what`` (file and field)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise DatasetError(f"{what} is {value!r:.40}, not an integer id")
+    try:
+        return int(value)
+    except ValueError:
+        raise DatasetError(f"{what} is {value!r:.40}, not an integer id") from None
+
+
+def _sentences(ref: dict, where: str) -> list[tuple[int, str]]:
+    """Return the ref's (sent_id, text) pairs; ``raw`` is preferred over the normalised ``sent``."""
+    sentences = ref["sentences"]
+    if not isinstance(sentences, list) or not all(isinstance(sent, dict) for sent in sentences):
+        raise DatasetError(f"{where}: 'sentences' must be a list of sentence records, got {sentences!r:.60}")
+    pairs = []
+    for sent in sentences:
+        text = sent.get("raw") or sent.get("sent")
+        if "sent_id" not in sent or not isinstance(text, str):
+            raise DatasetError(f"{where}: a sentence lacks sent_id or its text (raw/sent)")
+        pairs.append((_int(sent["sent_id"], f"{where}: a sent_id"), text))
+    return pairs
 
 
 def _read_refs(path: Path) -> list[dict]:
@@ -282,25 +320,36 @@ def _read_instances(path: Path) -> tuple[dict[int, dict], dict[int, dict]]:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
         raise DatasetError(f"{path}: not a COCO instances file (needs 'images' and 'annotations')")
-    images = {int(img["id"]): img for img in data["images"]}
-    annotations = {int(ann["id"]): ann for ann in data["annotations"]}
-    return images, annotations
+    return _by_id(data["images"], "images", path), _by_id(data["annotations"], "annotations", path)
 
 
-def _target_ann_ids(ref: dict, path: Path) -> list[int]:
+def _by_id(entries: Any, key: str, path: Path) -> dict[int, dict]:
+    """Index a COCO list (``images`` or ``annotations``) by its ``id``s, checking the layout."""
+    if not isinstance(entries, list):
+        raise DatasetError(f"{path}: '{key}' must be a list, got {type(entries).__name__}")
+    indexed = {}
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise DatasetError(f"{path}: {key}[{index}] has no 'id'")
+        indexed[_int(entry["id"], f"{path}: {key}[{index}].id")] = entry
+    return indexed
+
+
+def _target_ann_ids(ref: dict, path: Path, ref_id: int) -> list[int]:
     """Return the ref's target annotation ids as a list; ``[-1]`` for a no-target ref."""
     raw = ref["ann_id"]
-    ann_ids = [int(a) for a in raw] if isinstance(raw, list) else [int(raw)]
+    what = f"{path}: ref {ref_id}'s ann_id"
+    ann_ids = [_int(a, what) for a in raw] if isinstance(raw, list) else [_int(raw, what)]
     flagged = bool(ref.get("no_target", False))
     if NO_TARGET_ANN_ID in ann_ids and ann_ids != [NO_TARGET_ANN_ID]:
-        raise DatasetError(f"{path}: ref {ref['ref_id']} mixes the no-target id -1 with targets {ann_ids}")
+        raise DatasetError(f"{path}: ref {ref_id} mixes the no-target id -1 with targets {ann_ids}")
     if flagged != (ann_ids == [NO_TARGET_ANN_ID]):
         raise DatasetError(
-            f"{path}: ref {ref['ref_id']} has no_target={flagged} but ann_id {raw}; "
+            f"{path}: ref {ref_id} has no_target={flagged} but ann_id {raw}; "
             "a no-target ref must have ann_id [-1]"
         )
     if not ann_ids:
-        raise DatasetError(f"{path}: ref {ref['ref_id']} has an empty ann_id list")
+        raise DatasetError(f"{path}: ref {ref_id} has an empty ann_id list")
     return ann_ids
 
 

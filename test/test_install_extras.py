@@ -91,7 +91,7 @@ def test_desktop_line_resolves_within_its_ranges(line: InstallLine, tmp_path: Pa
     top = resolve(tmp_path / "meta.json", list(line.requirements), "--no-deps")
     tensorrt_version = version_of(top, tensorrt)
     requires = map(Requirement, top[canonicalize_name(tensorrt.name)]["requires_dist"])
-    pins = {canonicalize_name(pin.name): pin for pin in requires if not pin.marker}
+    pins = {str(canonicalize_name(pin.name)): pin for pin in requires if not pin.marker}
     for part in ("bindings", "libs"):
         assert str(pins[f"{tensorrt.name}-{part}"].specifier) == f"=={tensorrt_version}"
     bindings = pins[f"{tensorrt.name}-bindings"]

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import re
 import sys
 import tempfile
@@ -85,7 +86,9 @@ def _default_after_default(match: re.Match[str]) -> str:
 
 def _split_params(params: str) -> list[str]:
     """Split a parameter list on top-level commas (not those inside brackets)."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in params:
         if char in "[(":
             depth += 1
@@ -104,12 +107,13 @@ def _split_params(params: str) -> list[str]:
 def write_tensorrt_stubs(dest: Path) -> None:
     """Describe the importable ``tensorrt_bindings`` with pybind11-stubgen; write the repaired stubs."""
     try:
-        import pybind11_stubgen
-        import tensorrt_bindings
+        importlib.import_module("tensorrt_bindings")
     except ImportError as error:
         raise SystemExit(f"cannot describe TensorRT here ({error}); see test/trt_bindings.py") from None
+    import pybind11_stubgen
+
     with tempfile.TemporaryDirectory() as raw:
-        pybind11_stubgen.main(["--output-dir", raw, tensorrt_bindings.__name__])
+        pybind11_stubgen.main(["--output-dir", raw, "tensorrt_bindings"])
         for stub in sorted(Path(raw).rglob("*.pyi")):
             text = stub.read_text()
             repaired = _repair_tensorrt_text(text, re.search(r"^bool: ", text, flags=re.M) is not None)
@@ -184,7 +188,7 @@ def _class_stub(name: str, cls: type) -> str:
 def write_cudart_stub(dest: Path) -> None:
     """Write ``cuda/bindings/runtime.pyi`` built from the importable cuda-python's docstrings."""
     try:
-        from cuda.bindings import runtime
+        runtime = importlib.import_module("cuda.bindings.runtime")
     except ImportError:
         raise SystemExit("cuda.bindings does not import here; see test/trt_bindings.py") from None
     body = ["from typing import Any, ClassVar, Optional", ""]

@@ -1,8 +1,8 @@
 """Real rclpy over real DDS, confined to the loopback interface, for the test suite.
 
-Every process of the suite that touches DDS gets :func:`loopback_environment`: Fast DDS reads the
-project's loopback-only profile, discovery is limited to localhost, and each test process works in
-its own ROS domain so parallel runs on one machine do not see each other.
+Every process of the suite that touches DDS gets :mod:`gdino_ros.loopback_dds`'s environment: Fast DDS
+reads the project's loopback-only profile, discovery is limited to localhost, and each test process
+works in its own ROS domain so parallel runs on one machine do not see each other.
 """
 
 from __future__ import annotations
@@ -13,34 +13,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gdino_ros import loopback_dds
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOOPBACK_PROFILE = REPO_ROOT / "config" / "fastdds_loopback.xml"
-
-# Fast DDS derives its ports from the domain id; 1..100 stays inside the valid range.
-DOMAIN_ID = str(1 + os.getpid() % 100)
-
-
-def loopback_environment() -> dict[str, str]:
-    """The DDS variables every rclpy process of the suite must have before ``rclpy.init``."""
-    return {
-        "FASTDDS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE),
-        "FASTRTPS_DEFAULT_PROFILES_FILE": str(LOOPBACK_PROFILE),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": DOMAIN_ID,
-        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-    }
+DOMAIN_ID = loopback_dds.own_domain_id()
 
 
 def apply_loopback_environment() -> None:
     """Configure this process; called by conftest.py before any test can initialise rclpy."""
-    os.environ.pop("ROS_LOCALHOST_ONLY", None)  # deprecated in Jazzy; the range variable replaces it
-    os.environ.update(loopback_environment())
+    loopback_dds.apply_loopback_environment(DOMAIN_ID)
 
 
 def subprocess_environment(**extra: str) -> dict[str, str]:
     """Environment for a child process (a node, a tool): loopback DDS and this source tree first."""
     env = dict(os.environ)
-    env.update(loopback_environment())
+    env.update(loopback_dds.loopback_environment(DOMAIN_ID))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.update(extra)
     return env

@@ -1,7 +1,8 @@
 """The README's main job, end to end: segment_node for real, a photo and a prompt from a second node.
 
-Started by tools/demo.sh (which sets up the environment and the loopback DDS profile first); run it
-directly only with that environment. It
+Started by tools/demo.sh (which sets up the virtual environment first). DDS stays on 127.0.0.1
+(:mod:`gdino_ros.loopback_dds`, applied before anything starts), in ROS_DOMAIN_ID if set, else a domain
+of its own. It
 
 1. uses the model given with --model, or builds TAO's full-size network with UNTRAINED random weights
    (``gdino-export --random-init --config full``) once and says so on its first and last line;
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import array
 import importlib.util
+import os
 import signal
 import subprocess
 import sys
@@ -26,6 +28,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gdino_ros.loopback_dds import apply_loopback_environment, own_domain_id
 
 REPO = Path(__file__).resolve().parents[1]
 UNTRAINED_NOTE = (
@@ -271,6 +275,8 @@ def main() -> int:
     parser.add_argument("--output", type=Path, default=REPO / "build" / "demo", help="where the PNGs go")
     parser.add_argument("--cache", type=Path, default=REPO / "build" / "demo", help="untrained model folder")
     args = parser.parse_args()
+    domain = os.environ.get("ROS_DOMAIN_ID")
+    apply_loopback_environment(int(domain) if domain else own_domain_id(first=5))  # the node inherits it
     try:
         return run(args)
     finally:

@@ -23,12 +23,6 @@ fi
 "$ROOT/tools/setup_env.sh"
 trap - EXIT
 
-# DDS stays on the loopback interface (no multicast, no shared memory), in a domain of its own.
-export FASTDDS_DEFAULT_PROFILES_FILE="$ROOT/config/fastdds_loopback.xml"
-export FASTRTPS_DEFAULT_PROFILES_FILE="$ROOT/config/fastdds_loopback.xml"
-export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
-export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
-export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ($$ % 90) + 5 ))}"
-unset ROS_LOCALHOST_ONLY
+# demo.py keeps DDS on the loopback interface itself (gdino_ros/loopback_dds.py).
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 exec "$ROOT/.venv/bin/python" "$ROOT/tools/demo.py" "$@"

@@ -4,7 +4,7 @@ The input is a rosbag2 (MCAP) of 1280×720 ``sensor_msgs/Image`` rgb8 frames at 
 scikit-image's real photos (astronaut, coffee, chelsea, rocket; stretched to 720p), plus a
 ``std_msgs/String`` topic that gdino-bag copies through. The model is exported with random weights
 (``gdino-export --random-init --config tiny|full``) unless ``--model`` names one. gdino-bag then runs
-exactly as from the command line (``gdino_ros.tools.bag.run``), writing MCAP; its own accounting gives
+exactly as from the command line (``gdino_ros.tools.bag.job.run``), writing MCAP; its own accounting gives
 the numbers: wall time from the first message read to the output finalised (model loading excluded),
 the engine's share (the Segmenter's ``inference`` stage) and the milliseconds per frame of every stage.
 
@@ -90,7 +90,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
 
-    from gdino_ros.tools import bag, export
+    from gdino_ros.tools import export
+    from gdino_ros.tools.bag import cli, job
 
     with tempfile.TemporaryDirectory(prefix="bench_bag_") as tmp:
         root = Path(tmp)
@@ -118,11 +119,11 @@ def main() -> None:
             "--device",
             args.device,
         ] + (["--overlay"] if args.overlay else [])
-        stats = bag.run(bag.build_parser().parse_args(argv))
+        stats = job.run(cli.build_parser().parse_args(argv))
 
     frames, wall_ms = stats.frames, stats.wall_s * 1e3
-    engine_ms = stats.stage_ms.get(bag.ENGINE_STAGE, 0.0)
-    order = {name: i for i, name in enumerate(bag.STAGE_ORDER)}
+    engine_ms = stats.stage_ms.get(job.ENGINE_STAGE, 0.0)
+    order = {name: i for i, name in enumerate(job.STAGE_ORDER)}
     stages = sorted(stats.stage_ms.items(), key=lambda item: order.get(item[0], len(order)))
     per_stage = ", ".join(f"{name} {ms / frames:.1f}" for name, ms in stages)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

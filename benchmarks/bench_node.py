@@ -38,22 +38,12 @@ from typing import Any
 
 import numpy as np
 
+from gdino_ros.loopback_dds import apply_loopback_environment, own_domain_id
+
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "person . car . traffic light . dog . bicycle"
 RESOLUTIONS = {"720p": (720, 1280), "1080p": (1080, 1920)}
 SCENARIOS = ("objects", "no target")
-
-
-def loopback_environment() -> dict[str, str]:
-    """DDS on 127.0.0.1 only, in a domain of its own (the same settings as the test harness)."""
-    profile = str(REPO / "config" / "fastdds_loopback.xml")
-    return {
-        "FASTDDS_DEFAULT_PROFILES_FILE": profile,
-        "FASTRTPS_DEFAULT_PROFILES_FILE": profile,
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": str(101 + os.getpid() % 100),
-        "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
-    }
 
 
 def _vocab() -> Path:
@@ -73,8 +63,8 @@ def make_node(scenario: str) -> Any:
     from gdino_ros import contract
     from gdino_ros.backends.base import Backend
     from gdino_ros.core.prompt import encode_prompt
-    from gdino_ros.core.tokenizer import load_tokenizer
     from gdino_ros.core.segmenter import Segmenter
+    from gdino_ros.core.tokenizer import load_tokenizer
     from gdino_ros.node import SegmentNode
 
     source = REPO / "benchmarks" / "bench_postprocess.py"
@@ -117,7 +107,7 @@ def run_node(scenario: str) -> int:
     """Child process: the node with the no-op engine, spinning until it is terminated."""
     import rclpy
 
-    from gdino_ros.node import spin_until_shutdown
+    from gdino_ros.node.segment_node import spin_until_shutdown
 
     rclpy.init()
     spin_until_shutdown(make_node(scenario))
@@ -131,7 +121,7 @@ def run_relay() -> int:
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    from gdino_ros.node import spin_until_shutdown
+    from gdino_ros.node.segment_node import spin_until_shutdown
 
     rclpy.init()
     node = rclpy.create_node("bench_relay")
@@ -371,8 +361,7 @@ def stop(child: subprocess.Popen) -> None:
 
 
 def child_environment() -> dict[str, str]:
-    """This process's environment with the loopback DDS settings and the source tree first on the path."""
-    os.environ.update(loopback_environment())
+    """This process's environment (loopback DDS, applied in main) with the source tree first on the path."""
     return {**os.environ, "PYTHONPATH": f"{REPO}:{os.environ.get('PYTHONPATH', '')}"}
 
 
@@ -461,6 +450,8 @@ def main() -> int:
         return run_relay()
     if args.role == "inprocess":
         return run_inprocess(args.scenario, args.inprocess_hz, args.flood_s)
+    # DDS on 127.0.0.1 only, in a domain of its own (apart from the test suite's); the children inherit it.
+    apply_loopback_environment(own_domain_id(first=101))
     frames, flood_s = (20, 3.0) if args.quick else (100, args.flood_s)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     relay = measure_relay(args.flood_hz, flood_s)

@@ -28,6 +28,8 @@ OUTPUTS = ("/gdino/detections", "/gdino/mask", "/gdino/no_target", "/gdino/resul
 PROMPT = "person . cup . cat ."
 SHARE = Path(sys.prefix) / "share"
 
+pytestmark = pytest.mark.slow  # every test runs the exported tiny model end to end
+
 
 @dataclass(frozen=True)
 class Frame:

@@ -82,7 +82,7 @@ def test_rviz_config_shows_overlay_mask_and_camera_and_launch_remaps_each() -> N
 
 
 def test_node_subscribes_to_the_names_the_launch_remaps() -> None:
-    node_source = (REPO_ROOT / "gdino_ros" / "node.py").read_text()
+    node_source = (REPO_ROOT / "gdino_ros" / "node" / "segment_node.py").read_text()
     remapped = {source for source, _ in _string_pairs(LAUNCH_FILE)}
     assert {"image", "image/compressed"} <= remapped
     assert '"image"' in node_source and '"image/compressed"' in node_source

@@ -22,19 +22,16 @@ Only API that exists in both Humble and Jazzy rclpy is used.
 """
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
@@ -44,7 +41,6 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
-from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
     OUTPUT_NAMESPACE,
@@ -54,16 +50,17 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
-from gdino_ros.core.prompt import PROMPT_MODES, PromptError
-from gdino_ros.core.tokenizer import TokenizerNotFoundError
+from gdino_ros.core.prompt import PromptError
 from gdino_ros.core.segmenter import Segmenter
+from gdino_ros.core.tokenizer import TokenizerNotFoundError
+from gdino_ros.node.diagnostics import segmentation_status
+from gdino_ros.node.frame_slot import FrameSlot
+from gdino_ros.node.frame_stats import FrameStats
+from gdino_ros.node.parameters import PARAMETERS, choice_problem, thresholds_from
 
 NODE_NAME = "segment_node"
-INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings (bad images, mono8 overflow, failed frames)
 DIAGNOSTICS_PERIOD_S = 1.0
-STALE_AFTER_S = 5.0  # diagnostics warn when no frame was published for this long
-STATS_WINDOW = 100  # frames the diagnostics' rates and latencies are computed over
 WORKER_STOP_TIMEOUT_S = 30.0
 
 # detections, mask, no_target, result, overlay
@@ -72,123 +69,9 @@ PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/prompt"
 ACTIVE_PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/active_prompt"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
-_DEFAULT_THRESHOLDS = PostprocessParams()
-
 
 class StartupError(RuntimeError):
     """The node cannot start; the message is the one thing the user is told."""
-
-
-@dataclass(frozen=True)
-class ParameterSpec:
-    """One parameter: default (the same value as in config/params.yaml), description and limits."""
-
-    default: Any
-    description: str
-    read_only: bool = False
-    float_range: tuple[float, float] | None = None
-    int_range: tuple[int, int] | None = None
-    choices: tuple[str, ...] = ()
-
-    def descriptor(self) -> ParameterDescriptor:
-        """Build the descriptor ``ros2 param describe`` shows; rclpy enforces its ranges and read-only."""
-        text = self.description + (f" One of: {', '.join(self.choices)}." if self.choices else "")
-        descriptor = ParameterDescriptor(description=text, read_only=self.read_only)
-        if self.float_range is not None:
-            low, high = self.float_range
-            descriptor.floating_point_range = [FloatingPointRange(from_value=low, to_value=high, step=0.0)]
-        if self.int_range is not None:
-            low, high = self.int_range
-            descriptor.integer_range = [IntegerRange(from_value=low, to_value=high, step=1)]
-        return descriptor
-
-
-PARAMETERS: dict[str, ParameterSpec] = {
-    "model": ParameterSpec(
-        "", "Model file: .onnx (gdino-export), .engine (gdino-build-engine) or a TAO .pth checkpoint.", True
-    ),
-    "device": ParameterSpec("auto", "Where the model runs: auto, cpu, cuda or cuda:N.", True),
-    "tokenizer": ParameterSpec(
-        "",
-        "bert-base-uncased vocab.txt or tokenizer directory; empty: a vocab.txt next to the model, else the "
-        "Hugging Face cache (nothing is downloaded).",
-        True,
-    ),
-    "prompt": ParameterSpec(
-        "",
-        "Prompt from the first frame on; change it at runtime on gdino/prompt (std_msgs/String). Empty: "
-        "frames wait for a prompt on gdino/prompt.",
-        True,
-    ),
-    "prompt_mode": ParameterSpec(
-        "auto",
-        "How prompts are read: phrases ('cup . bottle' lists things to find), expression (one referring "
-        "expression), auto (phrases when every item between '.'/',' has at most three words).",
-        choices=PROMPT_MODES,
-    ),
-    "box_threshold": ParameterSpec(
-        _DEFAULT_THRESHOLDS.conf_threshold, "Minimum detection score, in [0, 1].", float_range=(0.0, 1.0)
-    ),
-    "text_threshold": ParameterSpec(
-        _DEFAULT_THRESHOLDS.text_threshold,
-        "Minimum token probability for a word of the prompt to label a box, in [0, 1].",
-        float_range=(0.0, 1.0),
-    ),
-    "nms_threshold": ParameterSpec(
-        _DEFAULT_THRESHOLDS.nms_threshold,
-        "Class-agnostic NMS: a box overlapping a better one with IoU above this is dropped; 0 disables NMS.",
-        float_range=(0.0, 1.0),
-    ),
-    "mask_threshold": ParameterSpec(
-        _DEFAULT_THRESHOLDS.mask_threshold,
-        "A pixel belongs to an instance when its mask probability exceeds this; in (0, 1).",
-        float_range=(0.0, 1.0),
-    ),
-    "max_detections": ParameterSpec(
-        _DEFAULT_THRESHOLDS.max_detections,
-        "At most this many instances per frame, best first.",
-        int_range=(1, int(np.iinfo(np.uint16).max)),
-    ),
-    "mask_encoding": ParameterSpec(
-        MONO16, "Encoding of gdino/mask; mono8 holds at most 255 instances.", choices=MASK_ENCODINGS
-    ),
-    "overlay": ParameterSpec(True, "Publish gdino/overlay (drawn only while something subscribes to it)."),
-    "input_qos": ParameterSpec(
-        "sensor_data",
-        "Image subscription QoS: sensor_data (best effort, keep last 1; matches every camera) or reliable "
-        "(keep last 1).",
-        True,
-        choices=INPUT_QOS_CHOICES,
-    ),
-    "compressed_input": ParameterSpec(
-        False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image.", True
-    ),
-}
-
-# Node parameter -> PostprocessParams field.
-THRESHOLD_FIELDS = {
-    "box_threshold": "conf_threshold",
-    "text_threshold": "text_threshold",
-    "nms_threshold": "nms_threshold",
-    "mask_threshold": "mask_threshold",
-    "max_detections": "max_detections",
-}
-
-
-def thresholds_from(
-    values: dict[str, Any], base: PostprocessParams = _DEFAULT_THRESHOLDS
-) -> PostprocessParams:
-    """Apply the threshold parameters among ``values`` to ``base``; ValueError names a bad one."""
-    changes = {THRESHOLD_FIELDS[name]: value for name, value in values.items() if name in THRESHOLD_FIELDS}
-    return dataclasses.replace(base, **changes)
-
-
-def choice_problem(name: str, value: Any) -> str | None:
-    """Why ``value`` is not one of the choices of parameter ``name``, or None."""
-    choices = PARAMETERS[name].choices
-    if choices and value not in choices:
-        return f"{name} must be one of {', '.join(choices)}, not {value!r}"
-    return None
 
 
 def model_help(model: str, reason: str) -> str:
@@ -205,71 +88,6 @@ def model_help(model: str, reason: str) -> str:
         "Without trained weights, 'gdino-export --random-init --output untrained.onnx' makes a model that "
         "runs (its detections are meaningless)."
     )
-
-
-class FrameSlot:
-    """One-frame buffer between the executor thread (producer) and the worker (consumer).
-
-    :meth:`put` never blocks and returns True when it replaced a frame the worker had not taken yet
-    (that frame is dropped). :meth:`take` blocks until a frame arrives, :meth:`poke` asks the worker to
-    look at staged changes without a frame, or :meth:`close` stops it.
-    """
-
-    def __init__(self) -> None:
-        self._condition = threading.Condition()
-        self._item: tuple[Any, float] | None = None
-        self._poked = False
-        self.closed = False
-
-    def put(self, msg: Any, received: float) -> bool:
-        """Store ``msg`` (received at monotonic time ``received``); True if a waiting frame was replaced."""
-        with self._condition:
-            replaced = self._item is not None
-            self._item = (msg, received)
-            self._condition.notify()
-        return replaced
-
-    def poke(self) -> None:
-        """Wake the worker even if no frame comes (a prompt must be applied and acknowledged now)."""
-        with self._condition:
-            self._poked = True
-            self._condition.notify()
-
-    def take(self) -> tuple[Any, float] | None:
-        """Wait for a frame, a poke or :meth:`close`; return the newest frame and its receive time, if any."""
-        with self._condition:
-            while self._item is None and not self._poked and not self.closed:
-                self._condition.wait()
-            item, self._item, self._poked = self._item, None, False
-            return item
-
-    def close(self) -> None:
-        """Wake the worker so that it stops."""
-        with self._condition:
-            self.closed = True
-            self._condition.notify_all()
-
-
-@dataclass
-class FrameStats:
-    """Counters and a window of per-frame stage timings, shared by both threads under ``lock``."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    received: int = 0
-    processed: int = 0
-    dropped: int = 0  # replaced in the one-slot buffer before the worker took them
-    rejected: int = 0  # could not be converted (encoding, truncated, empty)
-    failed: int = 0  # segmentation or publishing raised
-    waiting_for_prompt: int = 0  # arrived before any prompt was set
-    last_problem: str = ""
-    received_at: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-    published_at: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-    stage_ms: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
-
-
-def _rate_hz(times: deque[float]) -> float:
-    span = times[-1] - times[0] if len(times) > 1 else 0.0
-    return (len(times) - 1) / span if span > 0 else 0.0
 
 
 class SegmentNode(Node):
@@ -305,38 +123,8 @@ class SegmentNode(Node):
         self._prompt_mode: str = values["prompt_mode"]
         self._active_prompt: str = self._segmenter.prompt_text or ""
 
-        reliable = QoSProfile(
-            depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
-        )
-        self._output_publishers = {
-            leaf: self.create_publisher(self._message_class(leaf), topic, reliable)
-            for leaf, topic in OUTPUT_TOPICS.items()
-        }
-        latched = QoSProfile(
-            depth=1,
-            history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-        )
-        self._active_prompt_publisher = self.create_publisher(String, ACTIVE_PROMPT_TOPIC, latched)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-
-        best_effort = values["input_qos"] == "sensor_data"
-        input_qos = QoSProfile(
-            depth=1,
-            history=HistoryPolicy.KEEP_LAST,
-            reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
-        )
-        self._to_pixels: Callable[[Any], tuple[np.ndarray, bool]]
-        if values["compressed_input"]:
-            self._to_pixels = compressed_to_pixels
-            self._image_subscription = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, input_qos
-            )
-        else:
-            self._to_pixels = image_to_pixels
-            self._image_subscription = self.create_subscription(Image, "image", self._on_image, input_qos)
-        self._prompt_subscription = self.create_subscription(String, PROMPT_TOPIC, self._on_prompt, 10)
+        self._create_publishers()
+        self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
         self._publish_active_prompt()
@@ -353,6 +141,40 @@ class SegmentNode(Node):
                 f"no prompt yet: publish one on {self.resolve_topic_name(PROMPT_TOPIC)} (std_msgs/String) or "
                 "set the 'prompt' parameter; frames are not processed until then"
             )
+
+    def _create_publishers(self) -> None:
+        reliable = QoSProfile(
+            depth=5, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE
+        )
+        self._output_publishers = {
+            leaf: self.create_publisher(self._message_class(leaf), topic, reliable)
+            for leaf, topic in OUTPUT_TOPICS.items()
+        }
+        latched = QoSProfile(
+            depth=1,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self._active_prompt_publisher = self.create_publisher(String, ACTIVE_PROMPT_TOPIC, latched)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+
+    def _create_subscriptions(self, best_effort: bool, compressed: bool) -> None:
+        input_qos = QoSProfile(
+            depth=1,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
+        )
+        self._to_pixels: Callable[[Any], tuple[np.ndarray, bool]]
+        if compressed:
+            self._to_pixels = compressed_to_pixels
+            self._image_subscription = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_image, input_qos
+            )
+        else:
+            self._to_pixels = image_to_pixels
+            self._image_subscription = self.create_subscription(Image, "image", self._on_image, input_qos)
+        self._prompt_subscription = self.create_subscription(String, PROMPT_TOPIC, self._on_prompt, 10)
 
     def _read_parameters(self) -> tuple[dict[str, Any], PostprocessParams]:
         try:
@@ -548,53 +370,12 @@ class SegmentNode(Node):
 
     def diagnostics(self) -> DiagnosticStatus:
         """Summarise the node's health as one DiagnosticStatus (what /diagnostics carries)."""
-        with self._stats.lock:
-            stats = self._stats
-            counts = {
-                "frames_received": stats.received,
-                "frames_processed": stats.processed,
-                "frames_dropped": stats.dropped,
-                "frames_rejected": stats.rejected,
-                "frames_failed": stats.failed,
-                "frames_waiting_for_prompt": stats.waiting_for_prompt,
-            }
-            input_rate, output_rate = _rate_hz(stats.received_at), _rate_hz(stats.published_at)
-            stages = list(stats.stage_ms)
-            problem = stats.last_problem
-            idle_s = time.monotonic() - stats.published_at[-1] if stats.published_at else None
-        backend = self._segmenter.backend
-        values = {
-            "rate_hz": f"{output_rate:.2f}",
-            "input_rate_hz": f"{input_rate:.2f}",
-            **{key: str(count) for key, count in counts.items()},
-        }
-        for stage in dict.fromkeys(key for frame in stages for key in frame):
-            values[f"latency_ms.{stage}"] = f"{np.mean([f[stage] for f in stages if stage in f]):.2f}"
-        if stages:
-            values["latency_ms.total_p95"] = f"{np.percentile([f['total'] for f in stages], 95):.2f}"
-        values.update(
-            backend=backend.name,
-            device=backend.device,
-            precision=backend.precision,
-            no_target_head=str(backend.has_no_target_head).lower(),
-            active_prompt=self._active_prompt,
-            prompt_mode=self._prompt_mode,
-            last_problem=problem,
-        )
-        if not self._active_prompt:
-            level, message = DiagnosticStatus.WARN, "no prompt: publish one on gdino/prompt"
-        elif idle_s is None or idle_s > STALE_AFTER_S:
-            level, message = DiagnosticStatus.WARN, f"no frame processed recently (input {input_rate:.1f} Hz)"
-        elif counts["frames_failed"] or counts["frames_rejected"]:
-            level, message = DiagnosticStatus.WARN, f"{output_rate:.1f} Hz; some frames failed: {problem}"
-        else:
-            level, message = DiagnosticStatus.OK, f"{output_rate:.1f} Hz"
-        return DiagnosticStatus(
-            level=level,
-            name=f"{self.get_fully_qualified_name()}: segmentation",
-            message=message,
-            hardware_id=f"{backend.name} {backend.device}",
-            values=[KeyValue(key=key, value=value) for key, value in values.items()],
+        return segmentation_status(
+            f"{self.get_fully_qualified_name()}: segmentation",
+            self._stats,
+            self._segmenter.backend,
+            self._active_prompt,
+            self._prompt_mode,
         )
 
     def _publish_diagnostics(self) -> None:

@@ -1,0 +1,8 @@
+"""gdino-bag: segment a recorded rosbag2 or MCAP file offline (usage in :mod:`.cli`).
+
+:mod:`.cli` the command line, :mod:`.job` one run, :mod:`.reader` the input bag, :mod:`.writer` the
+output bag, :mod:`.schedule` the prompt schedule, :mod:`.errors` the user-facing failures.
+"""
+from gdino_ros.tools.bag.cli import main
+
+__all__ = ["main"]

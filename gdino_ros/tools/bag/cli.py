@@ -1,0 +1,117 @@
+r"""gdino-bag: segment a recorded rosbag2 or MCAP file offline, as fast as the engine runs, without ROS.
+
+Examples::
+
+    gdino-bag --input run_03 --output run_03_gdino --image-topic /camera/image_raw \
+        --model mask_gdino.onnx --prompt "cup . bottle ."
+    gdino-bag --input run_03.mcap --output out --image-topic /camera/image_raw/compressed \
+        --model m.engine --prompt "the red mug" --mode expression --overlay --start 10 --end 25
+    gdino-bag ... --prompt-schedule prompts.yaml
+
+The input is a rosbag2 directory (MCAP or sqlite3 storage), a bare ``.mcap`` or ``.db3`` file, read
+with rosbags. The image topic may be ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage``. The
+output is a new rosbag2 directory (MCAP unless ``--storage sqlite3``) holding every input topic
+unchanged (same connections, types and definitions) plus, for each frame, ``/gdino/detections``
+(vision_msgs/Detection2DArray), ``/gdino/mask`` (sensor_msgs/Image), ``/gdino/no_target``
+(std_msgs/Bool), ``/gdino/result`` (gdino_ros/SegmentationResult) and, with ``--overlay``,
+``/gdino/overlay`` (sensor_msgs/Image rgb8). Each output carries its input image's header and log
+time; the messages are built by the same code as the live node's (``gdino_ros.conversions.messages``)
+and their types are registered from the project's own .msg files, so definitions and RIHS01 hashes
+are those of a ROS 2 build. Input topics named like an output are not copied (re-processing an
+output bag replaces the old results).
+
+``--start``/``--end`` are seconds from the bag's first message; outside that window nothing is read
+or written. ``--prompt-schedule`` is a YAML list that switches the prompt at bag times::
+
+    - at: 0            # seconds from the bag's first message ...
+      prompt: "cup . bottle ."
+    - at: 12.5
+      prompt: "the person holding the red cup"
+      mode: expression # optional; default --mode
+    - at_ns: 1700000042000000000   # ... or an absolute log time in nanoseconds
+      prompt: "door handle"
+
+A frame uses the last entry at or before its log time; frames before the first entry use
+``--prompt`` (which may then be left out only if the schedule starts at 0).
+
+A corrupt or truncated input stops processing at the first record that cannot be read or decoded:
+the error names it, the output written so far is finalised and kept, and the exit status is 1. An
+MCAP file that lost its index (recording killed) is read record by record up to the break.
+"""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
+from gdino_ros.core.postprocess import PostprocessParams
+from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.tools.bag.errors import BagToolError
+from gdino_ros.tools.bag.job import run
+from gdino_ros.tools.bag.writer import STORAGES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``gdino-bag``."""
+    parser = argparse.ArgumentParser(
+        prog="gdino-bag",
+        description="Run Mask Grounding DINO on every frame of a rosbag2/MCAP recording and write a new bag "
+        "with the original topics plus the /gdino/* outputs.",
+    )
+    parser.add_argument("--input", type=Path, required=True, help="rosbag2 directory, .mcap or .db3 file")
+    parser.add_argument("--output", type=Path, required=True, help="rosbag2 directory to create")
+    parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
+    parser.add_argument("--model", type=Path, required=True, help=".onnx, .pth or .engine/.plan model file")
+    parser.add_argument("--prompt", help="phrases ('cup . bottle .') or one referring expression")
+    parser.add_argument(
+        "--mode",
+        choices=PROMPT_MODES,
+        default="auto",
+        help="how to read the prompt: phrases, expression, or auto (phrases when every item between "
+        "'.'/',' has at most three words; default)",
+    )
+    parser.add_argument("--prompt-schedule", type=Path, help="YAML list of {at|at_ns, prompt[, mode]}")
+    parser.add_argument("--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer directory")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
+    defaults = PostprocessParams()
+    thresholds = parser.add_argument_group("post-processing (the node's parameters of the same names)")
+    for flag, default, what in (
+        ("--box-threshold", defaults.conf_threshold, "minimum detection score"),
+        ("--text-threshold", defaults.text_threshold, "minimum token probability for a word to label a box"),
+        ("--nms-threshold", defaults.nms_threshold, "IoU above which the weaker box is dropped; 0: no NMS"),
+        ("--mask-threshold", defaults.mask_threshold, "mask probability a pixel must exceed"),
+    ):
+        thresholds.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
+    thresholds.add_argument(
+        "--max-detections",
+        type=int,
+        default=defaults.max_detections,
+        help="instances per frame (default %(default)s)",
+    )
+    parser.add_argument(
+        "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"
+    )
+    parser.add_argument("--start", type=float, help="seconds from the bag's first message (inclusive)")
+    parser.add_argument("--end", type=float, help="seconds from the bag's first message (exclusive)")
+    parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output storage (default: mcap)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run gdino-bag; user errors print one line to stderr and return 1."""
+    args = build_parser().parse_args(argv)
+    try:
+        return 130 if run(args).interrupted else 0
+    except BagToolError as error:
+        print(f"gdino-bag: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""One gdino-bag run: read the input bag, segment every frame of the image topic, write the output bag.
+
+Each output message carries its input image's header and log time; the messages are built by the same
+code as the live node's (``gdino_ros.conversions.messages``). The run keeps per-stage times for its
+summary (and for benchmarks/bench_bag.py).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from gdino_ros.conversions.image import compressed_to_pixels, image_to_pixels
+from gdino_ros.conversions.messages import (
+    OUTPUT_NAMESPACE,
+    OUTPUT_TYPES,
+    result_to_messages,
+    rosbags_message_types,
+)
+from gdino_ros.conversions.typestore import project_typestore
+from gdino_ros.core.postprocess import PostprocessParams
+from gdino_ros.core.result import Result
+from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
+from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
+from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
+from gdino_ros.tools.bag.writer import BagSink, check_output, remove_old_output
+
+# PostprocessParams field -> command-line flag (named like the node's parameters).
+THRESHOLD_FLAGS = {
+    "conf_threshold": "--box-threshold",
+    "text_threshold": "--text-threshold",
+    "nms_threshold": "--nms-threshold",
+    "mask_threshold": "--mask-threshold",
+    "max_detections": "--max-detections",
+}
+ENGINE_STAGE = "inference"  # the Result.timings_ms stage that is the network itself
+# Summary order of the stages: ours around the Segmenter's (preprocess, inference, postprocess).
+STAGE_ORDER = (
+    "read",
+    "decode",
+    "prompt",
+    "preprocess",
+    ENGINE_STAGE,
+    "postprocess",
+    "overlay",
+    "convert",
+    "write",
+)
+
+
+@dataclass
+class Stats:
+    """What the run did, for the summary."""
+
+    frames: int = 0
+    detections: int = 0
+    no_target_frames: int = 0
+    dropped_instances: int = 0
+    copied: int = 0
+    wall_s: float = 0.0  # from the first message read to the output finalised (model loading excluded)
+    interrupted: bool = False
+    stage_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def add_stage(self, name: str, started: float) -> float:
+        """Add the time since ``started`` (perf_counter) to ``name``; return now."""
+        now = time.perf_counter()
+        self.stage_ms[name] += (now - started) * 1e3
+        return now
+
+
+def _decode_image(raw: bytes, msgtype: str, store: Any) -> tuple[Any, np.ndarray, bool]:
+    """Raw CDR of an Image or CompressedImage -> (message, uint8 [H, W, 3] pixels, True if BGR order)."""
+    msg = store.deserialize_cdr(raw, msgtype)
+    pixels, bgr = image_to_pixels(msg) if msgtype == IMAGE else compressed_to_pixels(msg)
+    return msg, pixels, bgr
+
+
+def _estimated_frames(
+    source: BagSource, topic: str, start_s: float | None, end_s: float | None
+) -> int | None:
+    """Frames in the window, assuming a steady frame rate (exact without a window); None if unknown."""
+    total = sum(c.msgcount for c in source.connections.values() if c.topic == topic)
+    if source.streamed or not total or source.start_ns is None or source.end_ns is None:
+        return None
+    if start_s is None and end_s is None:
+        return total
+    duration = max((source.end_ns - source.start_ns) / 1e9, 1e-9)
+    lo, hi = max(start_s or 0.0, 0.0), min(end_s if end_s is not None else duration, duration)
+    return max(0, math.ceil(total * max(hi - lo, 0.0) / duration))
+
+
+def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> Any:
+    """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early."""
+    from gdino_ros.core.prompt import PromptError, encode_prompt
+    from gdino_ros.core.segmenter import Segmenter
+    from gdino_ros.core.tokenizer import TokenizerNotFoundError
+
+    values = {
+        field: getattr(args, flag.lstrip("-").replace("-", "_")) for field, flag in THRESHOLD_FLAGS.items()
+    }
+    try:
+        params = PostprocessParams(**values)
+    except ValueError as error:
+        message = str(error)
+        for field, flag in THRESHOLD_FLAGS.items():
+            message = message.replace(field, flag)
+        raise BagToolError(message) from None
+    prompt, mode = _first_prompt(args, schedule)
+    try:
+        segmenter = Segmenter.from_model(
+            args.model,
+            tokenizer_path=args.tokenizer,
+            device=args.device,
+            prompt=prompt,
+            mode=mode,
+            params=params,
+        )
+    except TokenizerNotFoundError as error:
+        raise BagToolError(str(error)) from None
+    except PromptError as error:
+        raise BagToolError(f"prompt {prompt!r}: {error}") from None
+    except (ValueError, OSError, RuntimeError) as error:
+        raise BagToolError(f"cannot load model {args.model}: {error}") from None
+    for index, entry in enumerate(schedule):
+        try:
+            encode_prompt(entry.prompt, entry.mode, segmenter.tokenizer)
+        except PromptError as error:
+            segmenter.close()
+            raise BagToolError(f"prompt schedule entry {index + 1} ({entry.prompt!r}): {error}") from None
+    return segmenter
+
+
+def _prompt_plan(args: argparse.Namespace, schedule: list[ScheduleEntry], start_ns: int) -> PromptPlan:
+    """--prompt (if given) followed by the schedule, for a bag whose first message is at ``start_ns``."""
+    initial = (args.prompt, args.mode) if args.prompt is not None else None
+    return PromptPlan(initial, schedule, start_ns)
+
+
+def _first_prompt(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> tuple[str, str]:
+    """Return the prompt the segmenter is opened with: --prompt, else the schedule's first entry."""
+    if args.prompt is not None:
+        return args.prompt, args.mode
+    return schedule[0].prompt, schedule[0].mode
+
+
+class BagJob:
+    """One gdino-bag run: reads frames from ``source``, segments them, writes ``sink``."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        source: BagSource,
+        sink: BagSink,
+        store: Any,
+        segmenter: Any,
+        schedule: list[ScheduleEntry],
+        plan: PromptPlan | None,
+    ) -> None:
+        self.args, self.source, self.sink, self.store = args, source, sink, store
+        self.segmenter, self.schedule, self.plan = segmenter, schedule, plan
+        self.types = rosbags_message_types(store)
+        self.stats = Stats()
+        self.overlay_fn = None
+        if args.overlay:
+            from gdino_ros.core.overlay import draw_overlay
+
+            self.overlay_fn = draw_overlay
+
+    def run_to_end(self) -> BagToolError | None:
+        """Process the bag and finalise the output; return the user error that stopped it early, if any."""
+        started = time.perf_counter()
+        try:
+            self.process()
+        except KeyboardInterrupt:
+            self.stats.interrupted = True
+        except BagToolError as error:
+            return error
+        finally:
+            self.sink.close()
+            self.stats.wall_s = time.perf_counter() - started
+        return None
+
+    def process(self) -> None:
+        """Copy every message in the window and segment every frame of the image topic."""
+        from tqdm import tqdm
+
+        args, stats = self.args, self.stats
+        plan = self.plan
+        applied = _first_prompt(args, self.schedule)
+        estimate = _estimated_frames(self.source, args.image_topic, args.start, args.end)
+        # On a terminal only (disable=None): in logs the summary says it all without \r-redrawn lines.
+        bar = tqdm(
+            total=estimate, unit="frame", desc="gdino-bag", dynamic_ncols=True, mininterval=0.5, disable=None
+        )
+        try:
+            tick = time.perf_counter()
+            for connection, log_time, raw in self.source.messages(args.start, args.end):
+                tick = stats.add_stage("read", tick)
+                frame = None
+                if connection.topic == args.image_topic:
+                    frame = self._decode(connection, log_time, raw)  # before the copy: a bad frame stays out
+                    tick = stats.add_stage("decode", tick)
+                out = self.sink.copy_connection(connection)
+                if out is not None:
+                    self.sink.write(out, log_time, raw)
+                    stats.copied += 1
+                tick = stats.add_stage("write", tick)
+                if frame is None:
+                    continue
+                if plan is None:  # an index-free MCAP: the bag start is known only now
+                    plan = _prompt_plan(args, self.schedule, log_time)
+                if (wanted := plan.at(log_time)) != applied:
+                    self.segmenter.set_prompt(*wanted)
+                    applied = wanted
+                    tick = stats.add_stage("prompt", tick)
+                self._segment(*frame, log_time)
+                tick = time.perf_counter()
+                bar.update(1)
+        finally:
+            if bar.total is not None and bar.n != bar.total:
+                bar.total = bar.n
+                bar.refresh()
+            bar.close()
+
+    def _decode(self, connection: InputConnection, log_time: int, raw: bytes) -> tuple[Any, np.ndarray, bool]:
+        """Decode one frame of the image topic; an undecodable one is the bad record that stops the run."""
+        if connection.msgtype not in (IMAGE, COMPRESSED_IMAGE):
+            raise BagToolError(
+                f"topic {connection.topic} carries {connection.msgtype}; "
+                f"expected {IMAGE} or {COMPRESSED_IMAGE}"
+            )
+        try:
+            return _decode_image(raw, connection.msgtype, self.store)
+        except Exception as error:  # bad CDR or pixels, whichever layer says so
+            raise BadRecordError(
+                f"input {self.source.path} is damaged: frame {self.stats.frames + 1} on {connection.topic} "
+                f"at log time {log_time} ns cannot be decoded: {error}"
+            ) from None
+
+    def _segment(self, msg: Any, pixels: np.ndarray, bgr: bool, log_time: int) -> None:
+        """Run the core on one frame and write its outputs at the frame's log time."""
+        stats = self.stats
+        result: Result = self.segmenter(pixels, bgr=bgr)
+        for stage, ms in result.timings_ms.items():
+            stats.stage_ms[stage] += ms
+        tick = time.perf_counter()
+        overlay = None
+        if self.overlay_fn is not None:
+            overlay = self.overlay_fn(pixels[..., ::-1] if bgr else pixels, result)
+            tick = stats.add_stage("overlay", tick)
+        messages = result_to_messages(
+            result, msg.header, self.types, mask_encoding=self.args.mask_encoding, overlay_rgb=overlay
+        )
+        serialised = [
+            (self.sink.outputs[name], self.store.serialize_cdr(m, OUTPUT_TYPES[name]))
+            for name, m in messages.items()
+        ]
+        tick = stats.add_stage("convert", tick)
+        for connection, data in serialised:
+            self.sink.write(connection, log_time, data)
+        stats.add_stage("write", tick)
+        stats.frames += 1
+        stats.detections += len(messages.detections.detections)
+        stats.no_target_frames += bool(result.no_target)
+        stats.dropped_instances += messages.dropped_instances
+
+    def summary(self) -> str:
+        """Frames, detections, no-target frames and milliseconds per frame for each stage."""
+        stats = self.stats
+        wall = stats.wall_s
+        rate = stats.frames / wall if wall > 0 else 0.0
+        lines = [
+            f"gdino-bag: {stats.frames} frames in {wall:.1f} s ({rate:.2f} frames/s), {stats.detections} "
+            f"detections, {stats.no_target_frames} no-target frames, {stats.copied} input messages copied",
+        ]
+        if stats.frames:
+            order = {name: i for i, name in enumerate(STAGE_ORDER)}
+            stages = sorted(stats.stage_ms.items(), key=lambda item: order.get(item[0], len(order)))
+            per_frame = " | ".join(f"{name} {ms / stats.frames:.1f}" for name, ms in stages)
+            engine_ms = stats.stage_ms.get(ENGINE_STAGE, 0.0)
+            lines.append(
+                f"  ms per frame: {per_frame}; time outside the engine: {1.0 - engine_ms / (wall * 1e3):.0%}"
+            )
+        if stats.dropped_instances:
+            lines.append(f"  mono8 mask: {stats.dropped_instances} instances beyond id 255 were left out")
+        lines += [f"  not copied: {topic} ({why})" for topic, why in sorted(self.sink.skipped.items())]
+        if stats.interrupted:
+            lines.append("  interrupted")
+        lines.append(f"  wrote {self.args.output} ({self.args.storage})")
+        return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> Stats:
+    """Process the bag and print the summary; return what was done (benchmarks read it).
+
+    User errors raise BagToolError, after finalising whatever output was written.
+    """
+    _check_arguments(args)
+    schedule = load_schedule(args.prompt_schedule, args.mode) if args.prompt_schedule else []
+    check_output(args.output, args.input, args.overwrite)
+    source = BagSource(args.input)
+    try:
+        job, failure = _segment_bag(args, source, schedule)
+    finally:
+        source.close()
+    if failure is None and source.streamed and not job.stats.frames:
+        source.check_image_topic(args.image_topic)
+    print(job.summary(), flush=True)
+    if failure is not None:
+        raise BagToolError(f"{failure}; the {job.stats.frames} frames before it are in {args.output}")
+    return job.stats
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Refuse argument combinations and missing files before anything is opened."""
+    if args.prompt is None and args.prompt_schedule is None:
+        raise BagToolError("give --prompt, --prompt-schedule, or both")
+    if args.start is not None and args.end is not None and args.end <= args.start:
+        raise BagToolError(f"--end {args.end} must be after --start {args.start}")
+    if not args.input.exists():
+        raise BagToolError(f"input bag {args.input} does not exist")
+    if not args.model.is_file():
+        raise BagToolError(f"model {args.model} does not exist")
+
+
+def _segment_bag(
+    args: argparse.Namespace, source: BagSource, schedule: list[ScheduleEntry]
+) -> tuple[BagJob, BagToolError | None]:
+    """Open the model and the output, run the job; return it and the error that stopped it, if any."""
+    if not source.streamed:
+        source.check_image_topic(args.image_topic)
+    # Checked before anything is written; an index-free MCAP learns its start with the first message.
+    plan = None if source.start_ns is None else _prompt_plan(args, schedule, source.start_ns)
+    segmenter = _open_segmenter(args, schedule)
+    try:
+        topics = {
+            name: (f"/{OUTPUT_NAMESPACE}/{name}", msgtype)
+            for name, msgtype in OUTPUT_TYPES.items()
+            if args.overlay or name != "overlay"
+        }
+        remove_old_output(args.output)
+        store = project_typestore()
+        sink = BagSink(args.output, args.storage, store, topics)
+        job = BagJob(args, source, sink, store, segmenter, schedule, plan)
+        return job, job.run_to_end()
+    finally:
+        segmenter.close()

@@ -421,7 +421,8 @@ def test_cache_key_holds_the_gpu_identity_not_just_its_name(fake: FakeBuild) -> 
     state = fake.use("10.3.0", nano)
     code, lines = fake.run()
     assert code == 0 and state.builds == 1
-    assert any(f"it was built on {ORIN.identity()}, this GPU is {nano.identity()}" in line for line in lines)
+    change = f"gpu was {ORIN.identity()!r}, now {nano.identity()!r}"
+    assert f"gdino-build-engine: replacing {fake.engine}: {change}" in lines
     record = read_record(fake.engine)
     assert record is not None and record.key.gpu == nano.identity()
 

@@ -14,6 +14,7 @@ persist in ``<engine>.timing.cache``, so a rebuild skips most of the tuning.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,6 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, SupportsInt
 
@@ -34,7 +34,6 @@ from gdino_ros.backends.engine_meta import (
     is_reusable,
     read_record,
     sidecar_path,
-    stale_reasons,
     summarize_precision,
     timing_cache_path,
     write_record,
@@ -55,6 +54,7 @@ _OUT_OF_MEMORY = re.compile(
 )
 Say = Callable[[str], None]
 CONVERSION_META = "gdino_build_engine_fp16_of"  # metadata of a converted ONNX: its source and keep-list
+_LOGGERS: list[object] = []  # every TensorRT logger made here, kept alive (see _Messages)
 
 
 def _say(message: str) -> None:
@@ -82,11 +82,17 @@ def default_workspace(total_memory: int) -> int:
 
 
 class _Messages:
-    """TensorRT's log: warnings and errors go to ``say``; errors are kept to explain a failed build."""
+    """TensorRT's log: warnings and errors go to ``say``; errors are kept to explain a failed build.
+
+    Builder, parser and runtime of one build share :attr:`logger`. It is never freed: TensorRT keeps the
+    first logger it is given as the process-wide one, and later runtimes (the FP16 check) may use it.
+    """
 
     def __init__(self, say: Say) -> None:
         self.say = say
         self.errors: list[str] = []
+        self.logger = _logger(self)
+        _LOGGERS.append(self.logger)
 
     def out_of_memory(self) -> bool:
         return any(_OUT_OF_MEMORY.search(message) for message in self.errors)
@@ -209,8 +215,7 @@ def _build(onnx_path: Path, messages: _Messages, workspace: int, cache_path: Pat
     """
     import tensorrt as trt
 
-    say = messages.say
-    logger = _logger(messages)
+    say, logger = messages.say, messages.logger
     builder = trt.Builder(logger)
     say(f"parsing {onnx_path}")
     network, parser = _parse(builder, logger, onnx_path)
@@ -238,7 +243,7 @@ def _inspect(data: bytes, messages: _Messages) -> str:
     """Deserialise the engine once and return the precision its layers really run in."""
     import tensorrt as trt
 
-    engine = trt.Runtime(_logger(messages)).deserialize_cuda_engine(data)
+    engine = trt.Runtime(messages.logger).deserialize_cuda_engine(data)
     if engine is None:
         if messages.out_of_memory():
             raise BackendError("the GPU has too little free memory to load the engine just built; stop other "
@@ -268,7 +273,7 @@ def build_engine(
     import tensorrt as trt
 
     messages = _Messages(say)
-    if not trt.init_libnvinfer_plugins(_logger(messages), ""):  # TAO's ONNX may use its MSDA plugin
+    if not trt.init_libnvinfer_plugins(messages.logger, ""):  # TAO's ONNX may use its MSDA plugin
         raise BackendError(
             f"TensorRT's plugin library (libnvinfer_plugin) did not load: install the one of TensorRT "
             f"{trt.__version__} (pip: tensorrt-cu12/-cu13 of the same version; JetPack: libnvinfer-plugin10)"
@@ -328,7 +333,7 @@ def _set_metadata(model: onnx.ModelProto, values: dict[str, str]) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class OnnxSource:
     """Which ONNX the engine is built from: the user's, or its FP16 conversion next to the engine."""
 
@@ -407,11 +412,12 @@ def _check_output(output: Path, onnx_path: Path, key: BuildKey, force: bool, say
             )
         say(f"replacing {output} (--force)")
         return
-    reasons = stale_reasons(record, key.tensorrt_version, key.gpu)
-    if record.key.precision != key.precision or record.key.fp32_layers != key.fp32_layers:
-        reasons.append(f"it is {record.key.precision} {list(record.key.fp32_layers)}, this build asks for "
-                       f"{key.precision} {list(key.fp32_layers)}")
-    say(f"replacing {output}: {'; '.join(reasons) or 'rebuild requested'}")
+    changes = [
+        f"{field.name} was {getattr(record.key, field.name)!r}, now {getattr(key, field.name)!r}"
+        for field in dataclasses.fields(BuildKey)
+        if getattr(record.key, field.name) != getattr(key, field.name)
+    ]
+    say(f"replacing {output}: {'; '.join(changes) or 'rebuild requested (--force)'}")
 
 
 def _workspace(requested_gb: float | None, gpu: GpuInfo) -> int:
@@ -455,8 +461,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tokenizer", type=Path,
-        help="bert-base-uncased vocab.txt or tokenizer directory, for the FP16 accuracy check (default: next "
-        "to the ONNX, else the Hugging Face cache)",
+        help="bert-base-uncased vocab.txt or tokenizer directory, for the FP16 accuracy check (default: the "
+        "vocabulary gdino-export stored in the ONNX, else one next to it)",
     )
     return parser
 

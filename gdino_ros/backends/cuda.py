@@ -112,7 +112,7 @@ def select_gpu(index: int) -> GpuInfo:
         sm_count=int(properties.multiProcessorCount),
         total_memory=int(properties.totalGlobalMem),
         integrated=integrated,
-        l4t_release=read_l4t_release() if integrated else None,
+        l4t_release=read_l4t_release(L4T_RELEASE_FILE) if integrated else None,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from gdino_ros.backends import Backend, open_backend
+from gdino_ros.backends.base import Frame
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt
@@ -32,12 +34,26 @@ class _ActivePrompt:
     text_inputs: dict[str, np.ndarray]
 
 
+@dataclass(frozen=True)
+class _Submitted:
+    """A frame whose inference is queued, with the prompt and thresholds it was started with."""
+
+    frame: Frame
+    active: _ActivePrompt
+    params: PostprocessParams
+    image_hw: tuple[int, int]
+    started: float
+    submit_started: float
+    submitted: float
+
+
 class Segmenter:
     """Image + prompt -> :class:`Result`, on any backend.
 
     Thread-safe: :meth:`set_prompt`, :meth:`set_params` and :meth:`update_params` may be called from any
     thread while frames are processed; a frame uses the prompt and thresholds current when it started.
-    Preprocessing of concurrent frames overlaps; inference and post-processing run one frame at a time.
+    Frames overlap: while one frame is post-processed the next one's inference can run, either from
+    another thread or within :meth:`stream`; the backend bounds how many frames are in flight.
     """
 
     def __init__(
@@ -52,7 +68,6 @@ class Segmenter:
         self._params = params or PostprocessParams()
         self._active: _ActivePrompt | None = None
         self._state_lock = threading.Lock()  # guards swaps of _active and _params
-        self._run_lock = threading.Lock()  # one frame at a time through inference + post-processing
 
     @classmethod
     def from_model(
@@ -130,7 +145,7 @@ class Segmenter:
             self._params = params
 
     def update_params(self, **changes: float | int) -> PostprocessParams:
-        """Change some thresholds (e.g. ``conf_threshold=0.4``), validated together; return the new set."""
+        """Change some thresholds (e.g. ``box_threshold=0.4``), validated together; return the new set."""
         unknown = sorted(set(changes) - {f.name for f in fields(PostprocessParams)})
         if unknown:
             known = ", ".join(f.name for f in fields(PostprocessParams))
@@ -146,22 +161,55 @@ class Segmenter:
         Raises :class:`~gdino_ros.core.prompt.PromptError` when no prompt has been set and
         ``ValueError`` for an unusable image.
         """
+        return self._finish(self._submit(image, bgr))
+
+    def stream(self, images: Iterable[np.ndarray], *, bgr: bool = False) -> Iterator[Result]:
+        """Segment ``images`` in order, one :class:`Result` each, as calling the segmenter on each would.
+
+        Each image's inference is queued before the previous image is post-processed, so that a GPU
+        backend computes frame N+1 while the CPU post-processes frame N. A prompt set meanwhile applies
+        from the next image taken from ``images``.
+        """
+        pending: _Submitted | None = None
+        try:
+            for image in images:
+                submitted = self._submit(image, bgr)
+                previous, pending = pending, submitted
+                if previous is not None:
+                    yield self._finish(previous)
+            last, pending = pending, None
+            if last is not None:
+                yield self._finish(last)
+        finally:
+            if pending is not None:
+                pending.frame.close()
+
+    def _submit(self, image: np.ndarray, bgr: bool) -> _Submitted:
+        """Preprocess ``image`` and queue its inference with a snapshot of the prompt and thresholds."""
         with self._state_lock:
             active, params = self._active, self._params
         if active is None:
             raise PromptError("No prompt is set; call set_prompt('cup . bottle') (or pass prompt=) first.")
         started = time.perf_counter()
         tensor = preprocess(image, self._backend.input_hw, bgr=bgr, dtype=self._backend.input_dtype)
-        preprocessed = time.perf_counter()
-        with self._run_lock:
-            inferred_start = time.perf_counter()
-            outputs = self._backend.infer(tensor, active.text_inputs)
+        submit_started = time.perf_counter()
+        frame = self._backend.submit(tensor, active.text_inputs)
+        submitted = time.perf_counter()
+        image_hw = (image.shape[0], image.shape[1])
+        return _Submitted(frame, active, params, image_hw, started, submit_started, submitted)
+
+    def _finish(self, job: _Submitted) -> Result:
+        """Wait for ``job``'s outputs and post-process them (reading only the mask planes it keeps)."""
+        with job.frame as frame:
+            waited = time.perf_counter()
+            outputs = frame.outputs()
             inferred = time.perf_counter()
-            result = postprocess(outputs, active.encoded, (image.shape[0], image.shape[1]), params)
+            result = postprocess(outputs, job.active.encoded, job.image_hw, job.params, masks=frame.masks)
             finished = time.perf_counter()
         result.timings_ms = {
-            "preprocess": (preprocessed - started) * 1e3,
-            "inference": (inferred - inferred_start) * 1e3,
+            "preprocess": (job.submit_started - job.started) * 1e3,
+            # Queueing plus waiting (GPU time overlapped with the previous frame is not counted).
+            "inference": ((job.submitted - job.submit_started) + (inferred - waited)) * 1e3,
             "postprocess": (finished - inferred) * 1e3,
         }
         return result

@@ -67,7 +67,7 @@ class Op:
     kind: str
     addresses: tuple[int, ...] = ()
     done: threading.Event = field(default_factory=threading.Event)
-    failed: bool = False
+    error: cudaError_t = cudaError_t.cudaSuccess
 
 
 @dataclass
@@ -102,6 +102,8 @@ class FakeGpu:
         self.d2h_copies = 0
         self.execute_seconds = 0.0
         self.hold_after_event_sync: threading.Event | None = None  # the host stalls after one event wait
+        self.holding = threading.Event()  # set while a host thread stalls there
+        self.launch_failures: list[str] = []  # queued work that raised (reported as cudaErrorLaunchFailure)
         self._lock = threading.RLock()
         self._device: dict[int, np.ndarray] = {}
         self._host: dict[int, np.ndarray] = {}
@@ -317,6 +319,7 @@ class FakeGpu:
         error = self._wait(self._events[int(event)])  # never recorded: nothing to wait for
         hold, self.hold_after_event_sync = self.hold_after_event_sync, None
         if hold is not None:
+            self.holding.set()
             hold.wait()
         return (error,)
 
@@ -325,28 +328,29 @@ class FakeGpu:
             return cudaError_t.cudaSuccess
         if self.asynchronous:
             target.done.wait()
-            return cudaError_t.cudaErrorIllegalAddress if target.failed else cudaError_t.cudaSuccess
+            return target.error
         stream = self._streams[target.stream]
         with stream.running:
             while not target.done.is_set():
                 with self._lock:
                     op = stream.pending[0]
-                if not self._run(op):
-                    return cudaError_t.cudaErrorIllegalAddress
+                self._run(op)
+                if op.error:
+                    return op.error
         return cudaError_t.cudaSuccess
 
-    def _run(self, op: Op) -> bool:
-        """Run ``op`` and take it off its stream; False when it touched memory it must not."""
+    def _run(self, op: Op) -> None:
+        """Run ``op`` and take it off its stream; a failure is the op's error code, as a GPU reports it."""
         try:
             op.run()
-            ok = True
         except Fault:
-            op.failed = True
-            ok = False
+            op.error = cudaError_t.cudaErrorIllegalAddress
+        except Exception as error:  # noqa: BLE001 - e.g. ONNX Runtime rejecting garbage inputs
+            self.launch_failures.append(f"{op.kind}: {error}")
+            op.error = cudaError_t.cudaErrorLaunchFailure
         with self._lock:
             self._streams[op.stream].pending.remove(op)
             op.done.set()
-        return ok
 
     def _work_loop(self, stream: _Stream) -> None:
         while True:

@@ -11,6 +11,7 @@ through ONNX Runtime, and the outputs written back to device memory.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import struct
 import types
@@ -99,6 +100,8 @@ class FakeTensorRT:
         self.plugins_ok = True
         self.out_of_memory = False  # create_execution_context() returns None
         self.execute_fails = False  # execute_async_v3() returns False
+        self.nan_outputs = False  # the engine's float outputs are NaN (FP16 overflow)
+        self.enqueued = 0
         self.executions = 0
 
     def deserialize(self, data: bytes) -> FakeEngine | None:
@@ -140,9 +143,7 @@ class FakeEngine:
         self.header = header
         self.tensors = {t["name"]: t for t in header["tensors"]}
         self.names = [t["name"] for t in header["tensors"]]
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+        self.session = _session(onnx_bytes)
         self.graph_dtypes = {arg.name: _ORT_DTYPES[arg.type] for arg in self.session.get_inputs()}
 
     @property
@@ -172,6 +173,19 @@ class FakeEngine:
         kind = "Half" if self.header["precision"] == "fp16" else "Float"
         layer = {"Name": "fake", "LayerType": "Convolution", "Outputs": [{"Format/Datatype": kind}]}
         return types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps({"Layers": [layer]}))
+
+
+_SESSIONS: dict[str, ort.InferenceSession] = {}  # by ONNX hash: loading a graph costs a second or more
+
+
+def _session(onnx_bytes: bytes) -> ort.InferenceSession:
+    """An ONNX Runtime session of the graph, as OnnxRuntimeBackend makes it (shared: runs are thread-safe)."""
+    key = hashlib.sha256(onnx_bytes).hexdigest()
+    if key not in _SESSIONS:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        _SESSIONS[key] = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    return _SESSIONS[key]
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -226,9 +240,12 @@ class FakeContext:
             names = [n for n in engine.names if engine.tensors[n]["mode"] == "output"]
             for name, value in zip(names, engine.session.run(names, feeds), strict=True):
                 address, shape, engine_dtype = tensors[name]
+                if engine.owner.nan_outputs and value.dtype.kind == "f":
+                    value = np.full_like(value, np.nan)
                 data = np.ascontiguousarray(value, dtype=engine_dtype).reshape(-1).view(np.uint8)
                 gpu.device_view(address, data.size)[:] = data
             engine.owner.executions += 1
 
+        engine.owner.enqueued += 1
         gpu.enqueue(Op(stream, run, "execute", tuple(a for a, _, _ in tensors.values())))
         return True

@@ -4,9 +4,9 @@ The stubs come from the real binding modules of every supported version (test/tr
 TensorRT 10.3 of JetPack 6, the newest 10.x and 11.x, imported over stand-in native libraries;
 cuda-python 12.6.2.post1 and 13.x), written by ``tools/type_stubs.py``. mypy --strict then checks every
 ``gdino_ros`` module that imports ``tensorrt`` or ``cuda.bindings`` against each pairing that a user can
-install (setup.cfg's extras). Two more tests show the check is not vacuous: typical mistakes are rejected
-on every version, and code written for 10.x weak typing (``BuilderFlag.FP16``) passes against 10.x and
-fails against 11.x.
+install (setup.cfg's extras). More tests show the check is not vacuous: typical mistakes are rejected on
+every version; code written for 10.x weak typing (``BuilderFlag.FP16``) passes against 10.x and fails
+against 11.x; a ``cudaDeviceProp`` field that CUDA 13 removed passes against 12.x and fails against 13.x.
 """
 from __future__ import annotations
 
@@ -143,6 +143,7 @@ MISTAKES = (
     "    cudart.cudaMemcpyAsync(pointer, pointer, 16, 1, 0)\n"  # kind must be a cudaMemcpyKind
     "    cudart.cudaStreamSynchronise(0)\n"  # misspelt function
     "    trt.IBuilder\n"  # the class is trt.Builder
+    "    cudart.cudaGetDeviceProperties(0)[1].multiprocessorCount\n"  # the field is multiProcessorCount
 )
 
 
@@ -154,7 +155,7 @@ def test_mistakes_in_tensorrt_and_cuda_calls_are_rejected(
     snippet.write_text(MISTAKES)
     result = run_mypy([stubs(trt_label), stubs(cuda_label)], [str(snippet)], cache)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert error_lines(result) == set(range(5, 12)), result.stdout
+    assert error_lines(result) == set(range(5, 13)), result.stdout
     assert 'has no attribute "execute_async_v4"' in result.stdout
     assert 'has no attribute "cudaStreamSynchronise"' in result.stdout
 
@@ -184,3 +185,25 @@ def test_weak_typing_api_is_caught_where_it_was_removed(
         assert error_lines(result) == {4, 5, 6, 7}, result.stdout
         assert 'has no attribute "FP16"' in result.stdout
         assert 'has no attribute "set_output_type"' in result.stdout
+
+
+REMOVED_IN_CUDA_13 = (
+    "from __future__ import annotations\n"
+    "from cuda.bindings import runtime as cudart\n"
+    "def clock_khz(device: int) -> int:\n"
+    "    error, properties = cudart.cudaGetDeviceProperties(device)\n"
+    "    return properties.clockRate\n"
+)
+
+
+@pytest.mark.parametrize("cuda_label", trt_bindings.CUDA_LABELS)
+def test_cuda_13_removals_are_caught(stubs: StubMaker, cache: Path, cuda_label: str, tmp_path: Path) -> None:
+    """CUDA 13 dropped cudaDeviceProp.clockRate; reading it must pass against 12.x and fail against 13.x."""
+    snippet = tmp_path / "clock_rate.py"
+    snippet.write_text(REMOVED_IN_CUDA_13)
+    result = run_mypy([stubs(cuda_label)], [str(snippet)], cache)
+    if int(cuda_label.split(".")[0]) < 13:
+        assert result.returncode == 0, result.stdout + result.stderr
+    else:
+        assert error_lines(result) == {5}, result.stdout
+        assert 'has no attribute "clockRate"' in result.stdout

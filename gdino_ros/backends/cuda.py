@@ -90,9 +90,9 @@ def select_gpu(index: int) -> GpuInfo:
 
     error, count = cudart.cudaGetDeviceCount()
     if error != cudart.cudaError_t.cudaSuccess:
-        _, name = cudart.cudaGetErrorName(error)
+        _, error_name = cudart.cudaGetErrorName(error)
         raise BackendError(
-            f"CUDA cudaGetDeviceCount failed with {name.decode()}: TensorRT needs an NVIDIA GPU with a "
+            f"CUDA cudaGetDeviceCount failed with {error_name.decode()}: TensorRT needs an NVIDIA GPU with a "
             "working driver (check nvidia-smi, or tegrastats on Jetson)"
         )
     if count == 0:

@@ -9,14 +9,17 @@ modules of each supported version (``tools/binding-wheels.txt``; run this script
   :func:`_repair_tensorrt_text` then fixes, mechanically, what stops mypy from reading the result:
 
   - a parameter named ``in`` (a keyword; pybind11 takes it positionally, so it is renamed ``in_``);
-  - ``...`` written where stubgen could not name a C++ type (``nvonnxparser::IParserError``); it becomes
-    ``typing.Any``, so only those few signatures go unchecked;
+  - C++ type names that the bindings' docstrings leave in signatures (stubgen prints them as they are):
+    ``nvonnxparser::IParserError``, ``nvinfer1::v_1_0::IGpuAllocator`` become the Python class of that
+    name, or of that name without its ``I`` (``nvinfer1::IBuilder`` is ``Builder``), else ``typing.Any``;
+    enum reprs used as defaults (``<DataType.FLOAT: 0>``) become ``...``;
   - a required parameter after parameters with defaults (a pybind11 overload that Python syntax forbids);
     the later ones get a ``...`` default;
   - the module-level ``bool`` (``DataType.BOOL``), which shadows the builtin in every annotation of the
     same file; annotations say ``builtins.bool`` instead;
-  - ``typing_extensions.CapsuleType`` for a C ``void*`` becomes ``typing.Any``: pybind11 converts a
-    capsule, None or any bound object (``init_libnvinfer_plugins(logger, ...)`` passes a ``Logger``);
+  - ``capsule`` (10.3) or ``typing_extensions.CapsuleType`` (10.16, 11.x) for a C ``void*`` becomes
+    ``typing.Any``: pybind11 converts a capsule, None or any bound object
+    (``init_libnvinfer_plugins(logger, ...)`` passes a ``Logger``);
   - a class whose docstring says it "exposes a buffer interface using Python's buffer protocol"
     (``IHostMemory``) gets ``__buffer__``, which stubgen cannot see, so ``memoryview(host_memory)``
     type-checks as it runs.
@@ -51,12 +54,15 @@ _RETURN_TYPE_NAMES = {"int": "int", "unsigned int": "int", "unsigned long long":
                       "float": "float", "bytes": "bytes", "Any": "Any"}
 
 
-def _repair_tensorrt_text(text: str, module_defines_bool: bool) -> str:
+def _repair_tensorrt_text(text: str, classes: set[str], module_defines_bool: bool) -> str:
     """Fix the syntax and name defects of one generated TensorRT stub file (see the module docstring)."""
     text = re.sub(r"\bin: ", "in_: ", text)
-    text = re.sub(r"(:|->) \.\.\.(?=[,)]|:\n|$)", r"\1 typing.Any", text, flags=re.M)
+    text = re.sub(r"\b(?:nvinfer1|nvonnxparser)::(?:v_\d+_\d+::)?(\w+)",
+                  lambda m: _python_class(m[1], classes), text)
+    text = re.sub(r"\bdetail::accessor<[^>]*>", "typing.Any", text)
+    text = re.sub(r"= <\w+\.\w+: -?\d+>", "= ...", text)
     text = re.sub(r"^(\s*def \w+\(.*\)) ->", _default_after_default, text, flags=re.M)
-    text = text.replace("typing_extensions.CapsuleType", "typing.Any")
+    text = re.sub(r"\b(typing_extensions\.CapsuleType|capsule)\b", "typing.Any", text)
     text = re.sub(r'^(class \w+.*:\n    """(?:(?!""").)*?buffer protocol(?:(?!""").)*?"""\n)',
                   r"\1    def __buffer__(self, flags: int, /) -> memoryview: ...\n", text, flags=re.M | re.S)
     if module_defines_bool:
@@ -68,6 +74,14 @@ def _repair_tensorrt_text(text: str, module_defines_bool: bool) -> str:
         text = text.replace("from __future__ import annotations\n",
                             "from __future__ import annotations\nimport typing\n", 1)
     return text
+
+
+def _python_class(cpp_name: str, classes: set[str]) -> str:
+    """Name the bound class for a C++ class name: the same name, or without the interface ``I``."""
+    for name in (cpp_name, cpp_name[1:] if cpp_name.startswith("I") else ""):
+        if name in classes:
+            return name
+    return "typing.Any"
 
 
 def _default_after_default(match: re.Match[str]) -> str:
@@ -108,16 +122,18 @@ def _split_params(params: str) -> list[str]:
 def write_tensorrt_stubs(dest: Path) -> None:
     """Describe the importable ``tensorrt_bindings`` with pybind11-stubgen; write the repaired stubs."""
     try:
-        importlib.import_module("tensorrt_bindings")
+        module = importlib.import_module("tensorrt_bindings.tensorrt")
     except ImportError as error:
         raise SystemExit(f"cannot describe TensorRT here ({error}); see test/trt_bindings.py") from None
     import pybind11_stubgen
 
+    classes = {name for name in dir(module) if isinstance(getattr(module, name), type)}
     with tempfile.TemporaryDirectory() as raw:
-        pybind11_stubgen.main(["--output-dir", raw, "tensorrt_bindings"])
+        pybind11_stubgen.main(["--output-dir", raw, "--print-invalid-expressions-as-is", "tensorrt_bindings"])
         for stub in sorted(Path(raw).rglob("*.pyi")):
             text = stub.read_text()
-            repaired = _repair_tensorrt_text(text, re.search(r"^bool: ", text, flags=re.M) is not None)
+            defines_bool = re.search(r"^bool: ", text, flags=re.M) is not None
+            repaired = _repair_tensorrt_text(text, classes, defines_bool)
             ast.parse(repaired, filename=str(stub))  # a repair that leaves a syntax error fails here
             target = dest / stub.relative_to(raw)
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -238,7 +238,9 @@ def test_cli_random_init_plugin_graph_is_taos(
     for node in plugins:
         assert node.domain == PLUGIN_DOMAIN and len(node.input) == 5 and len(node.output) == 1
         attributes = {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
-        assert attributes == {"name": contract.MSDA_PLUGIN_OP.encode(), "version": b"1", "namespace": b""}
+        # TAO's name/version/namespace, and the plugin_version/plugin_namespace TensorRT's parser reads.
+        assert attributes == {"name": contract.MSDA_PLUGIN_OP.encode(), "version": b"1", "namespace": b"",
+                              "plugin_version": b"1", "plugin_namespace": b""}
         spatial_shapes, level_start = constants[node.input[1]], constants[node.input[2]]
         assert spatial_shapes.dtype == np.int32 and level_start.dtype == np.int32
         np.testing.assert_array_equal(spatial_shapes, np.array(levels, dtype=np.int32))

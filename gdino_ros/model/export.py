@@ -5,12 +5,16 @@ records where its weights came from. Multi-scale deformable attention is emitted
 ``grid-sample`` (pure ONNX GridSample; runs in ONNX Runtime) or as ``plugin``: one
 ``MultiscaleDeformableAttnPlugin_TRT`` node per attention (domain ``nvidia``, attributes
 ``name``/``version="1"``/``namespace=""``, INT32 ``spatial_shapes``/``level_start_index`` constants),
-exactly the node TAO writes, which TensorRT's ONNX parser maps onto its built-in plugin.
+the node TAO writes, plus ``plugin_version="1"``/``plugin_namespace=""``: the attributes TensorRT's ONNX
+parser reads to pick the plugin, explicit because its default would be the newest version (JetPack 6's
+TensorRT 10.3 has only version 1). ``precision="fp16"`` converts the traced graph to mixed FP16/FP32
+(:mod:`gdino_ros.model.precision`) before it is written.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import threading
 import time
@@ -25,6 +29,16 @@ import torch
 from gdino_ros import __version__, contract
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_core
+from gdino_ros.model.precision import (
+    DEFAULT_FP32_LAYERS,
+    META_FP32_LAYERS,
+    META_PRECISION,
+    PRECISION_FP16,
+    PRECISION_FP32,
+    PRECISIONS,
+    check_patterns,
+    convert_to_fp16,
+)
 
 if TYPE_CHECKING:
     from torch.onnx._internal.torchscript_exporter.jit_utils import GraphContext
@@ -77,6 +91,8 @@ def export_onnx(
     *,
     source: str,
     msda: str = MSDA_GRID_SAMPLE,
+    precision: str = PRECISION_FP32,
+    fp32_layers: Sequence[str] = (),
     vocab: str | None = None,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
@@ -84,11 +100,17 @@ def export_onnx(
 
     ``source`` goes into the metadata (``contract.RANDOM_INIT_SOURCE`` or the checkpoint's path and
     hash), and so does ``vocab``, the tokenizer's ``vocab.txt`` text that makes the file self-contained.
-    The file is written next to ``output`` and renamed, so a failed export leaves nothing half
-    written. Returns the written model (weights included).
+    ``precision="fp16"`` writes the mixed-precision graph, with the node-name patterns
+    ``fp32_layers`` kept in FP32 besides :data:`~gdino_ros.model.precision.DEFAULT_FP32_LAYERS` (a
+    pattern that matches no node is a ValueError). The file is written next to ``output`` and renamed, so
+    a failed export leaves nothing half written. Returns the written model (weights included).
     """
     if msda not in MSDA_MODES:
         raise ValueError(f"msda must be one of {MSDA_MODES}, got {msda!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if fp32_layers and precision != PRECISION_FP16:
+        raise ValueError("FP32 layers only apply to an FP16 export (--precision fp16)")
     say = progress or (lambda _message: None)
     output = Path(output)
     inputs = example_inputs(config)
@@ -110,7 +132,14 @@ def export_onnx(
     proto = onnx.load_from_string(buffer.getvalue())
     del buffer
     _set_output_shapes(proto, config)
+    if precision == PRECISION_FP16:
+        check_patterns(proto, fp32_layers)
+        say("converting to mixed FP16/FP32")
+        proto = convert_to_fp16(proto, (*DEFAULT_FP32_LAYERS, *fp32_layers))
     _set_metadata(proto, config, source, msda, vocab)
+    proto.metadata_props.add(key=META_PRECISION, value=precision)
+    proto.metadata_props.add(key=META_FP32_LAYERS, value=json.dumps(
+        [*DEFAULT_FP32_LAYERS, *fp32_layers] if precision == PRECISION_FP16 else []))
     say(f"writing {output} ({proto.ByteSize() / 2**20:.0f} MiB)")
     _write_atomically(proto, output)
     return proto
@@ -206,6 +235,8 @@ class _MSDAPlugin(torch.autograd.Function):
             name_s=contract.MSDA_PLUGIN_OP,
             version_s=PLUGIN_VERSION,
             namespace_s="",
+            plugin_version_s=PLUGIN_VERSION,
+            plugin_namespace_s="",
         )
         node.setType(value.type().with_sizes(list(output_shape)))
         return node

@@ -4,6 +4,7 @@ Examples::
 
     gdino-export --checkpoint mask_gdino.pth --output mask_gdino.onnx
     gdino-export --checkpoint mask_gdino.pth --output mask_gdino_trt.onnx --msda plugin
+    gdino-export --checkpoint mask_gdino.pth --output mask_gdino_fp16.onnx --msda plugin --precision fp16
     gdino-export --random-init --config tiny --output tiny.onnx      # untrained, for demos/tests
 """
 from __future__ import annotations
@@ -51,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: plugin on a CUDA machine, grid-sample otherwise",
     )
     parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16"),
+        default="fp32",
+        help="fp16: mixed precision decided in the graph, for TensorRT's strongly typed engines: FP16 where "
+        "it is safe, FP32 for BERT, LayerNorm, softmax and the deformable-attention sampling; inputs and "
+        "outputs keep their types (default: fp32)",
+    )
+    parser.add_argument(
+        "--fp32-layers",
+        nargs="+",
+        default=[],
+        metavar="PATTERN",
+        help="with --precision fp16: also keep the ONNX nodes whose names match these shell patterns in "
+        "FP32, e.g. '/transformer/decoder/*'",
+    )
+    parser.add_argument(
         "--log-scale",
         metavar="auto|none|FLOAT",
         help="the class head's log_scale. Default: read from the checkpoint (a learnable log_scale key), "
@@ -79,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.random_init and args.log_scale is not None:
         print("gdino-export: error: --log-scale only applies to --checkpoint (--random-init builds the "
               "model card's spec, log_scale=auto)", file=sys.stderr)
+        return 2
+    if args.fp32_layers and args.precision != "fp16":
+        print("gdino-export: error: --fp32-layers only applies to --precision fp16", file=sys.stderr)
         return 2
     started = time.monotonic()
 
@@ -128,9 +148,10 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
     height, width = config.input_height, config.input_width
     outputs = ", ".join(config.output_names)
-    say(f"exporting {height}x{width}, msda={msda}, {config.head_spec}, outputs: {outputs}")
+    say(f"exporting {height}x{width}, msda={msda}, {args.precision}, {config.head_spec}, outputs: {outputs}")
     vocab = _vocabulary(args.tokenizer, say)
-    export_onnx(model, config, output, source=source, msda=msda, vocab=vocab, progress=say)
+    export_onnx(model, config, output, source=source, msda=msda, precision=args.precision,
+                fp32_layers=tuple(args.fp32_layers), vocab=vocab, progress=say)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     if args.random_init:
         print("NOTE: this ONNX has random, untrained weights; its detections are meaningless.")

@@ -86,7 +86,7 @@ def test_readme_gives_each_install_line() -> None:
 @pytest.mark.slow  # pip resolves against PyPI and builds the meta-package's metadata
 @pytest.mark.parametrize("line", [DESKTOP_CUDA12, DESKTOP_CUDA13], ids=lambda line: line.extra)
 def test_desktop_line_resolves_within_its_ranges(line: InstallLine, tmp_path: Path) -> None:
-    tensorrt, cuda_python = map(Requirement, line.requirements)
+    tensorrt, cuda_python, onnx = map(Requirement, line.requirements)
     cuda_major = int(tensorrt.name.removeprefix("tensorrt-cu"))
     top = resolve(tmp_path / "meta.json", list(line.requirements), "--no-deps")
     tensorrt_version = version_of(top, tensorrt)
@@ -95,16 +95,19 @@ def test_desktop_line_resolves_within_its_ranges(line: InstallLine, tmp_path: Pa
     for part in ("bindings", "libs"):
         assert str(pins[f"{tensorrt.name}-{part}"].specifier) == f"=={tensorrt_version}"
     bindings = pins[f"{tensorrt.name}-bindings"]
-    wheels = resolve(tmp_path / "wheels.json", [str(bindings), str(cuda_python)], "--only-binary=:all:")
+    wheels = resolve(tmp_path / "wheels.json", [str(bindings), str(cuda_python), str(onnx)],
+                     "--only-binary=:all:")
     assert Version(wheels[canonicalize_name(bindings.name)]["version"]) == tensorrt_version
     check_cuda_python(wheels, cuda_python, cuda_major)
+    assert "onnx" in wheels
 
 
 @pytest.mark.slow  # pip resolves against PyPI
 def test_jetson_line_resolves_to_wheels_for_jetpack_6(tmp_path: Path) -> None:
     """JetPack 6.1/6.2: Ubuntu 22.04 on aarch64, so CPython 3.10 and glibc 2.35."""
-    (cuda_python,) = map(Requirement, JETSON.requirements)
+    cuda_python, onnx = map(Requirement, JETSON.requirements)
     platforms = ["manylinux2014_aarch64", *(f"manylinux_2_{minor}_aarch64" for minor in range(17, 36))]
     wheels = resolve(tmp_path / "jetson.json", list(JETSON.requirements), "--only-binary=:all:",
                      "--python-version=3.10", "--implementation=cp", *(f"--platform={p}" for p in platforms))
     check_cuda_python(wheels, cuda_python, 12)
+    assert onnx.name in wheels  # gdino-build-engine reads the graph; a cp310 aarch64 wheel exists

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 CUDA_PYTHON_12 = "cuda-python>=12.6.2.post1,<13"
 CUDA_PYTHON_13 = "cuda-python>=13,<14"
+# gdino-build-engine reads the ONNX graph (precision, FP16 conversion) before TensorRT parses it.
+ONNX = "onnx"
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,11 @@ class InstallLine:
 
 
 DESKTOP_CUDA12 = InstallLine("tensorrt-cu12", "desktop GPU with CUDA 12",
-                             ("tensorrt-cu12>=10.3,<11", CUDA_PYTHON_12))
+                             ("tensorrt-cu12>=10.3,<11", CUDA_PYTHON_12, ONNX))
 DESKTOP_CUDA13 = InstallLine("tensorrt-cu13", "desktop GPU with CUDA 13 (driver R580 or newer)",
-                             ("tensorrt-cu13>=11,<12", CUDA_PYTHON_13))
-JETSON = InstallLine("jetson", "Jetson with JetPack 6.1/6.2 (TensorRT 10.3 from apt)", (CUDA_PYTHON_12,),
-                     ("python3-libnvinfer",))
+                             ("tensorrt-cu13>=11,<12", CUDA_PYTHON_13, ONNX))
+JETSON = InstallLine("jetson", "Jetson with JetPack 6.1/6.2 (TensorRT 10.3 from apt)",
+                     (CUDA_PYTHON_12, ONNX), ("python3-libnvinfer",))
 INSTALL_LINES = (DESKTOP_CUDA12, DESKTOP_CUDA13, JETSON)
 
 # For "TensorRT / cuda-python is not installed" messages: every machine's line, in one sentence.

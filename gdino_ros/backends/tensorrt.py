@@ -209,6 +209,17 @@ def _runtime_shape(context: trt.IExecutionContext, name: str, path: Path) -> tup
     return shape
 
 
+def _runs(queries: list[int]) -> list[tuple[int, int]]:
+    """Split ``queries`` into runs of consecutive indices (first, count): one copy per run, not per plane."""
+    runs: list[tuple[int, int]] = []
+    for query in queries:
+        if runs and runs[-1][0] + runs[-1][1] == query:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((query, 1))
+    return runs
+
+
 @dataclass
 class _OutputSet:
     """The buffers of one frame in flight: its outputs on the device, what of them comes to the host."""
@@ -385,9 +396,11 @@ class TensorRTBackend(Backend):
             plane_bytes = height * width * out.mask_dtype.itemsize
             source = out.device[contract.PRED_MASKS].ptr
             try:
-                for k, query in enumerate(queries.tolist()):
-                    self._copy_stream.download(planes.ptr + k * plane_bytes, source + query * plane_bytes,
-                                               plane_bytes, f"mask plane {query}")
+                done = 0
+                for first, count_in_run in _runs(queries.tolist()):
+                    self._copy_stream.download(planes.ptr + done * plane_bytes, source + first * plane_bytes,
+                                               count_in_run * plane_bytes, f"mask planes from {first}")
+                    done += count_in_run
                 self._copy_stream.synchronize("mask plane copies")
             except BaseException:
                 self._drain(self._copy_stream)

@@ -101,6 +101,7 @@ class FakeGpu:
         self.h2d_bytes = 0
         self.d2h_copies = 0
         self.execute_seconds = 0.0
+        self.busy_seconds = 0.0  # time the worker threads spent running queued work
         self.hold_after_event_sync: threading.Event | None = None  # the host stalls after one event wait
         self.holding = threading.Event()  # set while a host thread stalls there
         self.launch_failures: list[str] = []  # queued work that raised (reported as cudaErrorLaunchFailure)
@@ -359,9 +360,12 @@ class FakeGpu:
                 if stream.stop:
                     return
                 op = stream.pending[0]
+            started = time.perf_counter()
             if op.kind == "execute":
                 time.sleep(self.execute_seconds)
             self._run(op)
+            with self._lock:
+                self.busy_seconds += time.perf_counter() - started
 
     def module(self) -> types.ModuleType:
         """A ``cuda.bindings.runtime`` module whose functions are this GPU's."""

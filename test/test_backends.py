@@ -217,7 +217,7 @@ def _real_tensorrt() -> bool:
 def test_engine_without_tensorrt_says_how_to_get_it(tmp_path: Path) -> None:
     path = tmp_path / "model.engine"
     path.write_bytes(b"\0" * 64)
-    expected = "TensorRT's Python package is not installed.*pip install tensorrt"
+    expected = "TensorRT's Python package is not installed.*pip install \"tensorrt-cu12"
     with pytest.raises(BackendError, match=expected):
         open_backend(path)
 

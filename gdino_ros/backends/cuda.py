@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gdino_ros.backends.base import BackendError
+from gdino_ros.backends.install_hints import CUDA_PYTHON_INSTALL_HINT
 
 if TYPE_CHECKING:
     from cuda.bindings import runtime as cudart
 
 CUDA_PYTHON_MISSING = (
     "cuda-python is not installed (the TensorRT backend needs it for buffers and streams): "
-    "pip install 'cuda-python>=12.6.2.post1' with the same major version as your CUDA "
-    "(on JetPack 6: pip install 'cuda-python>=12.6.2.post1,<13')"
+    f"{CUDA_PYTHON_INSTALL_HINT}"
 )
 L4T_RELEASE_FILE = Path("/etc/nv_tegra_release")
 _L4T_PATTERN = re.compile(r"#\s*R(\d+)\s*\(release\),\s*REVISION:\s*(\d+(?:\.\d+)*)")

@@ -50,6 +50,7 @@ from gdino_ros.backends.cuda import (
     use_gpu,
 )
 from gdino_ros.backends.engine_meta import BuildRecord, read_record, stale_reasons, summarize_precision
+from gdino_ros.backends.install_hints import TENSORRT_INSTALL_HINT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,10 +60,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger(__name__)
 
 TENSORRT_MISSING = (
-    "TensorRT's Python package is not installed: on a desktop GPU `pip install tensorrt-cu12 "
-    "'cuda-python>=12.6.2.post1,<13'` (CUDA 12) or `pip install tensorrt-cu13 'cuda-python>=13'` "
-    "(CUDA 13); on JetPack 6 `sudo apt-get install python3-libnvinfer` and "
-    "`pip install 'cuda-python>=12.6.2.post1,<13'`. Or run the .onnx model with ONNX Runtime"
+    f"TensorRT's Python package is not installed. {TENSORRT_INSTALL_HINT}. Or run the .onnx model with "
+    "ONNX Runtime"
 )
 # Outputs copied to the host whole every frame; pred_masks is read per query instead.
 _SMALL_OUTPUTS = (contract.PRED_LOGITS, contract.PRED_BOXES, contract.NO_TARGETS, contract.UNION_MASK_LOGITS)

@@ -30,6 +30,7 @@ from gdino_ros.core.precision_check import PrecisionTolerance, compare_backends
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
+from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.precision import (
     DEFAULT_FP32_LAYERS,
     FP16_MAX,
@@ -380,7 +381,8 @@ def test_export_cli_writes_an_fp16_plugin_graph(plugin_fp16_export: Path) -> Non
         for name, dtype in contract.INPUT_DTYPES.items()}
     assert {types[v.name] for v in model.graph.output} == {TensorProto.FLOAT}
     plugins = [n for n in model.graph.node if n.op_type == contract.MSDA_PLUGIN_OP]
-    assert len(plugins) == 12
+    config = MaskGDINOConfig.tiny()
+    assert len(plugins) == config.enc_layers + config.dec_layers
     for node in plugins:
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         assert attributes["plugin_version"] == b"1" and attributes["plugin_namespace"] == b""

@@ -55,7 +55,8 @@ class PrecisionReport:
 
     ``per_output`` maps output name -> (max, mean) absolute difference over every value of every run
     (after clipping both to ±65504; NaN positions left out and counted in ``nan_counts``);
-    ``reference_max`` the largest clipped magnitude of each reference output, the scale to read them by.
+    ``reference_max`` the largest magnitude of each reference output (masked values left out), the
+    scale to read the differences by.
     ``box_l1_px`` is the mean absolute difference of matched boxes' (x0, y0, x1, y1), in original-image
     pixels; ``mask_iou`` the mean IoU of matched masks (both NaN when nothing matched).
     ``detection_agreement`` is 2 * matched / (reference detections + candidate detections), 1.0 when
@@ -244,7 +245,8 @@ class _Differences:
             nan = np.isnan(a) | np.isnan(b)
             self.nans[name] = self.nans.get(name, 0) + int(np.count_nonzero(np.isnan(b)))
             diff = np.abs(a[~nan] - b[~nan])
-            self.scale[name] = max(self.scale.get(name, 0.0), float(np.nanmax(np.abs(a), initial=0.0)))
+            real = np.abs(a[np.abs(a) < FP16_MAX])  # masked (±inf, ±65504) values are no scale
+            self.scale[name] = max(self.scale.get(name, 0.0), float(real.max(initial=0.0)))
             self.max[name] = max(self.max.get(name, 0.0), float(diff.max(initial=0.0)))
             self.sum[name] = self.sum.get(name, 0.0) + float(diff.sum())
             self.count[name] = self.count.get(name, 0) + diff.size

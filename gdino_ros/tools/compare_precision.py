@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokenizer = load_tokenizer(args.tokenizer, args.reference)
         with open_backend(args.reference, args.device) as reference, \
                 open_backend(args.candidate, args.device) as candidate:
-            print(f"{PROG}: reference {args.reference.name} ({reference.name}, {reference.precision}), "
-                  f"candidate {args.candidate.name} ({candidate.name}, {candidate.precision}); "
+            print(f"{PROG}: reference {args.reference.name} ({reference.name} on {reference.device}), "
+                  f"candidate {args.candidate.name} ({candidate.name} on {candidate.device}); "
                   f"{len(images)} image(s) x {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
             report = compare_backends(reference, candidate, images, prompts, tokenizer, params=params)
     except (BackendError, PromptError, ValueError, OSError) as error:

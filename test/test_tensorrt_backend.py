@@ -7,6 +7,7 @@ mutation (a removed wait, a skipped text upload) and check that the comparison t
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import sys
@@ -22,12 +23,13 @@ import pytest
 import skimage.data
 from fakes import Fakes, install
 from fakes.cuda_runtime import Properties, cudaError_t
-from fakes.tensorrt_runtime import write_engine
+from fakes.tensorrt_runtime import VERSION, write_engine
 from model_fixtures import TinyModel
 
 from gdino_ros import contract
 from gdino_ros.backends import BackendError, open_backend
 from gdino_ros.backends.cuda import read_l4t_release, select_gpu
+from gdino_ros.backends.engine_meta import BuildKey, BuildRecord, file_sha256, write_record
 from gdino_ros.backends.tensorrt import TensorRTBackend
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.result import Result
@@ -397,3 +399,23 @@ def test_select_gpu_names_the_cuda_error_and_identifies_jetsons(
     assert identities == {"Orin sm_87 8SM 7620MiB L4T 36.4.0", "Orin sm_87 8SM 15655MiB L4T 36.4.0",
                           "Orin sm_87 16SM 62841MiB L4T 36.4.0"}
     assert read_l4t_release(tmp_path / "absent") is None
+
+
+def test_engine_recorded_for_another_jetson_is_refused_with_the_rebuild_command(
+    fakes: Fakes, variants: dict[str, Path], tmp_path: Path
+) -> None:
+    engine = write_engine(variants["rela"], tmp_path / "model.engine", gpu_name="Orin")
+    fakes.gpu.properties = Properties(name=b"Orin", multiProcessorCount=8, totalGlobalMem=7620 << 20,
+                                      integrated=1)
+    here = select_gpu(0).identity()
+    nx = here.replace("7620MiB", "15655MiB")
+    onnx_file = variants["rela"]
+    key = BuildKey.create(file_sha256(onnx_file), VERSION, nx, "fp16", [])
+    record = BuildRecord(key, str(onnx_file), onnx_file.stat().st_size, onnx_file.stat().st_mtime_ns,
+                         file_sha256(engine), "fp16", 1.0)
+    write_record(engine, record)
+    with pytest.raises(BackendError, match=f"it was built on .*15655MiB.*this GPU.*7620MiB.*Rebuild it: "
+                                           f"gdino-build-engine --onnx {onnx_file} --output {engine} --fp16"):
+        open_backend(engine, "cuda")
+    write_record(engine, dataclasses.replace(record, key=dataclasses.replace(key, gpu=here)))
+    open_backend(engine, "cuda").close()  # the same record with this GPU's identity loads

@@ -135,7 +135,7 @@ def baseline(outputs: dict[str, np.ndarray], prompt: EncodedPrompt, image_hw: tu
     foreground = union_foreground(outputs[contract.UNION_MASK_LOGITS][0], MASK_HW)
     binary = 1.0 / (1.0 + np.exp(-low_res.astype(sigmoid_dtype))) > params.mask_threshold
     ioi = np.count_nonzero(binary & foreground, axis=(1, 2)) / (np.count_nonzero(binary, axis=(1, 2)) + 1e-6)
-    keep = np.flatnonzero((ioi > params.ioi_threshold) & (scores >= params.conf_threshold))
+    keep = np.flatnonzero((ioi > params.ioi_threshold) & (scores >= params.box_threshold))
     boxes = boxes_to_pixels(outputs[contract.PRED_BOXES][0, queries[keep]], height, width)
     xywh = [(b[0], b[1], b[2] - b[0], b[3] - b[1]) for b in boxes.tolist()]
     nms_kept = np.array(cv2.dnn.NMSBoxes(xywh, scores[keep].tolist(), 0.0, params.nms_threshold), np.int64)

@@ -24,7 +24,7 @@ from gdino_ros.core.tokenizer import load_tokenizer
 
 PROMPTS = [("person . rocket . flag", "phrases"), ("the woman in the white space suit", "expression")]
 # Random weights give low, close scores; thresholds low enough that detections survive to be compared.
-PARAMS = PostprocessParams(conf_threshold=0.05, text_threshold=0.05, max_detections=20)
+PARAMS = PostprocessParams(box_threshold=0.05, text_threshold=0.05, max_detections=20)
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ end-to-end run of the small random-weight model on tiny datasets in each real re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from refer_fixtures import COFFEE, PHOTO_SPLIT_BY, coco_image_name, write_photo_datasets
 
+from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.result import EXPRESSION, Detection, Result
 from gdino_ros.eval.datasets import Instance, Sample, load_split
 from gdino_ros.eval.metrics import mask_to_rle, rle_to_mask
@@ -199,7 +201,7 @@ def test_rerun_with_every_sample_done_skips_inference_and_summarises_the_file(
     split = load_split("refcoco", "val", photo_root)
     out = tmp_path / "res.json"
     header = {"gdino_eval": 1, "model": str(dummy_model.resolve()), "dataset": "refcoco", "split_by": "unc",
-              "split": "val"}
+              "split": "val", "thresholds": dataclasses.asdict(PostprocessParams())}
     results = ResultsFile(out.with_suffix(".jsonl"), header)
     for k, sample in enumerate(split.samples):
         gt = sample.gt_mask()

@@ -337,7 +337,7 @@ def test_bad_outputs_and_params(tokenizer) -> None:
         postprocess({**out, NO_TARGETS: np.zeros((1, 2), np.float32)}, prompt, (32, 48))
     with pytest.raises(ValueError, match="image_hw"):
         postprocess(out, prompt, (0, 48))
-    with pytest.raises(ValueError, match="conf_threshold"):
-        PostprocessParams(conf_threshold=1.5)
+    with pytest.raises(ValueError, match="box_threshold"):
+        PostprocessParams(box_threshold=1.5)
     with pytest.raises(ValueError, match="max_detections"):
         PostprocessParams(max_detections=70000)

@@ -67,8 +67,8 @@ def test_thresholds_change_at_runtime(segmenter: Segmenter) -> None:
     assert len(segmenter(IMAGE).detections) == 2
     with pytest.raises(ValueError, match="unknown post-processing parameter\\(s\\) confidence"):
         segmenter.update_params(confidence=0.5)
-    with pytest.raises(ValueError, match="conf_threshold must be within"):
-        segmenter.update_params(conf_threshold=2.0)
+    with pytest.raises(ValueError, match="box_threshold must be within"):
+        segmenter.update_params(box_threshold=2.0)
     assert segmenter.params.max_detections == 2  # a rejected change leaves the thresholds as they were
 
 

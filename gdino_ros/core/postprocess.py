@@ -8,7 +8,7 @@ Order of operations, per frame (batch 1):
 2. Token probabilities ``sigmoid(pred_logits)`` (−inf gives exactly 0). Phrases mode: a phrase's score is the
    mean of its tokens' probabilities (the prompt's normalised positive map); expression mode: every
    (query, token) pair is a candidate, as in TAO.
-3. The ``num_select`` best (query, class) pairs, of which those with ``score >= conf_threshold`` stay.
+3. The ``num_select`` best (query, class) pairs, of which those with ``score >= box_threshold`` stay.
    Taking the confident ones first and then the best ``num_select`` of them selects the same set.
 4. ReLA: intersection-over-instance filter. As in TAO's PyTorch 7.0 reference, at the mask resolution
    (H/4, W/4): the union map ``argmax(union_mask_logits)`` (H/8) is bilinearly upsampled, any value > 0 is
@@ -51,6 +51,7 @@ from gdino_ros.contract import (
 )
 from gdino_ros.core.prompt import EncodedPrompt
 from gdino_ros.core.result import PHRASES, Detection, Result
+from gdino_ros.settings import check_settings, setting
 
 _LABEL_MAX = np.iinfo(np.uint16).max
 
@@ -60,29 +61,46 @@ class PostprocessParams:
     """Post-processing thresholds; the defaults are TAO's inference spec.
 
     ``max_detections`` caps the output after NMS (the default keeps everything ``num_select`` allows).
-    ``mask_threshold`` applies to ``sigmoid(mask logit)``.
+    ``mask_threshold`` applies to ``sigmoid(mask logit)``. The fields declared with
+    :func:`~gdino_ros.settings.setting` are user-facing settings: the node's parameters and every tool's
+    flags of the same names are generated from them (``box_threshold`` is TAO's ``conf_threshold``).
     """
 
-    conf_threshold: float = CONF_THRESHOLD
-    nms_threshold: float = NMS_THRESHOLD
-    text_threshold: float = TEXT_THRESHOLD
+    box_threshold: float = setting(CONF_THRESHOLD, "Minimum detection score.", low=0.0, high=1.0)
+    nms_threshold: float = setting(
+        NMS_THRESHOLD,
+        "Class-agnostic NMS: a box overlapping a better one with IoU above this is dropped; 0 disables NMS.",
+        low=0.0,
+        high=1.0,
+    )
+    text_threshold: float = setting(
+        TEXT_THRESHOLD,
+        "Minimum token probability for a word of the prompt to label a box.",
+        low=0.0,
+        high=1.0,
+    )
     ioi_threshold: float = IOI_THRESHOLD
     num_select: int = NUM_SELECT
-    max_detections: int = NUM_SELECT
-    mask_threshold: float = MASK_THRESHOLD
+    max_detections: int = setting(
+        NUM_SELECT,
+        "At most this many instances per frame, best first (ids of a uint16 label image).",
+        low=1,
+        high=_LABEL_MAX,
+    )
+    mask_threshold: float = setting(
+        MASK_THRESHOLD,
+        "A pixel belongs to an instance when its mask probability exceeds this.",
+        low=0.0,
+        high=1.0,
+        open_range=True,
+    )
 
     def __post_init__(self) -> None:
-        for name in ("conf_threshold", "nms_threshold", "text_threshold", "ioi_threshold"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {value}.")
-        if not 0.0 < self.mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be within (0, 1), got {self.mask_threshold}.")
+        check_settings(self)  # the user-facing ones, by the names users know
+        if not 0.0 <= self.ioi_threshold <= 1.0:
+            raise ValueError(f"ioi_threshold must be within [0, 1], got {self.ioi_threshold}.")
         if self.num_select < 1:
             raise ValueError(f"num_select must be at least 1, got {self.num_select}.")
-        if not 1 <= self.max_detections <= _LABEL_MAX:
-            raise ValueError(f"max_detections must be within [1, {_LABEL_MAX}] (the label image is uint16), "
-                             f"got {self.max_detections}.")
 
     @property
     def mask_logit_threshold(self) -> float:
@@ -225,7 +243,7 @@ def _select(
     else:
         class_probs = token_probs
     flat = class_probs.reshape(-1)
-    candidates = np.flatnonzero(flat >= params.conf_threshold)
+    candidates = np.flatnonzero(flat >= params.box_threshold)
     if candidates.size > params.num_select:
         # The num_select best; among equal scores at the cut, the lowest (query, class) index.
         values = flat[candidates]

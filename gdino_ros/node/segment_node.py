@@ -56,7 +56,7 @@ from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.node.diagnostics import segmentation_status
 from gdino_ros.node.frame_slot import FrameSlot
 from gdino_ros.node.frame_stats import FrameStats
-from gdino_ros.node.parameters import PARAMETERS, choice_problem, thresholds_from
+from gdino_ros.node.parameters import PARAMETERS, descriptor, parameter_problems, thresholds_from
 
 NODE_NAME = "segment_node"
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings (bad images, mono8 overflow, failed frames)
@@ -178,19 +178,15 @@ class SegmentNode(Node):
 
     def _read_parameters(self) -> tuple[dict[str, Any], PostprocessParams]:
         try:
-            for name, spec in PARAMETERS.items():
-                self.declare_parameter(name, spec.default, spec.descriptor())
+            for name, setting in PARAMETERS.items():
+                self.declare_parameter(name, setting.default, descriptor(setting))
         except ParameterException as error:
             raise StartupError(f"bad parameter: {error}") from error
         values = {name: self.get_parameter(name).value for name in PARAMETERS}
-        problems = [p for name, value in values.items() if (p := choice_problem(name, value))]
-        try:
-            thresholds = thresholds_from(values)
-        except ValueError as error:
-            problems.append(str(error))
+        problems = parameter_problems(values)
         if problems:
             raise StartupError("bad parameter: " + "; ".join(problems))
-        return values, thresholds
+        return values, thresholds_from(values, PostprocessParams())
 
     @staticmethod
     def _configure(segmenter: Segmenter, values: dict[str, Any], thresholds: PostprocessParams) -> None:
@@ -249,16 +245,11 @@ class SegmentNode(Node):
 
     def _on_set_parameters(self, parameters: Sequence[Parameter]) -> SetParametersResult:
         values = {p.name: p.value for p in parameters if p.name in PARAMETERS}
-        for name, value in values.items():
-            problem = choice_problem(name, value)
-            if problem:
-                return SetParametersResult(successful=False, reason=problem)
+        problems = parameter_problems(values)
+        if problems:
+            return SetParametersResult(successful=False, reason="; ".join(problems))
         with self._staged_lock:
-            try:
-                thresholds = thresholds_from(values, self._requested_thresholds)
-            except ValueError as error:
-                return SetParametersResult(successful=False, reason=str(error))
-            self._requested_thresholds = thresholds
+            self._requested_thresholds = thresholds_from(values, self._requested_thresholds)
             self._staged_values.update(values)
         self._slot.poke()
         return SetParametersResult(successful=True)

@@ -10,13 +10,14 @@ Outputs, named after ``--out PATH`` (default ``eval_<dataset>_<split_by>_<split>
 * ``PATH``: the summary (metrics, counts, skipped samples) as JSON;
 * ``PATH`` with suffix ``.jsonl``: one line per sample (IoU, I, U, pred_nt, the detections as RLE).
   It is written as samples complete, so an interrupted run resumes where it stopped when the same
-  command is run again; a file from another model, dataset or split is refused;
+  command is run again; a file from another model, dataset, split or thresholds is refused;
 * ``.md``: the summary as a markdown table, also printed;
 * ``.png``: a histogram of per-sample IoU and the precision at IoU thresholds 0.5 ... 0.95.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ from gdino_ros.eval.metrics import (
     sample_iou,
     union_mask,
 )
+from gdino_ros.tools.arguments import add_model_arguments, postprocess_params
 
 LOG = logging.getLogger("gdino-eval")
 
@@ -331,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer folder"
     )
+    add_model_arguments(parser)
     return parser
 
 
@@ -371,6 +374,7 @@ def _run(args: argparse.Namespace) -> int:
         "dataset": split.dataset,
         "split_by": split.split_by,
         "split": split.split,
+        "thresholds": dataclasses.asdict(postprocess_params(args)),
     }
     results = ResultsFile(out.with_suffix(".jsonl"), header)
     todo = [s for s in samples if s.key not in results.records]
@@ -411,7 +415,9 @@ def _infer(
     image_bgr: np.ndarray | None = None
     desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
     with (
-        Segmenter.from_model(args.model, tokenizer_path=args.tokenizer) as segmenter,
+        Segmenter.from_model(
+            args.model, tokenizer_path=args.tokenizer, device=args.device, params=postprocess_params(args)
+        ) as segmenter,
         # On a terminal only (disable=None): in logs the results file and the summary say it all.
         tqdm(
             total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",

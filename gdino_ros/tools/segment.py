@@ -25,11 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from gdino_ros.core.result import Result
+from gdino_ros.tools.arguments import add_model_arguments, postprocess_params
 
 PROG = "gdino-segment"
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line interface of ``gdino-segment``."""
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0].split(": ", 1)[1])
     parser.add_argument("--model", required=True, type=Path, help=".onnx, .pth or .engine/.plan model file")
     parser.add_argument("--prompt", required=True, help="'cup . red bottle' (phrases) or an expression")
@@ -40,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", required=True, nargs="+", type=Path, metavar="PATH", help="image file(s)")
     parser.add_argument("--out", type=Path, default=Path("."), help="output directory (default: current)")
     parser.add_argument("--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    add_model_arguments(parser)
     return parser
 
 
@@ -83,7 +85,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``gdino-segment``; returns the process exit code."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     from gdino_ros.backends import BackendError
     from gdino_ros.core.overlay import draw_overlay
     from gdino_ros.core.segmenter import Segmenter
@@ -95,7 +97,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
         segmenter = Segmenter.from_model(
-            args.model, tokenizer_path=args.tokenizer, device=args.device, prompt=args.prompt, mode=args.mode
+            args.model,
+            tokenizer_path=args.tokenizer,
+            device=args.device,
+            prompt=args.prompt,
+            mode=args.mode,
+            params=postprocess_params(args),
         )
     except (BackendError, ValueError, OSError) as error:
         fail(str(error))

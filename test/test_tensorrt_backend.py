@@ -317,6 +317,7 @@ def test_a_failed_frame_leaves_nothing_queued_and_the_next_frame_works(
         assert digest(segmenter(IMAGES[0])) == expected
 
 
+@pytest.mark.slow
 def test_a_failing_allocation_in_init_frees_everything_before(fakes: Fakes, variants: dict[str, Path],
                                                                tmp_path: Path) -> None:
     engine = write_engine(variants["rela"], tmp_path / "model.engine")

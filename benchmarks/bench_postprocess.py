@@ -38,14 +38,8 @@ import cv2
 import numpy as np
 
 from gdino_ros import contract
-from gdino_ros.core.postprocess import (
-    MaskUpsampler,
-    PostprocessParams,
-    boxes_to_pixels,
-    postprocess,
-    sigmoid,
-    union_foreground,
-)
+from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground
+from gdino_ros.core.postprocess import PostprocessParams, boxes_to_pixels, postprocess, sigmoid
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
 from gdino_ros.core.result import Detection, Result

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from gdino_ros.contract import NO_TARGETS, PRED_BOXES, PRED_LOGITS, PRED_MASKS, UNION_MASK_LOGITS
-from gdino_ros.core.postprocess import MaskUpsampler, PostprocessParams, postprocess
+from gdino_ros.core.mask_resampling import MaskUpsampler
+from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
 from gdino_ros.core.result import Result
 from gdino_ros.core.tokenizer import load_tokenizer

@@ -60,15 +60,14 @@ def test_prompt_change_takes_effect_and_bad_prompt_keeps_the_old_one(segmenter: 
 
 def test_thresholds_change_at_runtime(segmenter: Segmenter) -> None:
     assert len(segmenter(IMAGE).detections) == 1
-    params = segmenter.update_params(nms_threshold=0.0)  # TAO skips NMS at 0: all 5 queries stay
-    assert params.nms_threshold == 0.0 and segmenter.params is params
+    params = PostprocessParams(nms_threshold=0.0)  # TAO skips NMS at 0: all 5 queries stay
+    segmenter.set_params(params)
+    assert segmenter.params is params
     assert len(segmenter(IMAGE).detections) == 5
     segmenter.set_params(PostprocessParams(nms_threshold=0.0, max_detections=2))
     assert len(segmenter(IMAGE).detections) == 2
-    with pytest.raises(ValueError, match="unknown post-processing parameter\\(s\\) confidence"):
-        segmenter.update_params(confidence=0.5)
     with pytest.raises(ValueError, match="box_threshold must be within"):
-        segmenter.update_params(box_threshold=2.0)
+        segmenter.set_params(PostprocessParams(box_threshold=2.0))
     assert segmenter.params.max_detections == 2  # a rejected change leaves the thresholds as they were
 
 
@@ -99,7 +98,8 @@ def test_each_frame_runs_with_one_prompt_while_another_thread_switches(segmenter
             time.sleep(pauses.uniform(0.0, 0.002))  # vary the phase against the frames
 
     def both_prompts_seen_often() -> bool:
-        return all(sum(prompt == text for prompt, _, _ in seen) >= 10 for text in ids)
+        # Under load the switcher thread may get few turns: keep segmenting until it has switched often.
+        return switches > 10 and all(sum(prompt == text for prompt, _, _ in seen) >= 10 for text in ids)
 
     switcher = threading.Thread(target=switch)
     switcher.start()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -50,7 +50,7 @@ class _Submitted:
 class Segmenter:
     """Image + prompt -> :class:`Result`, on any backend.
 
-    Thread-safe: :meth:`set_prompt`, :meth:`set_params` and :meth:`update_params` may be called from any
+    Thread-safe: :meth:`set_prompt` and :meth:`set_params` may be called from any
     thread while frames are processed; a frame uses the prompt and thresholds current when it started.
     Frames overlap: while one frame is post-processed the next one's inference can run, either from
     another thread or within :meth:`stream`; the backend bounds how many frames are in flight.
@@ -143,16 +143,6 @@ class Segmenter:
         """Replace the post-processing thresholds; frames that start afterwards use them."""
         with self._state_lock:
             self._params = params
-
-    def update_params(self, **changes: float | int) -> PostprocessParams:
-        """Change some thresholds (e.g. ``box_threshold=0.4``), validated together; return the new set."""
-        unknown = sorted(set(changes) - {f.name for f in fields(PostprocessParams)})
-        if unknown:
-            known = ", ".join(f.name for f in fields(PostprocessParams))
-            raise ValueError(f"unknown post-processing parameter(s) {', '.join(unknown)}; known: {known}")
-        with self._state_lock:
-            self._params = replace(self._params, **changes)  # type: ignore[arg-type]
-            return self._params
 
     def __call__(self, image: np.ndarray, *, bgr: bool = False) -> Result:
         """Segment one uint8 H×W×3 image (RGB, or BGR if ``bgr``) with the current prompt.

@@ -12,6 +12,11 @@ moved to FP16: ``bert``, ``layernorm``, ``softmax``, ``msda`` (deformable-attent
 ``fp32-sentinels``: the FP32 graph itself with only its mask sentinels (±inf, finfo.min) replaced by
 ±65504, which must give the FP32 results unchanged.
 
+``--headroom`` instead runs the FP32 graph once (astronaut, the phrase prompt) and reports, per group of
+nodes, the largest FP32 magnitudes an FP16 engine would have to hold: every node output's max |x|
+(masking sentinels excluded), and for LayerNormalization inputs the largest sum of squares over the
+normalised axis, which a kernel accumulating in FP16 would need below 65504.
+
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_precision.py model.onnx --tokenizer vocab.txt``
 """
 from __future__ import annotations
@@ -22,14 +27,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from skimage import data
+from transformers import PreTrainedTokenizerBase
 
 from gdino_ros.backends.onnxruntime import OnnxRuntimeBackend
 from gdino_ros.contract import CONF_THRESHOLD
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.precision_check import compare_backends
+from gdino_ros.core.preprocess import preprocess
+from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, clip_mask_sentinels, convert_to_fp16
 
@@ -40,6 +49,7 @@ GROUPS = {
     "msda": tuple(p for p in DEFAULT_FP32_LAYERS if "_attn/" in p),
 }
 PROMPTS = ("person . rocket . cup", "the cat on the left")
+FP16_MAX_SENTINEL = 65504.0  # at or beyond: a mask value, not an activation
 
 
 def variants(chosen: list[str]) -> dict[str, tuple[str, ...] | None]:
@@ -61,6 +71,48 @@ def variant_model(model: onnx.ModelProto, keep: tuple[str, ...] | None) -> onnx.
     return clipped
 
 
+def group_of(name: str) -> str:
+    """The part of the network a node belongs to, for the headroom table."""
+    if name.startswith(("/embeddings/", "/encoder/")):
+        return "BERT"
+    parts = name.split("/")
+    if len(parts) > 3 and parts[1] == "transformer":
+        return "/".join(parts[1:3])
+    return parts[1] if len(parts) > 2 else "(top level)"
+
+
+def headroom(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Print the largest FP32 magnitudes per node group (see the module docstring)."""
+    model = onnx.load(path)
+    inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
+    types = {v.name: v.type.tensor_type.elem_type for v in inferred}
+    outputs = {o for n in model.graph.node for o in n.output if types.get(o) == onnx.TensorProto.FLOAT}
+    node_of = {o: n for n in model.graph.node for o in n.output}
+    norm_inputs = {n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"}
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
+                              for o in sorted(outputs | norm_inputs))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    del model
+    image = data.astronaut()
+    height, width = session.get_inputs()[0].shape[2:]
+    feeds = {"inputs": preprocess(image, (height, width))}
+    feeds.update(encode_prompt(PROMPTS[0], "auto", tokenizer).text_inputs())
+    names = [o.name for o in session.get_outputs()]
+    largest: dict[str, float] = {}
+    squares: dict[str, float] = {}
+    for name, value in zip(names, session.run(names, feeds), strict=True):
+        group = group_of(node_of[name].name if name in node_of else name)
+        real = np.abs(value[np.abs(value) < FP16_MAX_SENTINEL])
+        largest[group] = max(largest.get(group, 0.0), float(real.max(initial=0.0)))
+        if name in norm_inputs:
+            total = float((value.astype(np.float64) ** 2).sum(-1).max())
+            squares[group] = max(squares.get(group, 0.0), total)
+    print("| node group | max abs output (FP32) | max sum of squares into a LayerNorm |\n|---|---|---|")
+    for group in sorted(largest):
+        print(f"| {group} | {largest[group]:.4g} | {squares.get(group, float('nan')):.4g} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("onnx", type=Path, help="FP32 grid-sample export")
@@ -70,6 +122,7 @@ def main() -> None:
                         help="post-processing score threshold (untrained full-size weights score below "
                         "TAO's 0.3, so nothing would be detected)")
     parser.add_argument("--images", type=int, default=4, help="use the first N of the four photos")
+    parser.add_argument("--headroom", action="store_true", help="report FP32 magnitudes per node group")
     args = parser.parse_args()
     ort.set_default_logger_severity(3)
     print(f"box_threshold {args.box_threshold}, {args.images} image(s) x {len(PROMPTS)} prompts")
@@ -77,6 +130,9 @@ def main() -> None:
     images = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()][: args.images]
     params = PostprocessParams(box_threshold=args.box_threshold)
     tokenizer = load_tokenizer(args.tokenizer, None)
+    if args.headroom:
+        headroom(args.onnx, tokenizer)
+        return
     model = onnx.load(args.onnx)
     reference = OnnxRuntimeBackend(args.onnx, "cpu")
     with tempfile.TemporaryDirectory() as folder:

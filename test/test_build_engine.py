@@ -200,7 +200,7 @@ def test_cli_without_tensorrt_prints_one_line_saying_how_to_get_it(
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.engine"), "--fp16")
     assert code == 1
     assert len(lines) == 1
-    assert "pip install tensorrt" in lines[0]
+    assert "pip install \"tensorrt-cu12" in lines[0] and "python3-libnvinfer" in lines[0]
     assert not (tmp_path / "m.engine").exists()
 
 

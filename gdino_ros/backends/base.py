@@ -11,11 +11,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from gdino_ros import contract
+from gdino_ros.backends.frame import EagerFrame, Frame
+from gdino_ros.errors import ModelError
 
 # Input dtypes a model may declare besides the contract's own; values are cast to the model's dtype
 # (an FP16-I/O export takes a float16 image; some converters turn int64 ids into int32).
@@ -34,7 +36,15 @@ _OUTPUT_RANKS = {
 }
 
 
-class BackendError(RuntimeError):
+class Dims(Protocol):
+    """A tensor shape as runtimes report it (TensorRT's ``Dims``, a tuple): sized and indexable."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> int: ...
+
+
+class BackendError(ModelError, RuntimeError):
     """A model that cannot be opened or run; the message says what is wrong and what to do."""
 
 
@@ -45,6 +55,12 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+
+    @classmethod
+    def from_dims(cls, name: str, dtype: np.dtype, dims: Dims) -> TensorSpec:
+        """Build the spec from a runtime's dims, where a negative size (TensorRT's -1) is dynamic."""
+        sizes = (int(dims[i]) for i in range(len(dims)))
+        return cls(name, dtype, tuple(size if size >= 0 else None for size in sizes))
 
 
 @dataclass(frozen=True)
@@ -168,88 +184,6 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
             + ". Export the model with gdino-export (or TAO's mask_grounding_dino export) and use that file."
         )
     return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs))
-
-
-class MaskPlanes(ABC):
-    """``pred_masks`` [1, Q, 1, h, w], read per query.
-
-    A GPU backend then copies to the host only the planes post-processing reads, not all Q (117.5 MB per
-    frame at 544x960 with 900 queries).
-    """
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-
-    @abstractmethod
-    def planes(self, queries: np.ndarray) -> np.ndarray:
-        """Mask logits of ``queries`` (query indices, in that order) as a float array [len(queries), h, w]."""
-
-
-class ArrayMasks(MaskPlanes):
-    """:class:`MaskPlanes` of an array already in host memory."""
-
-    def __init__(self, array: np.ndarray) -> None:
-        super().__init__(tuple(array.shape))
-        self.array = array
-
-    def planes(self, queries: np.ndarray) -> np.ndarray:
-        """Index the array (a copy of just those planes)."""
-        planes: np.ndarray = self.array[0, np.asarray(queries, dtype=np.int64), 0]
-        return planes
-
-
-class Frame(ABC):
-    """One image submitted to a backend (:meth:`Backend.submit`); close it when its outputs are read.
-
-    The network may still be running when the frame is returned: :meth:`outputs` and ``masks.planes``
-    wait for it. A backend keeps :attr:`Backend.FRAMES_IN_FLIGHT` frames open at most and reuses the
-    buffers of a closed frame.
-    """
-
-    def __init__(self, masks: MaskPlanes, release: Callable[[], None]) -> None:
-        self.masks = masks
-        self._release_slot: Callable[[], None] | None = release
-
-    @abstractmethod
-    def outputs(self) -> dict[str, np.ndarray]:
-        """Every output except ``pred_masks`` (read those through :attr:`masks`), as arrays of their own."""
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Every output as an array, ``pred_masks`` in full (what :meth:`Backend.infer` returns)."""
-        arrays = self.outputs()
-        every_query = np.arange(self.masks.shape[1])
-        arrays[contract.PRED_MASKS] = self.masks.planes(every_query).reshape(self.masks.shape)
-        return {name: arrays[name] for name in contract.RELA_OUTPUT_NAMES if name in arrays}
-
-    def close(self) -> None:
-        """Give the frame's buffers back to the backend. Safe to repeat."""
-        release, self._release_slot = self._release_slot, None
-        if release is not None:
-            release()
-
-    def __enter__(self) -> Frame:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class _EagerFrame(Frame):
-    """A frame whose outputs were computed before it was returned (the CPU backends)."""
-
-    def __init__(self, arrays: dict[str, np.ndarray], release: Callable[[], None]) -> None:
-        super().__init__(ArrayMasks(arrays[contract.PRED_MASKS]), release)
-        self._arrays = arrays
-
-    def outputs(self) -> dict[str, np.ndarray]:
-        """Return the outputs that were computed at submission (``pred_masks`` excepted)."""
-        return {name: value for name, value in self._arrays.items() if name != contract.PRED_MASKS}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """Return the arrays as computed, without copying."""
-        return self._arrays
 
 
 class _Slots:
@@ -380,7 +314,7 @@ class Backend(ABC):
 
         Called with the backend's lock held. The CPU backends compute the outputs right here (:meth:`_run`).
         """
-        return _EagerFrame(self._run(image), release)
+        return EagerFrame(self._run(image), release)
 
     def _run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Compute every output on ``image`` with the current text tensors (used by the default _submit)."""

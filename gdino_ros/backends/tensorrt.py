@@ -32,8 +32,6 @@ from gdino_ros import contract
 from gdino_ros.backends.base import (
     Backend,
     BackendError,
-    Frame,
-    MaskPlanes,
     TensorSpec,
     check_io,
     expected_input_shape,
@@ -50,6 +48,7 @@ from gdino_ros.backends.cuda import (
     use_gpu,
 )
 from gdino_ros.backends.engine_meta import BuildRecord, read_record, stale_reasons, summarize_precision
+from gdino_ros.backends.frame import Frame, MaskPlanes
 from gdino_ros.backends.install_hints import TENSORRT_INSTALL_HINT
 
 if TYPE_CHECKING:
@@ -171,9 +170,8 @@ def _engine_io(engine: trt.ICudaEngine) -> tuple[dict[str, TensorSpec], dict[str
     outputs: dict[str, TensorSpec] = {}
     for position in range(engine.num_io_tensors):
         name = engine.get_tensor_name(position)
-        dims = engine.get_tensor_shape(name)
-        declared = tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
-        spec = TensorSpec(name, numpy_dtype(engine.get_tensor_dtype(name)), declared)
+        dtype = numpy_dtype(engine.get_tensor_dtype(name))
+        spec = TensorSpec.from_dims(name, dtype, engine.get_tensor_shape(name))
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
     return inputs, outputs
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gdino_ros.backends.base import ArrayMasks, MaskPlanes
+from gdino_ros.backends.frame import ArrayMasks, MaskPlanes
 from gdino_ros.contract import (
     CONF_THRESHOLD,
     IOI_THRESHOLD,

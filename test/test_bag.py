@@ -19,6 +19,7 @@ import pytest
 from message_values import plain
 
 from gdino_ros.conversions.messages import OUTPUT_TYPES
+from gdino_ros.errors import EXIT_INPUT, EXIT_OUTPUT
 from gdino_ros.tools.bag import main
 
 IMAGE_TOPIC = "/camera/image_raw"
@@ -307,7 +308,7 @@ def test_missing_topic_lists_the_topics_that_exist(
     input_bags: dict, tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bag, _ = input_bags["mcap"]
-    assert _gdino_bag(bag, tmp_path / "out", "/camera/left", tiny_model) == 1
+    assert _gdino_bag(bag, tmp_path / "out", "/camera/left", tiny_model) == EXIT_INPUT
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("gdino-bag: error:")
     assert "/camera/left" in err
@@ -321,12 +322,12 @@ def test_existing_output_needs_overwrite(
 ) -> None:
     bag, frames = input_bags["mcap"]
     output = tmp_path / "out"
-    output.mkdir()
-    (output / "metadata.yaml").write_text("old")
-    assert _gdino_bag(bag, output, IMAGE_TOPIC, tiny_model, vocab_path, "--start", "2.5") == 1
+    assert _gdino_bag(bag, output, IMAGE_TOPIC, tiny_model, vocab_path, "--end", "0.5") == 0
+    earlier = (output / "metadata.yaml").read_text()
+    assert _gdino_bag(bag, output, IMAGE_TOPIC, tiny_model, vocab_path, "--start", "2.5") == EXIT_OUTPUT
     err = capsys.readouterr().err.strip()
     assert "--overwrite" in err and len(err.splitlines()) == 1
-    assert (output / "metadata.yaml").read_text() == "old"
+    assert (output / "metadata.yaml").read_text() == earlier
 
     assert _gdino_bag(bag, output, IMAGE_TOPIC, tiny_model, vocab_path, "--start", "2.5", "--overwrite") == 0
     got, _ = _read_rosbags(output)
@@ -335,9 +336,10 @@ def test_existing_output_needs_overwrite(
 
     precious = tmp_path / "precious"
     precious.mkdir()
+    (precious / "metadata.yaml").write_text("old")
     (precious / "notes.txt").write_text("keep me")
-    assert _gdino_bag(bag, precious, IMAGE_TOPIC, tiny_model, vocab_path, "--overwrite") == 1
-    assert "does not look like a rosbag2" in capsys.readouterr().err
+    assert _gdino_bag(bag, precious, IMAGE_TOPIC, tiny_model, vocab_path, "--overwrite") == EXIT_OUTPUT
+    assert "only a bag written by gdino-bag is replaced" in capsys.readouterr().err
     assert (precious / "notes.txt").read_text() == "keep me"
 
 
@@ -352,7 +354,7 @@ def test_truncated_mcap_keeps_the_frames_before_the_break(
     data = file.read_bytes()
     file.write_bytes(data[: int(len(data) * 0.7)])
     output = tmp_path / "out"
-    assert _gdino_bag(damaged, output, IMAGE_TOPIC, tiny_model, vocab_path) == 1
+    assert _gdino_bag(damaged, output, IMAGE_TOPIC, tiny_model, vocab_path) == EXIT_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert "damaged" in err[-1] and "record #" in err[-1] and str(output) in err[-1]
     got, _ = _read_rosbags(output)
@@ -377,7 +379,7 @@ def test_corrupt_sqlite3_record_is_reported_and_earlier_frames_kept(
         changed = connection.execute(update, (bad.log_time,))
         assert changed.rowcount == 1
     output = tmp_path / "out"
-    assert _gdino_bag(damaged, output, COMPRESSED_TOPIC, tiny_model, vocab_path) == 1
+    assert _gdino_bag(damaged, output, COMPRESSED_TOPIC, tiny_model, vocab_path) == EXIT_INPUT
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "frame 3" in err[0] and str(bad.log_time) in err[0] and "2 frames" in err[0]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from gdino_ros.errors import OutputError
 from gdino_ros.tools.bag.errors import BagToolError
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import check_output
@@ -60,20 +61,58 @@ def test_plan_without_a_prompt_flag_needs_an_entry_at_the_bag_start() -> None:
         PromptPlan(None, [ScheduleEntry("a", "auto", at_s=0.5)], START_NS)
 
 
+def _own_output(path: Path, files: tuple[str, ...] = ("out_0.mcap",)) -> Path:
+    """A folder laid out like an earlier gdino-bag output: metadata.yaml with the marker, the listed files."""
+    path.mkdir()
+    listed = "".join(f"\n    - {name}" for name in files)
+    (path / "metadata.yaml").write_text(
+        "rosbag2_bagfile_information:\n  version: 8\n  custom_data:\n    gdino_bag: '1'\n"
+        f"  relative_file_paths:{listed}\n"
+    )
+    for name in files:
+        (path / name).write_bytes(b"old")
+    return path
+
+
 def test_output_checks_refuse_to_clobber(tmp_path: Path) -> None:
     bag = tmp_path / "in"
     bag.mkdir()
-    with pytest.raises(BagToolError, match="inside"):
+    with pytest.raises(OutputError, match="inside"):
         check_output(bag / "out", bag, overwrite=True)
-    with pytest.raises(BagToolError, match="does not exist"):
+    with pytest.raises(OutputError, match="does not exist"):
         check_output(tmp_path / "missing" / "out", bag, overwrite=False)
-    old = tmp_path / "old"
-    old.mkdir()
-    (old / "metadata.yaml").write_text("old")
-    with pytest.raises(BagToolError, match="pass --overwrite"):
+    old = _own_output(tmp_path / "old")
+    with pytest.raises(OutputError, match="pass --overwrite"):
         check_output(old, bag, overwrite=False)
-    check_output(old, bag, overwrite=True)  # a bag directory may be replaced
+    check_output(old, bag, overwrite=True)  # an earlier gdino-bag output may be replaced
     (old / "notes.txt").write_text("keep me")
-    with pytest.raises(BagToolError, match="does not look like a rosbag2"):
+    with pytest.raises(OutputError, match="does not list"):
         check_output(old, bag, overwrite=True)
     check_output(tmp_path / "new", bag, overwrite=False)
+
+
+def test_overwrite_never_replaces_the_input_or_a_stranger(tmp_path: Path) -> None:
+    """#13 items 1 and 2: an output holding the input, a regular file, or a bag another tool wrote."""
+    recordings = tmp_path / "rec"
+    recordings.mkdir()
+    recording = recordings / "run1.mcap"
+    recording.write_bytes(b"recorded")
+    with pytest.raises(OutputError, match="holds the input"):
+        check_output(recordings, recording, overwrite=True)
+    with pytest.raises(OutputError, match="holds the input"):
+        check_output(tmp_path, recordings, overwrite=True)
+    with pytest.raises(OutputError, match="is \\(inside\\) the input"):
+        check_output(recording, recording, overwrite=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(OutputError, match="not a folder"):
+        check_output(notes, recording, overwrite=True)
+    foreign = tmp_path / "recorded_by_ros2_bag"
+    foreign.mkdir()
+    (foreign / "metadata.yaml").write_text("rosbag2_bagfile_information:\n  version: 9\n")
+    with pytest.raises(OutputError, match="not marked as gdino-bag"):
+        check_output(foreign, recording, overwrite=True)
+    (foreign / "metadata.yaml").write_text("old")
+    with pytest.raises(OutputError, match="no readable rosbag2 metadata"):
+        check_output(foreign, recording, overwrite=True)
+    assert recording.read_bytes() == b"recorded" and notes.read_text() == "keep me"

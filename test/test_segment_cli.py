@@ -10,6 +10,7 @@ import pytest
 import skimage.data
 from model_fixtures import make_contract_onnx
 
+from gdino_ros.errors import EXIT_INPUT, EXIT_MODEL
 from gdino_ros.tools import segment
 
 
@@ -44,7 +45,7 @@ def test_segments_several_photos_and_reports_a_missing_one(
     code = segment.main(["--model", str(model), "--prompt", "cup . cat", "--tokenizer", str(vocab_path),
                          "--image", str(paths[0]), str(missing), str(paths[1]), "--out", str(out)])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == EXIT_INPUT
     assert f"{missing}: cannot read image" in err
     assert "1 of 3 image(s) failed" in err
     records = read_lines(out)
@@ -65,14 +66,14 @@ def test_model_and_prompt_errors_are_one_line(
     code = segment.main(["--model", str(tmp_path / "absent.onnx"), "--prompt", "cup", "--image", str(photo),
                          "--tokenizer", str(vocab_path), "--out", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 1
+    assert code == EXIT_MODEL
     absent = tmp_path / "absent.onnx"
     assert lines == [f"gdino-segment: error: model file {absent} does not exist (or is not a file)"]
     model = make_contract_onnx(tmp_path / "model.onnx", rela=False)
     code = segment.main(["--model", str(model), "--prompt", " . , ", "--mode", "phrases", "--image",
                          str(photo), "--tokenizer", str(vocab_path), "--out", str(tmp_path / "out")])
     lines = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "contains no phrase" in lines[0]
+    assert code == EXIT_INPUT and len(lines) == 1 and "no letters or digits" in lines[0]
 
 
 def test_full_size_untrained_export_end_to_end(

@@ -34,9 +34,18 @@ or written. ``--prompt-schedule`` is a YAML list that switches the prompt at bag
 A frame uses the last entry at or before its log time; frames before the first entry use
 ``--prompt`` (which may then be left out only if the schedule starts at 0).
 
-A corrupt or truncated input stops processing at the first record that cannot be read or decoded:
-the error names it, the output written so far is finalised and kept, and the exit status is 1. An
-MCAP file that lost its index (recording killed) is read record by record up to the break.
+Frames the model cannot take (an encoding that cannot be converted, a side under 32 pixels, more than
+the image pixel limit) are skipped and counted in the summary, as the live node skips them. A corrupt or
+truncated input stops processing at the first record that cannot be read or deserialised: the error names
+it, the output of the frames before is finalised and kept, and the exit status is 3. An MCAP file that
+lost its index (recording killed) is read record by record up to the break. Ctrl-C or SIGTERM also keeps
+a complete output of the frames before (exit status 130).
+
+The output never touches the input: it may not be, contain or lie inside the input. It is written in a
+hidden folder beside ``--output`` and renamed into place when complete, so ``--output`` holds a readable
+bag or nothing; a failed write (disk full) removes the unfinished bag. ``--overwrite`` replaces only a bag
+that gdino-bag wrote (marked in its metadata.yaml), and only once the new one is complete. The metadata is
+rosbag2 version 8, which Humble and Jazzy both read. Exit codes: :mod:`gdino_ros.errors`.
 """
 
 
@@ -49,16 +58,18 @@ from pathlib import Path
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.tools import cli
 from gdino_ros.tools.arguments import add_model_arguments
-from gdino_ros.tools.bag.errors import BagToolError
 from gdino_ros.tools.bag.job import run
 from gdino_ros.tools.bag.writer import STORAGES
+
+PROG = "gdino-bag"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``gdino-bag``."""
     parser = argparse.ArgumentParser(
-        prog="gdino-bag",
+        prog=PROG,
         description="Run Mask Grounding DINO on every frame of a rosbag2/MCAP recording and write a new bag "
         "with the original topics plus the /gdino/* outputs.",
     )
@@ -84,18 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start", type=float, help="seconds from the bag's first message (inclusive)")
     parser.add_argument("--end", type=float, help="seconds from the bag's first message (exclusive)")
     parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output storage (default: mcap)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output bag")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier gdino-bag output")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run gdino-bag; user errors print one line to stderr and return 1."""
+    """Run gdino-bag; user errors print one line and exit with their kind's code (:mod:`gdino_ros.errors`)."""
     args = build_parser().parse_args(argv)
-    try:
-        return 130 if run(args).interrupted else 0
-    except BagToolError as error:
-        print(f"gdino-bag: error: {error}", file=sys.stderr)
-        return 1
+
+    def body() -> int:
+        stats = run(args)
+        if stats.interrupted:
+            return cli.interrupted(PROG, f"{args.output} holds the {stats.frames} frames before, complete")
+        return 0
+
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":

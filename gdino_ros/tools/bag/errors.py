@@ -1,9 +1,11 @@
-"""gdino-bag's user-facing failures: printed as one line, exit status 1."""
+"""gdino-bag's input failures: printed as one line, exit status 3 (see :mod:`gdino_ros.errors`)."""
 from __future__ import annotations
 
+from gdino_ros.errors import InputError
 
-class BagToolError(Exception):
-    """A user-facing failure: the message is printed as one line and the tool exits with status 1."""
+
+class BagToolError(InputError):
+    """The input bag or prompt schedule cannot be used; the message says what and what to do."""
 
 
 class BadRecordError(BagToolError):

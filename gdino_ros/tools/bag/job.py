@@ -3,11 +3,17 @@
 Each output message carries its input image's header and log time; the messages are built by the same
 code as the live node's (``gdino_ros.conversions.messages``). The run keeps per-stage times for its
 summary (and for benchmarks/bench_bag.py).
+
+Frames the model cannot take (an encoding that cannot be converted, a side under 32 pixels, more pixels
+than the image limit) are skipped and counted, as the live node does; a record that cannot be read or
+deserialised stops the run. Either way, and on Ctrl-C or SIGTERM, the frames before are finalised into a
+complete, readable output bag; a failed write leaves no new output (and an earlier one unchanged).
 """
 from __future__ import annotations
 
 import argparse
 import math
+import sqlite3
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -15,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gdino_ros.conversions.image import compressed_to_pixels, image_to_pixels
+from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
     OUTPUT_NAMESPACE,
     OUTPUT_TYPES,
@@ -23,12 +29,14 @@ from gdino_ros.conversions.messages import (
     rosbags_message_types,
 )
 from gdino_ros.conversions.typestore import project_typestore
+from gdino_ros.core.preprocess import check_image
 from gdino_ros.core.result import Result
+from gdino_ros.errors import ModelError, UsageError
 from gdino_ros.tools.arguments import postprocess_params
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
 from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
-from gdino_ros.tools.bag.writer import BagSink, check_output, remove_old_output
+from gdino_ros.tools.bag.writer import BagSink, check_output
 
 ENGINE_STAGE = "inference"  # the Result.timings_ms stage that is the network itself
 # Summary order of the stages: ours around the Segmenter's (preprocess, inference, postprocess).
@@ -54,6 +62,8 @@ class Stats:
     no_target_frames: int = 0
     dropped_instances: int = 0
     copied: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # reason -> frames
+    first_skip: str = ""  # the first skipped frame and why, for the summary
     wall_s: float = 0.0  # from the first message read to the output finalised (model loading excluded)
     interrupted: bool = False
     stage_ms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
@@ -63,13 +73,6 @@ class Stats:
         now = time.perf_counter()
         self.stage_ms[name] += (now - started) * 1e3
         return now
-
-
-def _decode_image(raw: bytes, msgtype: str, store: Any) -> tuple[Any, np.ndarray, bool]:
-    """Raw CDR of an Image or CompressedImage -> (message, uint8 [H, W, 3] pixels, True if BGR order)."""
-    msg = store.deserialize_cdr(raw, msgtype)
-    pixels, bgr = image_to_pixels(msg) if msgtype == IMAGE else compressed_to_pixels(msg)
-    return msg, pixels, bgr
 
 
 def _estimated_frames(
@@ -87,10 +90,13 @@ def _estimated_frames(
 
 
 def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> Any:
-    """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early."""
+    """Open the model with the first prompt; every scheduled prompt is encoded once up front to fail early.
+
+    Model, tokenizer and prompt problems are GdinoErrors already; anything else is a bug and keeps its
+    traceback.
+    """
     from gdino_ros.core.prompt import PromptError, encode_prompt
     from gdino_ros.core.segmenter import Segmenter
-    from gdino_ros.core.tokenizer import TokenizerNotFoundError
 
     prompt, mode = _first_prompt(args, schedule)
     try:
@@ -102,12 +108,8 @@ def _open_segmenter(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> 
             mode=mode,
             params=postprocess_params(args),
         )
-    except TokenizerNotFoundError as error:
-        raise BagToolError(str(error)) from None
     except PromptError as error:
         raise BagToolError(f"prompt {prompt!r}: {error}") from None
-    except (ValueError, OSError, RuntimeError) as error:
-        raise BagToolError(f"cannot load model {args.model}: {error}") from None
     for index, entry in enumerate(schedule):
         try:
             encode_prompt(entry.prompt, entry.mode, segmenter.tokenizer)
@@ -154,18 +156,28 @@ class BagJob:
             self.overlay_fn = draw_overlay
 
     def run_to_end(self) -> BagToolError | None:
-        """Process the bag and finalise the output; return the user error that stopped it early, if any."""
+        """Process the bag and finalise the output; return the input error that stopped it early, if any.
+
+        An interrupt or a bad input record ends the run with the frames before it finalised in the
+        output; a failed write (disk full) or a bug removes the unfinished output instead.
+        """
         started = time.perf_counter()
+        failure = None
         try:
             self.process()
         except KeyboardInterrupt:
             self.stats.interrupted = True
         except BagToolError as error:
-            return error
-        finally:
-            self.sink.close()
-            self.stats.wall_s = time.perf_counter() - started
-        return None
+            failure = error
+        except (OSError, sqlite3.Error) as error:  # reads are wrapped in BadRecordError: this is a write
+            self.sink.discard()
+            raise self.sink.failure(error) from None
+        except BaseException:
+            self.sink.discard()
+            raise
+        self.sink.commit()
+        self.stats.wall_s = time.perf_counter() - started
+        return failure
 
     def process(self) -> None:
         """Copy every message in the window and segment every frame of the image topic."""
@@ -183,15 +195,18 @@ class BagJob:
             tick = time.perf_counter()
             for connection, log_time, raw in self.source.messages(args.start, args.end):
                 tick = stats.add_stage("read", tick)
-                frame = None
+                msg = None
                 if connection.topic == args.image_topic:
-                    frame = self._decode(connection, log_time, raw)  # before the copy: a bad frame stays out
-                    tick = stats.add_stage("decode", tick)
+                    msg = self._deserialise(connection, log_time, raw)  # before the copy: damage stays out
                 out = self.sink.copy_connection(connection)
                 if out is not None:
                     self.sink.write(out, log_time, raw)
                     stats.copied += 1
                 tick = stats.add_stage("write", tick)
+                if msg is None:
+                    continue
+                frame = self._pixels(msg, connection, log_time)
+                tick = stats.add_stage("decode", tick)
                 if frame is None:
                     continue
                 if plan is None:  # an index-free MCAP: the bag start is known only now
@@ -200,7 +215,7 @@ class BagJob:
                     self.segmenter.set_prompt(*wanted)
                     applied = wanted
                     tick = stats.add_stage("prompt", tick)
-                self._segment(*frame, log_time)
+                self._segment(msg, *frame, log_time)
                 tick = time.perf_counter()
                 bar.update(1)
         finally:
@@ -209,20 +224,36 @@ class BagJob:
                 bar.refresh()
             bar.close()
 
-    def _decode(self, connection: InputConnection, log_time: int, raw: bytes) -> tuple[Any, np.ndarray, bool]:
-        """Decode one frame of the image topic; an undecodable one is the bad record that stops the run."""
+    def _deserialise(self, connection: InputConnection, log_time: int, raw: bytes) -> Any:
+        """Deserialise a frame of the image topic; one that cannot be is the bad record that stops the run."""
         if connection.msgtype not in (IMAGE, COMPRESSED_IMAGE):
             raise BagToolError(
                 f"topic {connection.topic} carries {connection.msgtype}; "
                 f"expected {IMAGE} or {COMPRESSED_IMAGE}"
             )
         try:
-            return _decode_image(raw, connection.msgtype, self.store)
-        except Exception as error:  # bad CDR or pixels, whichever layer says so
+            return self.store.deserialize_cdr(raw, connection.msgtype)
+        except Exception as error:  # bad CDR, whichever layer says so
             raise BadRecordError(
-                f"input {self.source.path} is damaged: frame {self.stats.frames + 1} on {connection.topic} "
+                f"input {self.source.path} is damaged: frame {self._frame_number()} on {connection.topic} "
                 f"at log time {log_time} ns cannot be decoded: {error}"
             ) from None
+
+    def _pixels(self, msg: Any, connection: InputConnection, log_time: int) -> tuple[np.ndarray, bool] | None:
+        """Return the frame's pixels for the model, or None (counted) for a frame the model cannot take."""
+        try:
+            pixels, bgr = image_to_pixels(msg) if connection.msgtype == IMAGE else compressed_to_pixels(msg)
+            check_image(pixels)
+        except (ImageConversionError, ValueError) as error:
+            reason = str(error).split(";")[0].rstrip(".")
+            if not self.stats.skipped:
+                self.stats.first_skip = f"frame {self._frame_number()} at log time {log_time} ns: {reason}"
+            self.stats.skipped[_skip_kind(error)] += 1
+            return None
+        return pixels, bgr
+
+    def _frame_number(self) -> int:
+        return self.stats.frames + sum(self.stats.skipped.values()) + 1
 
     def _segment(self, msg: Any, pixels: np.ndarray, bgr: bool, log_time: int) -> None:
         """Run the core on one frame and write its outputs at the frame's log time."""
@@ -252,7 +283,7 @@ class BagJob:
         stats.dropped_instances += messages.dropped_instances
 
     def summary(self) -> str:
-        """Frames, detections, no-target frames and milliseconds per frame for each stage."""
+        """Frames, detections, no-target frames, skipped frames and milliseconds per frame for each stage."""
         stats = self.stats
         wall = stats.wall_s
         rate = stats.frames / wall if wall > 0 else 0.0
@@ -268,19 +299,32 @@ class BagJob:
             lines.append(
                 f"  ms per frame: {per_frame}; time outside the engine: {1.0 - engine_ms / (wall * 1e3):.0%}"
             )
+        if stats.skipped:
+            kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.skipped.items()))
+            lines.append(
+                f"  skipped {sum(stats.skipped.values())} frames the model cannot take ({kinds}); they have "
+                f"no /gdino outputs, the input frames are copied. First: {stats.first_skip}"
+            )
         if stats.dropped_instances:
             lines.append(f"  mono8 mask: {stats.dropped_instances} instances beyond id 255 were left out")
         lines += [f"  not copied: {topic} ({why})" for topic, why in sorted(self.sink.skipped.items())]
         if stats.interrupted:
-            lines.append("  interrupted")
+            lines.append(f"  interrupted: the {stats.frames} frames before are in {self.args.output}")
         lines.append(f"  wrote {self.args.output} ({self.args.storage})")
         return "\n".join(lines)
+
+
+def _skip_kind(error: Exception) -> str:
+    """Name why a frame was skipped, in a word or two (the summary counts each kind)."""
+    if isinstance(error, ImageConversionError):
+        return "not convertible"
+    return "too small" if "at least" in str(error) else "not usable"
 
 
 def run(args: argparse.Namespace) -> Stats:
     """Process the bag and print the summary; return what was done (benchmarks read it).
 
-    User errors raise BagToolError, after finalising whatever output was written.
+    User errors raise GdinoErrors; an input error after the start keeps the output of the frames before it.
     """
     _check_arguments(args)
     schedule = load_schedule(args.prompt_schedule, args.mode) if args.prompt_schedule else []
@@ -294,20 +338,22 @@ def run(args: argparse.Namespace) -> Stats:
         source.check_image_topic(args.image_topic)
     print(job.summary(), flush=True)
     if failure is not None:
-        raise BagToolError(f"{failure}; the {job.stats.frames} frames before it are in {args.output}")
+        raise BagToolError(
+            f"{failure}; the {job.stats.frames} frames before it are in {args.output} (complete and readable)"
+        )
     return job.stats
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse argument combinations and missing files before anything is opened."""
     if args.prompt is None and args.prompt_schedule is None:
-        raise BagToolError("give --prompt, --prompt-schedule, or both")
+        raise UsageError("give --prompt, --prompt-schedule, or both")
     if args.start is not None and args.end is not None and args.end <= args.start:
-        raise BagToolError(f"--end {args.end} must be after --start {args.start}")
+        raise UsageError(f"--end {args.end} must be after --start {args.start}")
     if not args.input.exists():
         raise BagToolError(f"input bag {args.input} does not exist")
     if not args.model.is_file():
-        raise BagToolError(f"model {args.model} does not exist")
+        raise ModelError(f"model file {args.model} does not exist (or is not a file)")
 
 
 def _segment_bag(
@@ -325,7 +371,6 @@ def _segment_bag(
             for name, msgtype in OUTPUT_TYPES.items()
             if args.overlay or name != "overlay"
         }
-        remove_old_output(args.output)
         store = project_typestore()
         sink = BagSink(args.output, args.storage, store, topics)
         job = BagJob(args, source, sink, store, segmenter, schedule, plan)

@@ -8,7 +8,8 @@ so every tensor is *stored* in FP16 between nodes (rounding and overflow beyond 
 the arithmetic inside a node is FP32, like TensorRT's FP32-accumulating FP16 kernels.
 
 Variants: ``default`` (DEFAULT_FP32_LAYERS), ``all-fp16`` (no keep-list), the default with one group
-moved to FP16: ``bert``, ``layernorm``, ``softmax``, ``msda`` (deformable-attention sampling), and
+moved to FP16: ``bert``, ``layernorm``, ``msda`` (deformable-attention sampling), the default with
+every Softmax added (``softmax->fp32``), and
 ``fp32-sentinels``: the FP32 graph itself with only its mask sentinels (±inf, finfo.min) replaced by
 ±65504, which must give the FP32 results unchanged.
 
@@ -45,7 +46,6 @@ from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, clip_mask_sentinels, 
 GROUPS = {
     "bert": ("/embeddings/*", "/encoder/*"),
     "layernorm": ("*/LayerNormalization*",),
-    "softmax": ("*/Softmax*",),
     "msda": tuple(p for p in DEFAULT_FP32_LAYERS if "_attn/" in p),
 }
 PROMPTS = ("person . rocket . cup", "the cat on the left")
@@ -57,6 +57,7 @@ def variants(chosen: list[str]) -> dict[str, tuple[str, ...] | None]:
     every: dict[str, tuple[str, ...] | None] = {"default": DEFAULT_FP32_LAYERS, "all-fp16": ()}
     for group, patterns in GROUPS.items():
         every[f"{group}->fp16"] = tuple(p for p in DEFAULT_FP32_LAYERS if p not in patterns)
+    every["softmax->fp32"] = (*DEFAULT_FP32_LAYERS, "*/Softmax*")
     every["fp32-sentinels"] = None
     return {name: every[name] for name in chosen} if chosen else every
 

@@ -3,7 +3,6 @@ end-to-end run of the small random-weight model on tiny datasets in each real re
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -13,11 +12,19 @@ import numpy as np
 import pytest
 from refer_fixtures import COFFEE, PHOTO_SPLIT_BY, coco_image_name, write_photo_datasets
 
-from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.result import EXPRESSION, Detection, Result
+from gdino_ros.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE, OutputError
 from gdino_ros.eval.datasets import Instance, Sample, load_split
 from gdino_ros.eval.metrics import mask_to_rle, rle_to_mask
-from gdino_ros.tools.evaluate import ResultsFile, draw_plot, main, markdown_table, sample_record
+from gdino_ros.tools.evaluate import (
+    ResultsFile,
+    build_parser,
+    draw_plot,
+    main,
+    markdown_table,
+    results_header,
+    sample_record,
+)
 
 
 def box(h: int, w: int, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -56,8 +63,8 @@ def test_sample_record_scores_the_union_of_overlapping_detections() -> None:
     assert rec["iou"] == pytest.approx(10 / 24)
     assert (rec["gt_nt"], rec["pred_nt"], rec["no_target_probability"]) == (False, False, None)
     first = rec["detections"][0]
-    assert first["score"] == 0.9 and first["bbox"] == [0.0, 1.0, 4.0, 3.0]
-    assert np.array_equal(rle_to_mask(first["rle"]), a)
+    assert first["score"] == 0.9 and first["box_xyxy"] == [0.0, 1.0, 4.0, 4.0]
+    assert np.array_equal(rle_to_mask(first["mask"]), a)
     assert rec["gt"][0]["ann_id"] == 7
     json.dumps(rec)  # the record is plain JSON
 
@@ -91,10 +98,10 @@ def test_results_file_resumes_and_cuts_a_half_written_line(tmp_path: Path) -> No
 def test_results_file_of_another_run_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     ResultsFile(path, HEADER)
-    with pytest.raises(RuntimeError, match="choose another --out or delete the file"):
+    with pytest.raises(OutputError, match="split: 'val', this run: 'testA'.*choose another --out"):
         ResultsFile(path, {**HEADER, "split": "testA"})
     path.write_text(json.dumps(HEADER) + "\nnot json\n{}\n")
-    with pytest.raises(RuntimeError, match="line 2 is not JSON"):
+    with pytest.raises(OutputError, match="line 2 is not JSON"):
         ResultsFile(path, HEADER)
 
 
@@ -109,7 +116,7 @@ def test_markdown_table_lays_out_one_row_with_na_for_undefined_numbers() -> None
     }
     summary = {
         "dataset": "refcocog", "split_by": "umd", "split": "val", "model": "/x/m.onnx", "metrics": metrics,
-        "counts": {"skipped_missing_image": 2, "missing_images": 1, "invalid_polygons": 0},
+        "counts": {"skipped_missing_image": 2, "missing_images": 1, "invalid_polygons": 0, "dropped_refs": 1},
     }
     lines = markdown_table(summary).splitlines()
     assert lines[0].startswith("| Dataset | Split | Samples | gIoU | cIoU | N-acc | T-acc | Pr@0.5 |")
@@ -159,22 +166,24 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
         (
-            ["--split", "testB"],
+            ["--split", "testB"], EXIT_INPUT,
             "unknown split 'testB' for refcoco (unc); valid splits in refs(unc).p: train, val",
         ),
-        (["--limit", "0"], "--limit must be a positive number of samples, got 0"),
-        (["--split-by", "umd"], "refcoco has no 'umd' split scheme; valid: unc, google"),
+        (["--limit", "0"], EXIT_USAGE, "--limit must be a positive number of samples, got 0"),
+        (["--split-by", "umd"], EXIT_INPUT, "refcoco has no 'umd' split scheme; valid: unc, google"),
     ],
 )
-def test_bad_arguments_print_one_line_and_exit_2(
-    capsys: pytest.CaptureFixture[str], photo_root: Path, dummy_model: Path, args: list[str], message: str
+def test_bad_arguments_print_one_line_and_exit_with_their_kind(
+    capsys: pytest.CaptureFixture[str], photo_root: Path, dummy_model: Path, args: list[str], code: int,
+    message: str,
 ) -> None:
+    """A split the data does not have is an input error (3), a nonsensical flag a usage error (2)."""
     rc, out, err = run_cli(capsys, "--model", str(dummy_model), "--dataset", "refcoco", "--data-root",
                            str(photo_root), *args)
-    assert rc == 2 and out == ""
+    assert rc == code and out == ""
     assert err == f"gdino-eval: error: {message}\n"
 
 
@@ -183,7 +192,9 @@ def test_missing_model_and_unsafe_pickle_are_one_line_errors(
 ) -> None:
     rc, _, err = run_cli(capsys, "--model", str(tmp_path / "nope.onnx"), "--dataset", "refcoco",
                          "--data-root", str(photo_root))
-    assert rc == 2 and err == f"gdino-eval: error: model {tmp_path / 'nope.onnx'} not found\n"
+    nope = tmp_path / "nope.onnx"
+    assert rc == EXIT_MODEL
+    assert err == f"gdino-eval: error: model file {nope} does not exist (or is not a file)\n"
     evil = tmp_path / "evil"
     (evil / "refcoco").mkdir(parents=True)
     (evil / "refcoco" / "instances.json").write_text('{"images": [], "annotations": []}')
@@ -191,7 +202,7 @@ def test_missing_model_and_unsafe_pickle_are_one_line_errors(
     rc, _, err = run_cli(
         capsys, "--model", str(dummy_model), "--dataset", "refcoco", "--data-root", str(evil)
     )
-    assert rc == 2 and err.count("\n") == 1 and "refusing to load 'os.system'" in err
+    assert rc == EXIT_INPUT and err.count("\n") == 1 and "refusing to load 'os.system'" in err
 
 
 def test_rerun_with_every_sample_done_skips_inference_and_summarises_the_file(
@@ -200,9 +211,9 @@ def test_rerun_with_every_sample_done_skips_inference_and_summarises_the_file(
     """The model file is not even a model: the run only works because nothing is left to infer."""
     split = load_split("refcoco", "val", photo_root)
     out = tmp_path / "res.json"
-    header = {"gdino_eval": 1, "model": str(dummy_model.resolve()), "dataset": "refcoco", "split_by": "unc",
-              "split": "val", "thresholds": dataclasses.asdict(PostprocessParams())}
-    results = ResultsFile(out.with_suffix(".jsonl"), header)
+    argv = ["--model", str(dummy_model), "--dataset", "refcoco", "--data-root", "."]
+    results_file = out.with_suffix(".jsonl")
+    results = ResultsFile(results_file, results_header(dummy_model, split, build_parser().parse_args(argv)))
     for k, sample in enumerate(split.samples):
         gt = sample.gt_mask()
         if k == 0:  # perfect prediction

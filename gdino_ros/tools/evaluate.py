@@ -9,10 +9,16 @@ Outputs, named after ``--out PATH`` (default ``eval_<dataset>_<split_by>_<split>
 
 * ``PATH``: the summary (metrics, counts, skipped samples) as JSON;
 * ``PATH`` with suffix ``.jsonl``: one line per sample (IoU, I, U, pred_nt, the detections as RLE).
-  It is written as samples complete, so an interrupted run resumes where it stopped when the same
-  command is run again; a file from another model, dataset, split or thresholds is refused;
+  It is written as samples complete, so an interrupted run (Ctrl-C, SIGTERM, a full disk) resumes where
+  it stopped when the same command is run again; a file from another model (by content: the header holds
+  the model's SHA-256, so a different model saved at the same path is caught), dataset, split or
+  thresholds is refused;
 * ``.md``: the summary as a markdown table, also printed;
 * ``.png``: a histogram of per-sample IoU and the precision at IoU thresholds 0.5 ... 0.95.
+
+The summary, table and plot are written through a temporary file and a rename, and replace only an
+earlier gdino-eval summary (a JSON file it marked); any other file at those paths is refused. Exit codes
+are those of :mod:`gdino_ros.errors`.
 """
 from __future__ import annotations
 
@@ -20,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,8 +34,11 @@ from typing import Any
 import cv2
 import numpy as np
 
-from gdino_ros.backends.base import BackendError
+from gdino_ros.backends.engine_meta import file_sha256
+from gdino_ros.conversions.image import ImageConversionError, read_image_file
 from gdino_ros.core.result import EXPRESSION, Result
+from gdino_ros.core.result_json import result_json
+from gdino_ros.errors import InputError, ModelError, OutputError, UsageError
 from gdino_ros.eval.datasets import DATASETS, DatasetError, Sample, Split, load_split
 from gdino_ros.eval.metrics import (
     PR_THRESHOLDS,
@@ -45,7 +53,9 @@ from gdino_ros.eval.metrics import (
     sample_iou,
     union_mask,
 )
+from gdino_ros.tools import cli
 from gdino_ros.tools.arguments import add_model_arguments, postprocess_params
+from gdino_ros.tools.output_files import atomic_write, write_failure
 
 LOG = logging.getLogger("gdino-eval")
 
@@ -58,11 +68,16 @@ PRED_NT_RULE = (
     "pred_nt = Result.no_target: the no-target (ReLA) head's argmax for 5-output models, "
     "no detection surviving post-processing for 3-output models"
 )
-RESULTS_FORMAT = 1  # version of the per-sample JSON lines
+RESULTS_FORMAT = 2  # version of the per-sample JSON lines (2: the model's SHA-256, result_json's records)
+PROG = "gdino-eval"
 
 
-class EvalError(RuntimeError):
-    """The evaluation cannot go on; the message says why and what to do."""
+class EvalError(InputError):
+    """The evaluation cannot use its data; the message says why and what to do."""
+
+
+class ResultsFileError(OutputError):
+    """The results file at the output path belongs to another run or is damaged; it is left alone."""
 
 
 # --- Per-sample records ---------------------------------------------------------------------------------
@@ -73,7 +88,7 @@ def sample_record(sample: Sample, result: Result) -> dict[str, Any]:
     shape = (sample.height, sample.width)
     predicted = union_mask([d.mask for d in result.detections], shape)
     score = sample_iou(predicted, sample.gt_mask(), pred_nt=result.no_target, gt_nt=sample.no_target)
-    nt_probability = result.no_target_probability
+    serialised = result_json(result, mask_to_rle)
     return {
         "key": sample.key,
         "ref_id": sample.ref_id,
@@ -84,28 +99,20 @@ def sample_record(sample: Sample, result: Result) -> dict[str, Any]:
         "width": sample.width,
         "expression": sample.expression,
         "gt_nt": sample.no_target,
-        "pred_nt": bool(result.no_target),
-        "no_target_probability": None if math.isnan(nt_probability) else float(nt_probability),
+        "pred_nt": serialised["no_target"],
+        "no_target_probability": serialised["no_target_probability"],
         "I": score.intersection,
         "U": score.union,
         "iou": score.iou,
         "gt": [{"ann_id": i.ann_id, "bbox": list(i.bbox_xywh), "rle": i.rle} for i in sample.instances],
-        "detections": [
-            {
-                "label": d.label,
-                "score": float(d.score),
-                "bbox": _xyxy_to_xywh(d.box_xyxy),
-                "rle": mask_to_rle(d.mask),
-            }
-            for d in result.detections
-        ],
-        "timings_ms": {k: float(v) for k, v in result.timings_ms.items()},
+        "detections": serialised["detections"],
+        "timings_ms": serialised["timings_ms"],
     }
 
 
-def _xyxy_to_xywh(box: tuple[float, float, float, float]) -> list[float]:
+def _xyxy_to_xywh(box: Sequence[float]) -> tuple[float, float, float, float]:
     x0, y0, x1, y1 = (float(v) for v in box)
-    return [x0, y0, x1 - x0, y1 - y0]
+    return (x0, y0, x1 - x0, y1 - y0)
 
 
 class ResultsFile:
@@ -122,8 +129,11 @@ class ResultsFile:
         if path.exists():
             self._load()
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise write_failure(path.parent, error) from None
+            atomic_write(path, json.dumps(header) + "\n")
 
     def _load(self) -> None:
         data = self.path.read_bytes()
@@ -136,8 +146,9 @@ class ResultsFile:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
                     if number < len(lines):
-                        raise EvalError(
-                            f"{self.path} line {number} is not JSON; delete the file to start over"
+                        raise ResultsFileError(
+                            f"{self.path} line {number} is not JSON; it is left as it is: delete it to "
+                            "start over, or choose another --out"
                         ) from exc
                     LOG.warning("%s: dropping a half-written last line", self.path)
                     with open(self.path, "r+b") as f:
@@ -147,9 +158,9 @@ class ResultsFile:
                 if have_header:
                     self.records[str(obj["key"])] = obj
                 elif obj != self.header:
-                    raise EvalError(
-                        f"{self.path} holds results of {obj}, not of {self.header}; "
-                        "choose another --out or delete the file"
+                    raise ResultsFileError(
+                        f"{self.path} holds results of another run ({_difference(obj, self.header)}); it "
+                        "is left as it is: choose another --out or delete the file"
                     )
                 have_header = True
             offset += len(line) + 1
@@ -160,11 +171,25 @@ class ResultsFile:
                 f.write(json.dumps(self.header) + "\n")
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one sample's line and flush it to disk."""
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        """Add one sample's line and flush it to disk (a half-written line is cut on the next start)."""
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+        except OSError as error:
+            raise write_failure(
+                self.path, error, f"the {len(self.records)} samples before are kept: run the same command "
+                "again to resume"
+            ) from None
         self.records[str(record["key"])] = record
+
+
+def _difference(found: Any, wanted: dict[str, Any]) -> str:
+    """Name the header fields that differ, e.g. ``model_sha256 abc... != def...``."""
+    if not isinstance(found, dict):
+        return "no gdino-eval header"
+    fields = [k for k in wanted if found.get(k) != wanted[k]] or sorted(set(found) - set(wanted))
+    return ", ".join(f"{k}: {found.get(k)!r}, this run: {wanted.get(k)!r}" for k in fields[:2])
 
 
 # --- Summary ----------------------------------------------------------------------------------------------
@@ -182,7 +207,7 @@ def summarise(records: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[S
             int(r["width"]),
             [CocoInstance(g["rle"], tuple(g["bbox"])) for g in r["gt"]],
             [
-                CocoInstance(d["rle"], tuple(d["bbox"]), float(d["score"]))
+                CocoInstance(d["mask"], _xyxy_to_xywh(d["box_xyxy"]), float(d["score"]))
                 for d in r["detections"]
             ],
         )
@@ -220,7 +245,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         f"{PRED_NT_RULE}.",
         f"Skipped: {counts['skipped_missing_image']} sample(s) whose image is missing "
         f"({counts['missing_images']} image(s)); {counts['invalid_polygons']} polygon(s) with fewer than "
-        "3 points left out of the ground truth.",
+        f"3 points left out of the ground truth; {counts['dropped_refs']} target ref(s) left without any "
+        "ground truth dropped whole (as the official loader does).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -338,49 +364,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``gdino-eval``; returns the process exit code."""
+    """Entry point of ``gdino-eval``; returns the process exit code (:mod:`gdino_ros.errors`)."""
     args = build_parser().parse_args(argv)
     # Warnings (missing images, invalid polygons, a cut-off results line) go to stderr whatever the
     # root logger's configuration; they still propagate to it.
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("gdino-eval: warning: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"{PROG}: warning: %(message)s"))
     loggers = [logging.getLogger("gdino_ros.eval"), LOG]
     for logger in loggers:
         logger.addHandler(handler)
     try:
-        return _run(args)
-    except (DatasetError, EvalError, BackendError, ValueError, OSError) as exc:
-        print(f"gdino-eval: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gdino-eval: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return cli.run(PROG, lambda: _run(args))
     finally:
         for logger in loggers:
             logger.removeHandler(handler)
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise EvalError(f"--limit must be a positive number of samples, got {args.limit}")
-    if not args.model.exists():
-        raise EvalError(f"model {args.model} not found")
-    split = load_split(args.dataset, args.split, args.data_root, args.split_by)
-    samples = split.samples[: args.limit] if args.limit else split.samples
-    out = args.out or Path(f"eval_{split.dataset}_{split.split_by}_{split.split}.json")
-    header = {
+def results_header(model: Path, split: Split, args: argparse.Namespace) -> dict[str, Any]:
+    """Return the results file's first line: what the samples were computed with (a rerun must match)."""
+    return {
         "gdino_eval": RESULTS_FORMAT,
-        "model": str(args.model.resolve()),
+        "model": str(model.resolve()),
+        "model_sha256": file_sha256(model),
         "dataset": split.dataset,
         "split_by": split.split_by,
         "split": split.split,
         "thresholds": dataclasses.asdict(postprocess_params(args)),
     }
-    results = ResultsFile(out.with_suffix(".jsonl"), header)
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be a positive number of samples, got {args.limit}")
+    if not args.model.is_file():
+        raise ModelError(f"model file {args.model} does not exist (or is not a file)")
+    split = load_split(args.dataset, args.split, args.data_root, args.split_by)
+    samples = split.samples[: args.limit] if args.limit else split.samples
+    out = args.out or Path(f"eval_{split.dataset}_{split.split_by}_{split.split}.json")
+    _check_summary_paths(out)
+    results = ResultsFile(out.with_suffix(".jsonl"), results_header(args.model, split, args))
     todo = [s for s in samples if s.key not in results.records]
     unreadable: set[str] = set()
     if todo:
-        _infer(args, split, samples, todo, results, unreadable)
+        try:
+            _infer(args, split, samples, todo, results, unreadable)
+        except KeyboardInterrupt:
+            done = sum(1 for s in samples if s.key in results.records)
+            return cli.interrupted(
+                PROG, f"{results.path} holds {done} of {len(samples)} samples; run the same command again "
+                "to resume"
+            )
     records = [results.records[s.key] for s in samples if s.key in results.records]
     if not records:
         raise EvalError(
@@ -388,14 +421,34 @@ def _run(args: argparse.Namespace) -> int:
         )
     summary, scores = _summary(args, split, samples, records, unreadable)
     table = markdown_table(summary)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    out.with_suffix(".md").write_text(table, encoding="utf-8")
     title = f"{summary['model_name']}  {DISPLAY_NAMES[split.dataset]} ({split.split_by}) {split.split}"
-    if not cv2.imwrite(str(out.with_suffix(".png")), draw_plot(scores, title)):
-        raise EvalError(f"could not write {out.with_suffix('.png')}")
+    ok, png = cv2.imencode(".png", draw_plot(scores, title))
+    if not ok:
+        raise OutputError(f"cannot encode the plot {out.with_suffix('.png')} as PNG")
+    with cli.deferred_signals():
+        atomic_write(out, json.dumps({"gdino_eval": RESULTS_FORMAT, **summary}, indent=2) + "\n")
+        atomic_write(out.with_suffix(".md"), table)
+        atomic_write(out.with_suffix(".png"), png.tobytes())
     print(table, end="")
     return 0
+
+
+def _check_summary_paths(out: Path) -> None:
+    """Refuse summary paths taken by anything but an earlier gdino-eval summary (an input, say)."""
+    paths = [out, out.with_suffix(".md"), out.with_suffix(".png")]
+    taken = [p for p in paths if p.exists() or p.is_symlink()]
+    if not taken:
+        return
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+        ours = isinstance(earlier, dict) and "gdino_eval" in earlier and all(p.is_file() for p in taken)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        ours = False
+    if not ours:
+        raise OutputError(
+            f"{taken[0]} exists and is not an earlier gdino-eval summary; it is left as it is: choose "
+            "another --out"
+        )
 
 
 def _infer(
@@ -436,9 +489,10 @@ def _infer(
 
 
 def _read_image(sample: Sample) -> np.ndarray | None:
-    bgr = cv2.imread(str(sample.image_path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        LOG.warning("cannot read image %s; its expressions are skipped", sample.image_path)
+    try:
+        bgr = read_image_file(sample.image_path)
+    except ImageConversionError as error:
+        LOG.warning("%s; its expressions are skipped", error)
         return None
     if bgr.shape[:2] != (sample.height, sample.width):
         raise DatasetError(
@@ -471,6 +525,7 @@ def _summary(
             "skipped_missing_image": split.skipped_samples + skipped_unreadable,
             "missing_images": len(split.missing_images) + len(unreadable),
             "invalid_polygons": split.invalid_polygons,
+            "dropped_refs": split.dropped_refs,
         },
         "limit": args.limit,
         "resolution": "original image size",

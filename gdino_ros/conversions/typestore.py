@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 VISION_MSGS = "vision_msgs"
 GDINO_MSGS = "gdino_ros"
 
-# The message types registered, per package; the vision_msgs subset is the Detection2D closure.
+# The message types registered, per package; the vision_msgs subset is what the project publishes
+# (the Detection2D and Detection3D closures and LabelInfo).
 PROJECT_MESSAGES: dict[str, tuple[str, ...]] = {
     VISION_MSGS: (
         "Point2D",
@@ -40,6 +41,11 @@ PROJECT_MESSAGES: dict[str, tuple[str, ...]] = {
         "ObjectHypothesisWithPose",
         "Detection2D",
         "Detection2DArray",
+        "BoundingBox3D",
+        "Detection3D",
+        "Detection3DArray",
+        "VisionClass",
+        "LabelInfo",
     ),
     GDINO_MSGS: ("SegmentationResult",),
 }

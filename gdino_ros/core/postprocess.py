@@ -147,7 +147,8 @@ def postprocess(
         z = np.exp(z - z.max())
         no_target_probability = float(z[NO_TARGET_INDEX] / z.sum())
         if int(np.argmax(no_targets)) == NO_TARGET_INDEX:
-            return Result(prompt.text, prompt.mode, [], label_image, True, no_target_probability)
+            return Result(prompt.text, prompt.mode, [], label_image, True, no_target_probability,
+                          phrases=prompt.vocabulary)
 
     scores, queries, classes, token_probs = _select(logits, prompt, params)
     boxes_xyxy = boxes_to_pixels(boxes[queries], height, width)
@@ -184,11 +185,13 @@ def postprocess(
             box_xyxy=(float(boxes_xyxy[k, 0]), float(boxes_xyxy[k, 1]),
                       float(boxes_xyxy[k, 2]), float(boxes_xyxy[k, 3])),
             mask=instance_masks[k],
+            mask_window=rectangles[k] or (0, 0, 0, 0),
         )
         for k in range(len(queries))
     ]
     no_target = False if no_targets is not None else not detections
-    return Result(prompt.text, prompt.mode, detections, label_image, no_target, no_target_probability)
+    return Result(prompt.text, prompt.mode, detections, label_image, no_target, no_target_probability,
+                  phrases=prompt.vocabulary)
 
 
 def _read_outputs(

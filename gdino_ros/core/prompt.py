@@ -95,6 +95,11 @@ class EncodedPrompt:
     token_words: np.ndarray
 
     @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The class names consumers see: the kept phrases, or the whole expression as one class."""
+        return self.phrases if self.mode == PHRASES else (" ".join(self.text.split()),)
+
+    @property
     def num_tokens(self) -> int:
         """Number of real tokens, [CLS] and [SEP] included."""
         return int(self.attention_mask.sum())

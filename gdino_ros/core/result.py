@@ -20,6 +20,8 @@ class Detection:
     (expression mode); ``phrase_index`` indexes the prompt's phrases, -1 in expression mode.
     ``box_xyxy`` is (x0, y0, x1, y1), float pixels, clipped to the image.
     ``mask`` is bool [H0, W0]: the instance's own pixels, overlaps with other instances included.
+    ``mask_window`` (y0, y1, x0, x1), when known, is a rectangle outside which ``mask`` is all False, so
+    consumers crop without scanning the whole image; None means the whole image.
     """
 
     instance_id: int
@@ -28,6 +30,7 @@ class Detection:
     score: float
     box_xyxy: tuple[float, float, float, float]
     mask: np.ndarray
+    mask_window: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -39,6 +42,8 @@ class Result:
     wins). ``no_target`` is the model's image-level "nothing matches" decision;
     ``no_target_probability`` is NaN when the model has no no-target (ReLA) head.
     ``timings_ms`` maps stage name (preprocess, inference, postprocess, ...) to milliseconds.
+    ``phrases`` is the prompt's class vocabulary (``EncodedPrompt.vocabulary``): a detection's class is
+    ``phrases[phrase_index]`` in phrases mode and ``phrases[0]``, the whole expression, in expression mode.
     """
 
     prompt: str
@@ -48,3 +53,4 @@ class Result:
     no_target: bool
     no_target_probability: float
     timings_ms: dict[str, float] = field(default_factory=dict)
+    phrases: tuple[str, ...] = ()

@@ -51,7 +51,7 @@ from gdino_ros.conversions.messages import (
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PromptError
-from gdino_ros.core.segmenter import Segmenter
+from gdino_ros.core.segmenter import ModelAccessError, Segmenter
 from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.node.diagnostics import segmentation_status
 from gdino_ros.node.frame_slot import FrameSlot
@@ -218,6 +218,8 @@ class SegmentNode(Node):
             raise StartupError(f"no tokenizer for the prompts: {error}") from error
         except PromptError as error:
             raise StartupError(f"bad parameter: prompt {values['prompt']!r}: {error}") from error
+        except ModelAccessError as error:  # an unreadable file: how to export a model is beside the point
+            raise StartupError(f"cannot use model '{model}': {error}") from error
         except (OSError, ValueError, RuntimeError) as error:  # BackendError, CheckpointError, unreadable file
             raise StartupError(model_help(model, str(error).rstrip("."))) from error
 

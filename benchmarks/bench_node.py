@@ -99,7 +99,7 @@ def make_node(scenario: str) -> Any:
         def _release(self) -> None:
             pass
 
-    overrides = [Parameter("prompt", value=PROMPT), Parameter("input_qos", value="reliable")]
+    overrides = [Parameter("initial_prompt", value=PROMPT), Parameter("input_qos", value="reliable")]
     return SegmentNode(segmenter=Segmenter(NoOpBackend(), tokenizer), parameter_overrides=overrides)
 
 

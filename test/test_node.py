@@ -208,7 +208,7 @@ def _assert_matches(result_msg: Any, expected: Result) -> None:
 
 def test_every_output_carries_the_input_header_and_matches_the_model(bench_factory: Callable[..., Bench],
                                                                      reference: Segmenter) -> None:
-    bench = bench_factory(prompt=PHRASES)
+    bench = bench_factory(initial_prompt=PHRASES)
     photo = skdata.astronaut()
     msg = _image_msg(photo, 1)
 
@@ -257,7 +257,7 @@ def test_every_output_carries_the_input_header_and_matches_the_model(bench_facto
 def test_phrase_lists_and_referring_expressions(bench_factory: Callable[..., Bench], reference: Segmenter,
                                                 prompt: str, mode: str) -> None:
     """Both prompt kinds work (auto mode), on several photos; no_target follows the model's decision."""
-    bench = bench_factory(prompt=prompt)
+    bench = bench_factory(initial_prompt=prompt)
     for index, photo in enumerate([skdata.astronaut(), skdata.coffee(), skdata.chelsea()]):
         result = bench.process(_image_msg(photo, 10 + index))
         reference.set_prompt(prompt, "auto")
@@ -272,7 +272,7 @@ def test_bgr_mono_and_compressed_frames_give_the_same_result_as_rgb(bench_factor
                                                                      reference: Segmenter) -> None:
     photo = skdata.coffee()
     reference.set_prompt(PHRASES, "auto")
-    bench = bench_factory(prompt=PHRASES)
+    bench = bench_factory(initial_prompt=PHRASES)
     bgr = np.ascontiguousarray(photo[..., ::-1])
     _assert_matches(bench.process(_image_msg(bgr, 20, "bgr8")), reference(photo))
     grey = cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY)
@@ -284,7 +284,7 @@ def test_compressed_input(bench_factory: Callable[..., Bench], reference: Segmen
 
     photo = skdata.coffee()
     reference.set_prompt(PHRASES, "auto")
-    bench = bench_factory(prompt=PHRASES, compressed_input=True)
+    bench = bench_factory(initial_prompt=PHRASES, compressed_input=True)
     ok, png = cv2.imencode(".png", photo[..., ::-1])
     assert ok
     msg = CompressedImage(format="png")
@@ -300,7 +300,7 @@ def test_compressed_input(bench_factory: Callable[..., Bench], reference: Segmen
 def test_prompt_change_while_streaming_applies_from_a_later_frame_without_losing_output(
     bench_factory: Callable[..., Bench], reference: Segmenter
 ) -> None:
-    bench = bench_factory(prompt=PHRASES, input_qos="reliable", overlay=False)
+    bench = bench_factory(initial_prompt=PHRASES, input_qos="reliable", overlay=False)
     photo = skdata.rocket()
     msg = _image_msg(photo, 100)
     sent = [0]
@@ -334,7 +334,7 @@ def test_prompt_change_while_streaming_applies_from_a_later_frame_without_losing
 
 
 def test_empty_prompt_is_rejected_and_the_previous_prompt_stays(bench_factory: Callable[..., Bench]) -> None:
-    bench = bench_factory(prompt=PHRASES)
+    bench = bench_factory(initial_prompt=PHRASES)
     assert bench.spin_until(lambda: bool(bench.outputs["active_prompt"]), 10.0)
     bench.publish_prompt("   ")
     assert bench.spin_until(lambda: len(bench.outputs["active_prompt"]) >= 2, 10.0)
@@ -346,7 +346,7 @@ def test_thresholds_change_at_runtime_and_bad_values_are_refused(bench_factory: 
                                                                  reference: Segmenter) -> None:
     from rclpy.parameter import Parameter
 
-    bench = bench_factory(prompt=PHRASES)
+    bench = bench_factory(initial_prompt=PHRASES)
     photo = skdata.astronaut()
     reference.set_prompt(PHRASES, "auto")
     before = bench.process(_image_msg(photo, 40))
@@ -379,7 +379,7 @@ def test_thresholds_change_at_runtime_and_bad_values_are_refused(bench_factory: 
 
 def test_bad_frames_are_survived_with_one_throttled_warning(bench_factory: Callable[..., Bench],
                                                             capfd: pytest.CaptureFixture[str]) -> None:
-    bench = bench_factory(prompt=PHRASES, input_qos="reliable")
+    bench = bench_factory(initial_prompt=PHRASES, input_qos="reliable")
     photo = skdata.astronaut()
     unsupported = _image_msg(photo[..., 0], 50, "32FC1")
     truncated = _image_msg(photo, 51)
@@ -414,7 +414,7 @@ def test_fast_1080p_stream_drops_frames_keeps_latency_bounded_and_memory_flat(
     bench_factory: Callable[..., Bench]
 ) -> None:
     """30 Hz 1080p against a slower model: the newest frame is processed, the others dropped and counted."""
-    bench = bench_factory(prompt=PHRASES, overlay=False, keep_pixels=False)
+    bench = bench_factory(initial_prompt=PHRASES, overlay=False, keep_pixels=False)
     photo = cv2.resize(skdata.astronaut(), (1920, 1080))
     msg = _image_msg(photo, 1000)  # one message, re-stamped as it goes out (publishing copies it)
     published_at: list[float] = []

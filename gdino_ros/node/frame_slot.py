@@ -45,6 +45,11 @@ class FrameSlot:
             item, self._item, self._poked = self._item, None, False
             return item
 
+    def discard(self) -> None:
+        """Drop the waiting frame, if any (the node was disabled: it must not be processed later)."""
+        with self._condition:
+            self._item = None
+
     def close(self) -> None:
         """Wake the worker so that it stops."""
         with self._condition:

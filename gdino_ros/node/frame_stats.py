@@ -1,4 +1,7 @@
-"""What happened to the node's frames: counters and a window of per-stage timings.
+"""What happened to the node's frames: counters, a window of per-stage timings, and recent outcomes.
+
+The counters run since start (what happened overall); health is judged on :attr:`FrameStats.outcomes`,
+the recent frames' results, so one bad frame does not leave the node in WARN for the rest of its life.
 
 Both threads write here (the executor counts arrivals, the worker everything else), so every access
 holds :attr:`FrameStats.lock`; /diagnostics reads a consistent copy.
@@ -10,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass, field
 
 STATS_WINDOW = 100  # frames the diagnostics' rates and latencies are computed over
+OUTCOME_WINDOW = 1000  # outcomes kept; more than a health window (seconds) holds at any camera rate
+PROCESSED, REJECTED, FAILED = "processed", "rejected", "failed"
 
 
 @dataclass
@@ -27,6 +32,15 @@ class FrameStats:
     received_at: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     published_at: deque[float] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     stage_ms: deque[dict[str, float]] = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    # (monotonic time, PROCESSED | REJECTED | FAILED, problem text) of each frame the worker finished.
+    outcomes: deque[tuple[float, str, str]] = field(default_factory=lambda: deque(maxlen=OUTCOME_WINDOW))
+
+    def record(self, now: float, outcome: str, problem: str = "") -> None:
+        """Count one finished frame (hold :attr:`lock`): its counter, its outcome, the problem if any."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+        self.outcomes.append((now, outcome, problem))
+        if problem:
+            self.last_problem = problem
 
 
 def rate_hz(times: deque[float]) -> float:

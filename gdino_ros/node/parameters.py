@@ -39,10 +39,11 @@ PARAMETERS: dict[str, Setting] = {
             read_only=True,
         ),
         Setting(
-            "prompt",
+            "initial_prompt",
             "",
-            "Prompt from the first frame on; change it at runtime on gdino/prompt (std_msgs/String). Empty: "
-            "frames wait for a prompt on gdino/prompt.",
+            "Streaming prompt at start-up; change it at runtime on gdino/prompt (std_msgs/String), and read "
+            "the prompt in force on gdino/active_prompt. Empty: frames wait for a prompt on gdino/prompt "
+            "(gdino/segment requests are served all the same).",
             read_only=True,
         ),
         Setting(
@@ -67,6 +68,12 @@ PARAMETERS: dict[str, Setting] = {
             "reliable (keep last 1).",
             choices=INPUT_QOS_CHOICES,
             read_only=True,
+        ),
+        Setting(
+            "enabled",
+            True,
+            "false: the node drops its image subscription and processes nothing (the model stays loaded, "
+            "the prompt is kept); true: it subscribes again.",
         ),
         Setting(
             "compressed_input",

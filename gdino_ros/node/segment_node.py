@@ -16,12 +16,32 @@ subscribes ``image`` (sensor_msgs/Image) or, with ``compressed_input``, ``image/
 frame, stamped with the input image's header, ``gdino/detections`` (vision_msgs/Detection2DArray),
 ``gdino/mask`` (instance label image), ``gdino/no_target`` (std_msgs/Bool), ``gdino/result``
 (gdino_ros/SegmentationResult) and, while someone subscribes, ``gdino/overlay`` (rgb8); latched
-``gdino/active_prompt`` (std_msgs/String, transient local) and ``/diagnostics`` once a second.
+``gdino/active_prompt`` (std_msgs/String, transient local) and ``/diagnostics`` once a second, on the
+steady clock (so with use_sim_time and no /clock yet they still come).
+
+Requests. The ``gdino/segment`` service (gdino_ros/srv/Segment) segments one frame with the caller's
+prompt and thresholds without touching the streaming prompt: the service callback queues the request
+and awaits it (a coroutine, so the executor keeps receiving frames meanwhile); the worker runs queued
+requests in arrival order between two streaming frames, each on the frame it asked for, and wakes the
+executor through a guard condition; a steady-clock timer fails requests whose timeout ran out.
+Encoded request prompts are kept (:mod:`.prompt_cache`).
+
+Enable. The ``enabled`` parameter (``ros2 param set ... enabled false``) drops the image subscription,
+the waiting frame and the pending requests; the model, the prompt and everything else stay, so
+``enabled true`` resumes at once. It is a parameter rather than a managed lifecycle node: the node is
+useful from ``ros2 run`` without a lifecycle manager, rclpy's lifecycle (Humble and Jazzy) manages only
+publishers, and a parameter is set through a standard service that tools and planners already call.
+
+Shutdown. Once it starts nothing is published or logged from the worker; the worker is given
+:data:`WORKER_STOP_TIMEOUT_S` to finish, and :func:`main` leaves a frame still inside the engine to the
+process's exit rather than waiting for it. Further SIGINT/SIGTERM are ignored while shutting down.
 
 Only API that exists in both Humble and Jazzy rclpy is used.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -32,12 +52,15 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
@@ -50,23 +73,39 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
-from gdino_ros.core.prompt import PromptError
+from gdino_ros.core.prompt import PROMPT_MODES, PromptError
 from gdino_ros.core.segmenter import ModelAccessError, Segmenter
 from gdino_ros.core.tokenizer import TokenizerNotFoundError
-from gdino_ros.node.diagnostics import segmentation_status
+from gdino_ros.node.diagnostics import NodeState, segmentation_status
 from gdino_ros.node.frame_slot import FrameSlot
-from gdino_ros.node.frame_stats import FrameStats
-from gdino_ros.node.parameters import PARAMETERS, descriptor, parameter_problems, thresholds_from
+from gdino_ros.node.frame_stats import FAILED, PROCESSED, REJECTED, FrameStats
+from gdino_ros.node.hardware import device_name
+from gdino_ros.node.parameters import (
+    PARAMETERS,
+    THRESHOLDS,
+    descriptor,
+    parameter_problems,
+    thresholds_from,
+)
+from gdino_ros.node.prompt_cache import PromptCache
+from gdino_ros.node.requests import Outcome, RequestQueue, SegmentRequest
+from gdino_ros.node.shown import shown
+from gdino_ros.srv import Segment
 
 NODE_NAME = "segment_node"
 WARN_PERIOD_S = 5.0  # throttle of the per-frame warnings (bad images, mono8 overflow, failed frames)
 DIAGNOSTICS_PERIOD_S = 1.0
-WORKER_STOP_TIMEOUT_S = 30.0
+# Shutdown waits this long for the worker, well inside the 2 s a user (or ros2 launch's SIGKILL after
+# 10 s) will wait; a frame that takes longer is not waited for.
+WORKER_STOP_TIMEOUT_S = 1.0
+REQUEST_TIMEOUT_S = 5.0  # gdino/segment requests that give timeout_s 0
+REQUEST_CHECK_PERIOD_S = 0.05  # how often the deadlines of pending requests are checked
 
 # detections, mask, no_target, result, overlay
 OUTPUT_TOPICS = {leaf: f"{OUTPUT_NAMESPACE}/{leaf}" for leaf in OUTPUT_TYPES}
 PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/prompt"
 ACTIVE_PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/active_prompt"
+SEGMENT_SERVICE = f"{OUTPUT_NAMESPACE}/segment"
 DIAGNOSTICS_TOPIC = "/diagnostics"
 
 
@@ -112,6 +151,12 @@ class SegmentNode(Node):
         self._types = ros_message_types()
         self._stats = FrameStats()
         self._slot = FrameSlot()
+        self._requests = RequestQueue()
+        self._prompt_cache = PromptCache(self._segmenter)
+        self._hardware_id = device_name(self._segmenter.backend.device)
+        # The newest frame received and when (monotonic): what gdino/segment requests run on.
+        self._newest_lock = threading.Lock()
+        self._newest_frame: tuple[Any, float] | None = None
         # Written by executor-thread callbacks, applied by the worker between frames.
         self._staged_lock = threading.Lock()
         self._staged_prompt: str | None = None
@@ -122,24 +167,40 @@ class SegmentNode(Node):
         self._overlay_enabled: bool = values["overlay"]
         self._prompt_mode: str = values["prompt_mode"]
         self._active_prompt: str = self._segmenter.prompt_text or ""
+        self._enabled: bool = values["enabled"]  # written by the executor thread only
 
         self._create_publishers()
         self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._diagnostics_timer = self.create_timer(DIAGNOSTICS_PERIOD_S, self._publish_diagnostics)
+        # Steady clock: with use_sim_time and no /clock (a paused simulator) ROS time stands still.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self._diagnostics_timer = self.create_timer(
+            DIAGNOSTICS_PERIOD_S, self._publish_diagnostics, clock=steady
+        )
+        self._request_timer = self.create_timer(REQUEST_CHECK_PERIOD_S, self._expire_requests, clock=steady)
+        self._request_timer.cancel()  # runs only while requests are pending
+        self._wake = self.create_guard_condition(lambda: None)  # the worker finished a request
+        # A callback group of its own: a callback holds its group until its coroutine returns, and waiting
+        # requests must neither block one another nor the image callback that brings their frame.
+        self._segment_service = self.create_service(
+            Segment, SEGMENT_SERVICE, self._on_segment, callback_group=ReentrantCallbackGroup()
+        )
         self._publish_active_prompt()
 
         self._worker = threading.Thread(target=self._work, name="gdino_worker", daemon=True)
         self._worker.start()
         backend = self._segmenter.backend
         self.get_logger().info(
-            f"ready: {backend.name} on {backend.device} ({backend.precision}); images from "
-            f"{self._image_subscription.topic_name}; prompt {self._active_prompt!r} ({self._prompt_mode})"
+            f"ready: {backend.name} on {backend.device} ({self._hardware_id}, {backend.precision}); images "
+            f"from {self._image_topic}{'' if self._enabled else ' once enabled (enabled is false)'}; "
+            f"prompt '{shown(self._active_prompt)}' ({self._prompt_mode}); requests on "
+            f"{self.resolve_topic_name(SEGMENT_SERVICE)}"
         )
         if not self._active_prompt:
             self.get_logger().warning(
-                f"no prompt yet: publish one on {self.resolve_topic_name(PROMPT_TOPIC)} (std_msgs/String) or "
-                "set the 'prompt' parameter; frames are not processed until then"
+                f"no streaming prompt yet: publish one on {self.resolve_topic_name(PROMPT_TOPIC)} "
+                "(std_msgs/String) or set 'initial_prompt'; until then frames are only used for "
+                "gdino/segment requests"
             )
 
     def _create_publishers(self) -> None:
@@ -166,15 +227,22 @@ class SegmentNode(Node):
             reliability=ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE,
         )
         self._to_pixels: Callable[[Any], tuple[np.ndarray, bool]]
+        self._image_input: tuple[type, str, QoSProfile]
         if compressed:
             self._to_pixels = compressed_to_pixels
-            self._image_subscription = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_image, input_qos
-            )
+            self._image_input = (CompressedImage, "image/compressed", input_qos)
         else:
             self._to_pixels = image_to_pixels
-            self._image_subscription = self.create_subscription(Image, "image", self._on_image, input_qos)
+            self._image_input = (Image, "image", input_qos)
+        self._image_topic = self.resolve_topic_name(self._image_input[1])
+        self._image_subscription: Any = None
+        if self._enabled:
+            self._subscribe_images()
         self._prompt_subscription = self.create_subscription(String, PROMPT_TOPIC, self._on_prompt, 10)
+
+    def _subscribe_images(self) -> None:
+        message_type, topic, qos = self._image_input
+        self._image_subscription = self.create_subscription(message_type, topic, self._on_image, qos)
 
     def _read_parameters(self) -> tuple[dict[str, Any], PostprocessParams]:
         try:
@@ -192,11 +260,13 @@ class SegmentNode(Node):
     def _configure(segmenter: Segmenter, values: dict[str, Any], thresholds: PostprocessParams) -> None:
         """Give a segmenter built by the caller this node's thresholds and initial prompt."""
         segmenter.set_params(thresholds)
-        if values["prompt"].strip():
+        if values["initial_prompt"].strip():
             try:
-                segmenter.set_prompt(values["prompt"], values["prompt_mode"])
+                segmenter.set_prompt(values["initial_prompt"], values["prompt_mode"])
             except ValueError as error:
-                raise StartupError(f"bad parameter: prompt {values['prompt']!r}: {error}") from error
+                raise StartupError(
+                    f"bad parameter: initial_prompt '{shown(values['initial_prompt'])}': {error}"
+                ) from error
 
     def _message_class(self, leaf: str) -> Any:
         return getattr(self._types, OUTPUT_TYPES[leaf].rsplit("/", 1)[1])
@@ -210,14 +280,16 @@ class SegmentNode(Node):
                 model,
                 tokenizer_path=values["tokenizer"] or None,
                 device=values["device"],
-                prompt=values["prompt"] if values["prompt"].strip() else None,
+                prompt=values["initial_prompt"] if values["initial_prompt"].strip() else None,
                 mode=values["prompt_mode"],
                 params=thresholds,
             )
         except TokenizerNotFoundError as error:
             raise StartupError(f"no tokenizer for the prompts: {error}") from error
         except PromptError as error:
-            raise StartupError(f"bad parameter: prompt {values['prompt']!r}: {error}") from error
+            raise StartupError(
+                f"bad parameter: initial_prompt '{shown(values['initial_prompt'])}': {error}"
+            ) from error
         except ModelAccessError as error:  # an unreadable file: how to export a model is beside the point
             raise StartupError(f"cannot use model '{model}': {error}") from error
         except (OSError, ValueError, RuntimeError) as error:  # BackendError, CheckpointError, unreadable file
@@ -226,7 +298,11 @@ class SegmentNode(Node):
     # --- executor-thread callbacks: validate, store, return ------------------------------------------
 
     def _on_image(self, msg: Any) -> None:
+        if not self._enabled:  # taken just before the subscription was dropped
+            return
         now = time.monotonic()
+        with self._newest_lock:
+            self._newest_frame = (msg, now)
         dropped = self._slot.put(msg, now)
         with self._stats.lock:
             self._stats.received += 1
@@ -237,7 +313,7 @@ class SegmentNode(Node):
         if not msg.data.strip():
             self.get_logger().warning(
                 f"ignored an empty prompt on {self.resolve_topic_name(PROMPT_TOPIC)}; still using "
-                f"{self._active_prompt!r}"
+                f"'{shown(self._active_prompt)}'"
             )
             self._publish_active_prompt()
             return
@@ -253,40 +329,198 @@ class SegmentNode(Node):
         with self._staged_lock:
             self._requested_thresholds = thresholds_from(values, self._requested_thresholds)
             self._staged_values.update(values)
+        if values.get("enabled", self._enabled) != self._enabled:
+            self._set_enabled(values["enabled"])
         self._slot.poke()
         return SetParametersResult(successful=True)
+
+    def _set_enabled(self, enabled: bool) -> None:
+        """Subscribe to images again, or drop the subscription, the waiting frame and pending requests."""
+        self._enabled = enabled
+        if enabled:
+            self._subscribe_images()
+            self.get_logger().info(
+                f"enabled: processing frames from {self._image_topic} again with prompt "
+                f"'{shown(self._active_prompt)}'"
+            )
+            return
+        self.destroy_subscription(self._image_subscription)
+        self._image_subscription = None
+        self._slot.discard()
+        with self._newest_lock:
+            self._newest_frame = None
+        for request in self._requests.unfinished():
+            self._requests.finish(request, Outcome(False, "segment_node was disabled before the request ran"))
+        self.get_logger().info(
+            f"disabled: unsubscribed from {self._image_topic}; the model and the prompt stay loaded "
+            f"(ros2 param set {self.get_fully_qualified_name()} enabled true resumes)"
+        )
+
+    async def _on_segment(self, request: Any, response: Any) -> Any:
+        """gdino/segment: queue the request, wait (without blocking the executor) for its outcome."""
+        now = time.monotonic()
+        future = Future()
+        queued = SegmentRequest(
+            prompt=request.prompt,
+            mode=request.prompt_mode or self._prompt_mode,
+            params=self._requested_thresholds,
+            next_frame=request.frame == Segment.Request.FRAME_NEXT,
+            arrived=now,
+            deadline=now + (request.timeout_s if request.timeout_s > 0 else REQUEST_TIMEOUT_S),
+            on_done=future.set_result,
+        )
+        self._requests.add(queued)
+        problem, thresholds = self._request_problem(request)
+        if problem:
+            self._requests.finish(queued, Outcome(False, problem))
+        else:
+            queued.params = thresholds
+            if self._request_timer.is_canceled():
+                self._request_timer.reset()
+            self._slot.poke()
+        outcome: Outcome = await future
+        response.success, response.message = outcome.success, outcome.message
+        if outcome.result is not None:
+            response.result = outcome.result
+        return response
+
+    def _request_problem(self, request: Any) -> tuple[str, PostprocessParams]:
+        """Why ``request`` cannot be served (one sentence, empty if it can) and its thresholds."""
+        thresholds = self._requested_thresholds
+        if not self._enabled:
+            return (
+                "segment_node is disabled (parameter enabled is false); enable it with "
+                f"'ros2 param set {self.get_fully_qualified_name()} enabled true'",
+                thresholds,
+            )
+        if not request.prompt.strip():
+            return "empty prompt: say what to find, e.g. 'cup . bottle' or 'the mug left of the plate'", (
+                thresholds
+            )
+        if request.prompt_mode and request.prompt_mode not in PROMPT_MODES:
+            return (
+                f"prompt_mode must be one of {', '.join(PROMPT_MODES)} (or empty for the node's "
+                f"'{self._prompt_mode}'), got '{shown(request.prompt_mode)}'",
+                thresholds,
+            )
+        if request.frame not in (Segment.Request.FRAME_LATEST, Segment.Request.FRAME_NEXT):
+            return f"frame must be FRAME_LATEST (0) or FRAME_NEXT (1), got {request.frame}", thresholds
+        if not request.timeout_s >= 0:
+            return f"timeout_s must be 0 (for {REQUEST_TIMEOUT_S:g} s) or more, got {request.timeout_s}", (
+                thresholds
+            )
+        given = {}  # negative (and 0 for an integer) leaves the node's value
+        for setting in THRESHOLDS:
+            value = getattr(request, setting.name)
+            if value > 0 or (value == 0 and setting.kind is float):
+                given[setting.name] = value
+        problems = parameter_problems(given)
+        if problems:
+            return "; ".join(problems), thresholds
+        try:
+            return "", thresholds_from(given, thresholds)
+        except ValueError as error:
+            return str(error), thresholds
+
+    def _expire_requests(self) -> None:
+        """Fail the requests whose timeout ran out (steady-clock timer, while requests are pending)."""
+        for request in self._requests.overdue(time.monotonic()):
+            self._requests.finish(request, Outcome(False, self._timeout_message(request)))
+        if not len(self._requests):
+            self._request_timer.cancel()
+
+    def _timeout_message(self, request: SegmentRequest) -> str:
+        waited = f"timed out after {request.deadline - request.arrived:g} s"
+        if request.running:
+            return f"{waited}: the frame was still being segmented (the model is slower than the timeout)"
+        with self._newest_lock:
+            newest = self._newest_frame
+        if newest is None:
+            return f"{waited}: no frame received on {self._image_topic} (is the camera publishing?)"
+        if request.next_frame and newest[1] <= request.arrived:
+            return f"{waited}: no frame arrived on {self._image_topic} after the request"
+        return f"{waited}: still queued behind earlier requests (the model is slower than requests arrive)"
 
     # --- worker thread -------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while not self._slot.closed:
-            item = self._slot.take()
-            self._apply_staged()
-            if item is None:
-                continue
-            if self._segmenter.prompt is None:
-                with self._stats.lock:
-                    self._stats.waiting_for_prompt += 1
-                continue
-            try:
-                self._process(*item)
-            except ImageConversionError as error:
-                self._count_problem("rejected", f"bad image: {error}")
-                self.get_logger().warning(
-                    f"skipped a frame from {self._image_subscription.topic_name}: {error}",
-                    throttle_duration_sec=WARN_PERIOD_S,
-                )
-            except Exception as error:  # noqa: BLE001 - one failing frame must not stop the node
-                self._count_problem("failed", f"{type(error).__name__}: {error}")
-                self.get_logger().error(
-                    f"frame failed ({type(error).__name__}: {error}); continuing with the next one",
-                    throttle_duration_sec=WARN_PERIOD_S,
-                )
+        try:
+            while not self._stopping():
+                item = self._slot.take()
+                if self._stopping():
+                    break
+                self._apply_staged()
+                self._serve_requests()
+                if item is None or not self._enabled:
+                    continue
+                if self._segmenter.prompt is None:
+                    with self._stats.lock:
+                        self._stats.waiting_for_prompt += 1
+                    continue
+                self._stream(*item)
+        finally:
+            if self._owns_segmenter:
+                self._segmenter.close()
 
-    def _count_problem(self, counter: str, text: str) -> None:
+    def _stopping(self) -> bool:
+        """Shutdown has begun (the node is being destroyed, or Ctrl-C shut the context down)."""
+        return self._slot.closed or not self.context.ok()
+
+    def _stream(self, msg: Any, received: float) -> None:
+        """Process one streaming frame; a bad or failing frame is counted and warned about, not fatal."""
+        try:
+            self._process(msg, received)
+        except ImageConversionError as error:
+            self._count_problem(REJECTED, f"bad image: {error}")
+            self.get_logger().warning(
+                f"skipped a frame from {self._image_topic}: {error}", throttle_duration_sec=WARN_PERIOD_S
+            )
+        except Exception as error:  # noqa: BLE001 - one failing frame must not stop the node
+            if self._stopping():  # publishing raced the shutdown: nothing failed
+                return
+            self._count_problem(FAILED, f"{type(error).__name__}: {error}")
+            self.get_logger().error(
+                f"frame failed ({type(error).__name__}: {error}); continuing with the next one",
+                throttle_duration_sec=WARN_PERIOD_S,
+            )
+
+    def _count_problem(self, outcome: str, text: str) -> None:
         with self._stats.lock:
-            setattr(self._stats, counter, getattr(self._stats, counter) + 1)
-            self._stats.last_problem = text
+            self._stats.record(time.monotonic(), outcome, text)
+
+    def _serve_requests(self) -> None:
+        """Run the queued requests whose frame exists, in arrival order, each with its own prompt."""
+        while not self._stopping():
+            with self._newest_lock:
+                newest = self._newest_frame
+            request = self._requests.take_ready(None if newest is None else newest[1])
+            if request is None or newest is None:
+                return
+            outcome = self._run_request(request, newest[0])
+            if self._requests.finish(request, outcome) and not self._stopping():
+                self._wake.trigger()  # the executor resumes the waiting service callback
+
+    def _run_request(self, request: SegmentRequest, msg: Any) -> Outcome:
+        """Segment ``msg`` with the request's prompt and thresholds; the streaming prompt is untouched."""
+        try:
+            segmenter = self._prompt_cache.segmenter_for(request.prompt, request.mode)
+        except ValueError as error:
+            return Outcome(False, f"unusable prompt '{shown(request.prompt)}': {error}")
+        try:
+            pixels, bgr = self._to_pixels(msg)
+            segmenter.set_params(request.params)
+            result = segmenter(pixels, bgr=bgr)
+            messages = result_to_messages(result, msg.header, self._types, mask_encoding=self._mask_encoding)
+        except ImageConversionError as error:
+            return Outcome(False, f"the frame cannot be used: {error}")
+        except Exception as error:  # noqa: BLE001 - the caller is told; the node goes on
+            return Outcome(False, f"the frame failed ({type(error).__name__}: {error})")
+        stamp = msg.header.stamp
+        return Outcome(
+            True,
+            f"{len(result.detections)} detection(s) in the frame stamped {stamp.sec}.{stamp.nanosec:09d}",
+            messages.result,
+        )
 
     def _apply_staged(self) -> None:
         """Apply prompt and parameter changes between two frames, so every frame sees one state."""
@@ -308,11 +542,11 @@ class SegmentNode(Node):
                 encoded = self._segmenter.set_prompt(prompt, self._prompt_mode)
             except ValueError as error:
                 self.get_logger().warning(
-                    f"rejected prompt {prompt!r}: {error} Still using {self._active_prompt!r}."
+                    f"rejected prompt '{shown(prompt)}': {error} Still using '{shown(self._active_prompt)}'."
                 )
             else:
                 self._active_prompt = prompt
-                self.get_logger().info(f"prompt is now {prompt!r} ({encoded.mode})")
+                self.get_logger().info(f"prompt is now '{shown(prompt)}' ({encoded.mode})")
                 if encoded.dropped:
                     self.get_logger().warning(
                         "the prompt is longer than the model's 256 tokens; left out: "
@@ -333,6 +567,8 @@ class SegmentNode(Node):
         messages = result_to_messages(
             result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay
         )
+        if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
+            return
         for leaf, message in messages.items():
             self._output_publishers[leaf].publish(message)
         published = time.monotonic()
@@ -352,7 +588,7 @@ class SegmentNode(Node):
             "total": (published - received) * 1e3,
         }
         with self._stats.lock:
-            self._stats.processed += 1
+            self._stats.record(published, PROCESSED)
             self._stats.published_at.append(published)
             self._stats.stage_ms.append(stages)
 
@@ -363,12 +599,21 @@ class SegmentNode(Node):
 
     def diagnostics(self) -> DiagnosticStatus:
         """Summarise the node's health as one DiagnosticStatus (what /diagnostics carries)."""
+        state = NodeState(
+            enabled=self._enabled,
+            active_prompt=self._active_prompt,
+            prompt_mode=self._prompt_mode,
+            requests_served=self._requests.served,
+            requests_failed=self._requests.failed,
+            requests_pending=len(self._requests),
+        )
         return segmentation_status(
             f"{self.get_fully_qualified_name()}: segmentation",
             self._stats,
             self._segmenter.backend,
-            self._active_prompt,
-            self._prompt_mode,
+            state,
+            self._hardware_id,
+            time.monotonic(),
         )
 
     def _publish_diagnostics(self) -> None:
@@ -376,14 +621,22 @@ class SegmentNode(Node):
         diagnostics.header.stamp = self.get_clock().now().to_msg()
         self._diagnostics_publisher.publish(diagnostics)
 
+    @property
+    def worker_stopped(self) -> bool:
+        """Whether the worker has ended (false while a frame is still inside the engine)."""
+        return not self._worker.is_alive()
+
     def destroy_node(self) -> None:
-        """Stop the worker (it finishes the frame in flight) before the publishers go away."""
+        """Stop without waiting for a slow frame; pending requests fail.
+
+        The worker publishes nothing from now on and gets :data:`WORKER_STOP_TIMEOUT_S` to end; if it is
+        still in the engine, it closes the model itself when the frame ends (or the process exits first).
+        """
         self._slot.close()
-        if self._worker.is_alive():
-            self._worker.join(WORKER_STOP_TIMEOUT_S)
+        for request in self._requests.unfinished():
+            self._requests.finish(request, Outcome(False, "segment_node is shutting down"))
+        self._worker.join(WORKER_STOP_TIMEOUT_S)
         super().destroy_node()
-        if self._owns_segmenter:
-            self._segmenter.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -400,11 +653,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         rclpy.try_shutdown()
         return 1
     spin_until_shutdown(node)
+    if not node.worker_stopped:
+        # A frame is still inside the engine and cannot be interrupted; the process need not wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
 def spin_until_shutdown(node: Node) -> None:
-    """Spin ``node`` until Ctrl-C or an external shutdown, then destroy it and shut rclpy down."""
+    """Spin ``node`` until Ctrl-C, SIGTERM or an external shutdown, then destroy it and shut rclpy down."""
     executor = SingleThreadedExecutor(context=node.context)
     executor.add_node(node)
     try:
@@ -412,8 +670,17 @@ def spin_until_shutdown(node: Node) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        _ignore_further_signals()
         node.destroy_node()
         rclpy.try_shutdown(context=node.context)
+        _ignore_further_signals()  # rclpy's shutdown may have put back the handler it replaced
+
+
+def _ignore_further_signals() -> None:
+    """Ignore SIGINT and SIGTERM: a second Ctrl-C must not break the short shutdown with a traceback."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -142,9 +142,10 @@ class Camera:
         ``binning`` times larger, or as a ``roi`` at ``roi`` of a larger sensor."""
         fx, fy = self.fx * binning, self.fy * binning
         cx, cy = self.cx * binning + roi[0], self.cy * binning + roi[1]
-        roi_msg = SimpleNamespace(x_offset=roi[0], y_offset=roi[1], width=self.width * binning if roi != (0, 0)
-                                  else 0, height=self.height * binning if roi != (0, 0) else 0,
-                                  do_rectify=False)
+        whole = roi == (0, 0)  # CameraInfo's roi of zero size means the full image
+        roi_msg = SimpleNamespace(x_offset=roi[0], y_offset=roi[1], do_rectify=False,
+                                  width=0 if whole else self.width * binning,
+                                  height=0 if whole else self.height * binning)
         full = (self.width * binning + 2 * roi[0], self.height * binning + 2 * roi[1])
         return SimpleNamespace(
             header=SimpleNamespace(frame_id=frame_id), width=full[0], height=full[1],

@@ -22,8 +22,8 @@ from gdino_ros.core.depth_lifting import (
     CameraModel,
     DepthInputError,
     DepthLifter,
-    LiftingParams,
     Lifted,
+    LiftingParams,
     depth_metres,
 )
 from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
@@ -87,7 +87,8 @@ def test_distortion_matters_in_this_scene() -> None:
     camera = replace(CAMERA, d=PLUMB_BOB)
     scene = render(camera)
     ignorant = CameraModel.from_camera_info(replace(camera, d=np.zeros(5)).camera_info())
-    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, depth_metres(scene.depth_32fc1(), DEPTH_M), ignorant)
+    depth = depth_metres(scene.depth_32fc1(), DEPTH_M)
+    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, depth, ignorant)
     with pytest.raises(AssertionError):
         _check(lifted, scene, 2)
 
@@ -129,8 +130,9 @@ def test_pixels_without_depth_are_left_out_and_an_instance_without_any_is_nan() 
     holes[::2] = False
     depth[holes] = 0
     depth[crate] = 0
-    lifted = DepthLifter(LiftingParams(depth_erosion_px=0)).lift(
-        crops, scene.z.shape, depth_metres(depth, DEPTH_MM), CameraModel.from_camera_info(CAMERA.camera_info()))
+    model = CameraModel.from_camera_info(CAMERA.camera_info())
+    lifted = DepthLifter(LiftingParams(depth_erosion_px=0)).lift(crops, scene.z.shape,
+                                                                 depth_metres(depth, DEPTH_MM), model)
     assert 0 < lifted[0].points < int(box.sum()) * 0.6
     assert np.allclose(lifted[0].centroid, np.median(scene.points[box], axis=0), atol=0.01)
     assert lifted[1].points == 0 and all(math.isnan(v) for v in lifted[1].centroid + lifted[1].box_min)

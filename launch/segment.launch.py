@@ -4,9 +4,11 @@
         image_topic:=/camera/color/image_raw prompt:="cup . bottle ."
     # Isaac Sim (ROS2 Camera Helper defaults: topic /rgb, simulation clock on /clock):
     ros2 launch gdino_ros segment.launch.py model:=/path/to/model.onnx image_topic:=/rgb use_sim_time:=true
+    ros2 launch gdino_ros segment.launch.py --show-args      # every argument, its default and choices
 
-Every other parameter comes from params_file (default: this package's config/params.yaml); model, prompt
-and prompt_mode override it only when given.
+Parameters come from params_file (default: this package's config/params.yaml); an argument left empty
+keeps params_file's value, one that is given overrides it. `prompt` sets the parameter initial_prompt
+and `enable` the parameter enabled.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -16,28 +18,68 @@ from launch_ros.substitutions import FindPackageShare
 PACKAGE = "gdino_ros"
 EXECUTABLE = "segment_node"
 
-# name -> (default, description). An empty model/prompt/prompt_mode leaves params_file's value in place.
+# name -> (default, description, choices). Empty choices: any value.
 ARGUMENTS = {
-    "model": ("", "Model file: .onnx (gdino-export), .engine (gdino-build-engine) or TAO .pth"),
-    "image_topic": ("image", "Camera topic: sensor_msgs/Image, or <topic>/compressed with compressed_input"),
-    "prompt": ("", "Prompt for the first frame, e.g. 'cup . bottle .'; change it later on gdino/prompt"),
-    "prompt_mode": ("", "auto, phrases or expression (empty: params_file's value)"),
-    "params_file": ("", "Parameter YAML (empty: the package's config/params.yaml)"),
-    "namespace": ("", "Namespace of the node and its gdino/* topics (one per camera)"),
-    "use_sim_time": ("false", "Use the /clock topic (true for Isaac Sim and bag playback)"),
-    "rviz": ("false", "Also open RViz with config/gdino.rviz (camera image, overlay, mask)"),
+    "model": ("", "Model file: .onnx (gdino-export), .engine (gdino-build-engine) or TAO .pth", ()),
+    "tokenizer": ("", "bert-base-uncased vocab.txt or tokenizer folder (empty: params_file's value)", ()),
+    "device": ("", "auto, cpu, cuda or cuda:N (empty: params_file's value)", ()),
+    "image_topic": (
+        "image", "Camera topic: sensor_msgs/Image, or <topic>/compressed with compressed_input", ()
+    ),
+    "compressed_input": (
+        "", "true: subscribe to <image_topic>/compressed (empty: params_file's value)", ("", "true", "false")
+    ),
+    "input_qos": (
+        "", "Image subscription QoS (empty: params_file's value)", ("", "sensor_data", "reliable")
+    ),
+    "prompt": (
+        "", "Streaming prompt at start-up, e.g. 'cup . bottle .' (parameter initial_prompt); change it "
+        "later on gdino/prompt", ()
+    ),
+    "prompt_mode": (
+        "", "How prompts are read (empty: params_file's value)", ("", "auto", "phrases", "expression")
+    ),
+    "enable": (
+        "", "false: start without processing frames (parameter enabled; empty: params_file's value)",
+        ("", "true", "false"),
+    ),
+    "params_file": ("", "Parameter YAML (empty: the package's config/params.yaml)", ()),
+    "namespace": ("", "Namespace of the node and its gdino/* topics (one per camera)", ()),
+    "use_sim_time": (
+        "false", "Use the /clock topic (true for Isaac Sim and bag playback)", ("true", "false")
+    ),
+    "rviz": (
+        "false", "Also open RViz with config/gdino.rviz (camera image, overlay, mask)", ("true", "false")
+    ),
+    "fixed_frame": (
+        "camera_link", "RViz fixed frame: a TF frame your camera publishes (the images need none)", ()
+    ),
 }
+# Launch argument -> node parameter, for the arguments that override params_file when given.
+PARAMETER_OF = {
+    "model": "model",
+    "tokenizer": "tokenizer",
+    "device": "device",
+    "compressed_input": "compressed_input",
+    "input_qos": "input_qos",
+    "prompt": "initial_prompt",
+    "prompt_mode": "prompt_mode",
+    "enable": "enabled",
+}
+BOOLEANS = {"compressed_input", "enable", "use_sim_time", "rviz"}
 
 
-def _is_true(text: str) -> bool:
-    return text.strip().lower() in ("true", "1", "yes")
+def _value(name: str, text: str):
+    return text == "true" if name in BOOLEANS else text
 
 
 def _actions(context, *_):
     args = {name: context.launch_configurations[name] for name in ARGUMENTS}
     share = FindPackageShare(PACKAGE).perform(context)
-    overrides = {name: args[name] for name in ("model", "prompt", "prompt_mode") if args[name]}
-    overrides["use_sim_time"] = _is_true(args["use_sim_time"])
+    overrides = {
+        parameter: _value(name, args[name]) for name, parameter in PARAMETER_OF.items() if args[name]
+    }
+    overrides["use_sim_time"] = _value("use_sim_time", args["use_sim_time"])
     namespace = args["namespace"].strip("/")
     image_topic = args["image_topic"]
     actions = [
@@ -51,7 +93,7 @@ def _actions(context, *_):
             emulate_tty=True,
         )
     ]
-    if _is_true(args["rviz"]):
+    if _value("rviz", args["rviz"]):
         prefix = f"/{namespace}" if namespace else ""
         absolute_image = image_topic if image_topic.startswith("/") else f"{prefix}/{image_topic}"
         actions.append(
@@ -59,7 +101,7 @@ def _actions(context, *_):
                 package="rviz2",
                 executable="rviz2",
                 name="gdino_rviz",
-                arguments=["-d", f"{share}/config/gdino.rviz"],
+                arguments=["-d", f"{share}/config/gdino.rviz", "-f", args["fixed_frame"]],
                 parameters=[{"use_sim_time": overrides["use_sim_time"]}],
                 # config/gdino.rviz names /gdino/overlay, /gdino/mask and /image.
                 remappings=[
@@ -75,7 +117,9 @@ def _actions(context, *_):
 def generate_launch_description() -> LaunchDescription:
     """Declare the arguments; the nodes are built once their values are known."""
     declared = [
-        DeclareLaunchArgument(name, default_value=default, description=text)
-        for name, (default, text) in ARGUMENTS.items()
+        DeclareLaunchArgument(
+            name, default_value=default, description=text, **({"choices": list(choices)} if choices else {})
+        )
+        for name, (default, text, choices) in ARGUMENTS.items()
     ]
     return LaunchDescription([*declared, OpaqueFunction(function=_actions)])

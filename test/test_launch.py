@@ -16,7 +16,8 @@ from rosharness import REPO_ROOT
 LAUNCH_FILE = REPO_ROOT / "launch" / "segment.launch.py"
 RVIZ_FILE = REPO_ROOT / "config" / "gdino.rviz"
 EXPECTED_ARGUMENTS = {
-    "model", "image_topic", "prompt", "prompt_mode", "params_file", "namespace", "use_sim_time", "rviz",
+    "model", "tokenizer", "device", "image_topic", "compressed_input", "input_qos", "prompt", "prompt_mode",
+    "enable", "params_file", "namespace", "use_sim_time", "rviz", "fixed_frame",
 }
 
 
@@ -52,10 +53,37 @@ def _rviz_image_topics() -> dict[str, str]:
 def test_launch_file_declares_the_documented_arguments() -> None:
     constants = _module_constants(LAUNCH_FILE)
     assert set(constants["ARGUMENTS"]) == EXPECTED_ARGUMENTS
-    for name, (default, description) in constants["ARGUMENTS"].items():
+    for name, (default, description, choices) in constants["ARGUMENTS"].items():
         assert isinstance(default, str) and description, name
+        assert not choices or default in choices, name
     assert constants["ARGUMENTS"]["use_sim_time"][0] == "false"
     assert constants["ARGUMENTS"]["rviz"][0] == "false"
+
+
+def test_launch_arguments_set_real_parameters_with_their_declared_choices() -> None:
+    """An argument that overrides a parameter names it, and offers its choices (plus "": keep params_file's)."""
+    from gdino_ros.node.parameters import PARAMETERS
+
+    constants = _module_constants(LAUNCH_FILE)
+    arguments = constants["ARGUMENTS"]
+    for argument, parameter in constants["PARAMETER_OF"].items():
+        setting = PARAMETERS[parameter]
+        default, _, choices = arguments[argument]
+        assert default == "", f"{argument} must leave params_file's value unless given"
+        if setting.choices:
+            assert choices == ("", *setting.choices), argument
+        elif setting.kind is bool:
+            assert choices == ("", "true", "false") and argument in constants["BOOLEANS"], argument
+    start_up_only = {name for name, setting in PARAMETERS.items() if setting.read_only}
+    assert start_up_only <= set(constants["PARAMETER_OF"].values()), "a start-up setting has no argument"
+
+
+def test_rviz_fixed_frame_is_not_a_map_frame_and_the_launch_can_change_it() -> None:
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    fixed = config["Visualization Manager"]["Global Options"]["Fixed Frame"]
+    constants = _module_constants(LAUNCH_FILE)
+    assert fixed == constants["ARGUMENTS"]["fixed_frame"][0] and fixed not in ("map", "odom", "world")
+    assert '"-f", args["fixed_frame"]' in LAUNCH_FILE.read_text()
 
 
 def test_launch_file_starts_the_installed_executable_of_this_package() -> None:
@@ -117,8 +145,12 @@ def test_launch_description_builds_the_nodes(rviz: str) -> None:
     context = LaunchContext()
     for argument in declared:
         context.launch_configurations[argument.name] = argument.default_value[0].perform(context)
-    context.launch_configurations.update(model="/m.onnx", image_topic="/rgb", namespace="cam1", rviz=rviz)
+    context.launch_configurations.update(
+        model="/m.onnx", image_topic="/rgb", namespace="cam1", rviz=rviz, prompt="cup", enable="false"
+    )
     (opaque,) = [e for e in description.entities if isinstance(e, OpaqueFunction)]
     nodes = [a for a in opaque.execute(context) if isinstance(a, Node)]
     assert [n.node_executable for n in nodes] == ["segment_node"] + (["rviz2"] if rviz == "true" else [])
     assert nodes[0].node_package == "gdino_ros"
+    prompt_mode = next(a for a in declared if a.name == "prompt_mode")
+    assert prompt_mode.choices == ["", "auto", "phrases", "expression"]

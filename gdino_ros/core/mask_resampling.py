@@ -3,10 +3,13 @@
 Two resamplers, each bit-exact with the implementation TAO's results come from: the ReLA union map is
 upsampled with PyTorch's ``align_corners=False`` geometry (:func:`union_foreground`), instance masks with
 OpenCV's generic ``INTER_LINEAR`` resize (:class:`MaskUpsampler`), computed only where a mask can be
-above its threshold.
+above its threshold. The label image of many masks is decided per cell of the low-resolution grid and
+interpolated exactly only in the cells where the deciding mask crosses its threshold
+(:meth:`MaskUpsampler.paint_labels`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -37,6 +40,16 @@ def _torch_bilinear_axis(n_src: int, n_dst: int) -> tuple[np.ndarray, np.ndarray
     i1 = np.minimum(i0 + 1, n_src - 1)
     w1 = src - i0.astype(np.float32)
     return i0, i1, np.float32(1) - w1, w1
+
+
+def upsampled_mask(logits: np.ndarray, threshold: float, dst_hw: tuple[int, int]) -> np.ndarray:
+    """``cv2.resize(logits, dst) > threshold`` exactly (see :class:`MaskUpsampler`), as a new bool array.
+
+    Uses its own upsampler, so any thread may call it.
+    """
+    mask = np.zeros(dst_hw, dtype=np.bool_)
+    MaskUpsampler(logits.shape, dst_hw).paint(logits, threshold, mask)
+    return mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +106,9 @@ class MaskUpsampler:
         self._rows = _opencv_linear_axis(self.src_hw[0], self.dst_hw[0], edge_weight_one=False)
         self._cols = _opencv_linear_axis(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
         self._scratch: np.ndarray | None = None  # float32 [3, H * W], allocated on first use
+        # Cell r of an axis: the output indices whose first source index is r (they read samples r, r+1).
+        self._row_cells = _Cells.of(self._rows.i0, self.src_hw[0])
+        self._col_cells = _Cells.of(self._cols.i0, self.src_hw[1])
 
     def paint(
         self, logits: np.ndarray, threshold: float, out: np.ndarray
@@ -104,20 +120,10 @@ class MaskUpsampler:
         Returns None when no pixel is above the threshold.
         """
         logits = np.ascontiguousarray(logits, dtype=np.float32)
-        # A weighted mean of samples that are all <= threshold is <= threshold: exactly so at threshold 0
-        # (by sign); otherwise a margin far above float32 rounding keeps every candidate sample.
-        margin = 0.0 if threshold == 0 else 1e-4 * (1.0 + abs(threshold))
-        c0, r0, n_cols, n_rows = cv2.boundingRect((logits > threshold - margin).view(np.uint8))
-        if n_rows == 0:
+        window = self.window(logits, threshold)
+        if window is None:
             return None
-        # Output pixels that read any of the source rows r0 .. r0+n_rows-1 (and likewise for columns).
-        rows, cols = self._rows, self._cols
-        y0 = int(np.searchsorted(rows.i1, r0, "left"))
-        y1 = int(np.searchsorted(rows.i0, r0 + n_rows - 1, "right"))
-        x0 = int(np.searchsorted(cols.i1, c0, "left"))
-        x1 = int(np.searchsorted(cols.i0, c0 + n_cols - 1, "right"))
-        if y1 <= y0 or x1 <= x0:
-            return None
+        y0, y1, x0, x1 = window
         height, width = self.dst_hw
         if self._scratch is None:
             self._scratch = np.empty((3, height * width), dtype=np.float32)
@@ -133,6 +139,27 @@ class MaskUpsampler:
             np.greater(full[y0:y1, x0:x1], threshold, out=target)
         else:
             np.greater(self._interpolate(logits, y0, y1, x0, x1), threshold, out=target)
+        return y0, y1, x0, x1
+
+    def window(self, logits: np.ndarray, threshold: float) -> tuple[int, int, int, int] | None:
+        """Return the output rectangle ``(y0, y1, x0, x1)`` outside which ``logits`` upsample to <= threshold.
+
+        None when the whole output is at or below the threshold.
+        """
+        # A weighted mean of samples that are all <= threshold is <= threshold: exactly so at threshold 0
+        # (by sign); otherwise a margin far above float32 rounding keeps every candidate sample.
+        margin = 0.0 if threshold == 0 else 1e-4 * (1.0 + abs(threshold))
+        c0, r0, n_cols, n_rows = cv2.boundingRect((np.asarray(logits) > threshold - margin).view(np.uint8))
+        if n_rows == 0:
+            return None
+        # Output pixels that read any of the source rows r0 .. r0+n_rows-1 (and likewise for columns).
+        rows, cols = self._rows, self._cols
+        y0 = int(np.searchsorted(rows.i1, r0, "left"))
+        y1 = int(np.searchsorted(rows.i0, r0 + n_rows - 1, "right"))
+        x0 = int(np.searchsorted(cols.i1, c0, "left"))
+        x1 = int(np.searchsorted(cols.i0, c0 + n_cols - 1, "right"))
+        if y1 <= y0 or x1 <= x0:
+            return None
         return y0, y1, x0, x1
 
     def _interpolate(self, logits: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -157,3 +184,189 @@ class MaskUpsampler:
         bottom *= rows.w1[y0:y1, None]
         top += bottom
         return top
+
+    def paint_labels(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> None:
+        """Write the label image of ``planes`` (float [N, h, w], best first) into ``out`` (uint16 [H, W]).
+
+        A pixel gets ``k + 1`` for the first plane k whose upsampled logit is above ``threshold`` (exactly
+        as :meth:`paint` decides it), 0 when there is none; every pixel of ``out`` is written.
+
+        Why per cell: an output pixel is a weighted mean of the 2×2 samples of its cell, so when all four
+        are above the threshold (by a margin far above float32 rounding) the whole cell is inside, and
+        when none is, the whole cell is outside. Only a cell that a plane crosses needs that plane's exact
+        values, and only until the first plane that surely covers the cell: with hundreds of overlapping
+        masks that is a small part of the image, and no full-size mask is ever written.
+        """
+        h, w = self.src_hw
+        margin = 1e-4 * (1.0 + abs(threshold))  # as in paint(): at threshold 0 "outside" is exact by sign
+        outside_below = threshold if threshold == 0 else threshold - margin
+        winner = np.zeros((h, w), dtype=np.uint16)  # per cell: 1 + the first plane that covers it all
+        open_cells = np.ones((h, w), dtype=np.bool_)  # no plane has covered the cell yet
+        crossed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (plane, cell rows, cell columns)
+        for k in range(planes.shape[0]):
+            plane = np.asarray(planes[k], dtype=np.float32)
+            c0, r0, n_cols, n_rows = cv2.boundingRect((plane > outside_below).view(np.uint8))
+            if n_rows == 0:
+                continue
+            # Cells r0-1 .. r0+n_rows-1 read a sample of the bounding rectangle; the rest are outside.
+            ra, rb = max(r0 - 1, 0), min(r0 + n_rows, h)
+            ca, cb = max(c0 - 1, 0), min(c0 + n_cols, w)
+            samples = _with_next_sample(plane, ra, rb, ca, cb)
+            if not np.isfinite(samples).all():
+                self._paint_labels_by_resize(planes, threshold, out)
+                return
+            inside = _all_corners(samples > threshold + margin)
+            touched = _any_corner(samples > outside_below)
+            still_open = open_cells[ra:rb, ca:cb]
+            mixed = touched & ~inside & still_open
+            if mixed.any():
+                rows, cols = np.nonzero(mixed)
+                crossed.append((k, rows + ra, cols + ca))
+            newly = inside & still_open
+            winner[ra:rb, ca:cb][newly] = k + 1
+            still_open &= ~inside
+            if not open_cells.any():
+                break
+        np.take(np.take(winner, self._rows.i0, axis=0), self._cols.i0, axis=1, out=out)
+        if crossed:
+            self._paint_crossed_cells(planes, threshold, crossed, winner, out)
+
+    def _paint_labels_by_resize(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> None:
+        """paint_labels() for planes with infinite or NaN logits: OpenCV's full resize of every plane.
+
+        OpenCV reads a single sample at the image's left and right edges, where the per-cell arithmetic
+        would multiply an infinite sample by a zero weight; engines do not normally output such values.
+        """
+        height, width = self.dst_hw
+        out[...] = 0
+        previous = cv2.ipp.useIPP()
+        cv2.ipp.setUseIPP(False)
+        try:
+            with np.errstate(invalid="ignore"):
+                for k in range(planes.shape[0] - 1, -1, -1):
+                    plane = np.asarray(planes[k], dtype=np.float32)
+                    up = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
+                    np.copyto(out, np.uint16(k + 1), where=up > threshold)
+        finally:
+            cv2.ipp.setUseIPP(previous)
+
+    def _paint_crossed_cells(
+        self,
+        planes: np.ndarray,
+        threshold: float,
+        crossed: list[tuple[int, np.ndarray, np.ndarray]],
+        winner: np.ndarray,
+        out: np.ndarray,
+    ) -> None:
+        """Resolve the cells that planes cross, pixel by pixel, with the exact interpolated values.
+
+        A cell's output pixels are cut into tiles of at most the usual cell size (edge cells are larger),
+        and each (plane, tile) pair is evaluated on a padded block: the horizontal pass on the cell's two
+        sample rows, then the vertical pass, in OpenCV's order of operations (as in :meth:`_interpolate`).
+        Per tile, the planes are then applied from the last to the first, so that the first plane above
+        the threshold at a pixel is written last and wins over the cell's covering plane.
+        """
+        h, w = self.src_hw
+        k = np.concatenate([np.full(r.size, i, dtype=np.int64) for i, r, _ in crossed])
+        cell_rows = np.concatenate([r for _, r, _ in crossed])
+        cell_cols = np.concatenate([c for _, _, c in crossed])
+        # One entry per (plane, row tile, column tile) of the crossed cells.
+        row_tiles, col_tiles = self._row_cells, self._col_cells
+        per_pair = row_tiles.tiles[cell_rows] * col_tiles.tiles[cell_cols]
+        pair = np.repeat(np.arange(k.size), per_pair)
+        if pair.size == 0:
+            return
+        within = np.arange(pair.size) - np.repeat(np.cumsum(per_pair) - per_pair, per_pair)
+        n_col_tiles = col_tiles.tiles[cell_cols[pair]]
+        k = k[pair]
+        row_tile = row_tiles.first_tile[cell_rows[pair]] + within // n_col_tiles
+        col_tile = col_tiles.first_tile[cell_cols[pair]] + within % n_col_tiles
+        ys = row_tiles.indices(row_tile)  # [T, ny]
+        xs = col_tiles.indices(col_tile)  # [T, nx]
+        rows, cols = self._rows, self._cols
+        flat = np.ascontiguousarray(planes, dtype=np.float32).reshape(-1)
+        # The two sample rows of each tile's cell: its first source row and the next one (clamped).
+        upper = (k * (h * w) + rows.i0[ys[:, 0]] * w)[:, None, None]
+        lower = upper + (np.minimum(rows.i0[ys[:, 0]] + 1, h - 1) - rows.i0[ys[:, 0]])[:, None, None] * w
+        j0, j1 = cols.i0[xs][:, None, :], cols.i1[xs][:, None, :]
+        sample_rows = np.concatenate([upper, lower], axis=1)  # [T, 2, 1]
+        across = flat[sample_rows + j0] * cols.w0[xs][:, None, :]
+        across += flat[sample_rows + j1] * cols.w1[xs][:, None, :]  # [T, 2, nx]
+        # Output row y reads sample rows i0[y] (the upper one) and i1[y] (upper or lower).
+        second = rows.i1[ys] != rows.i0[ys]  # [T, ny]
+        top = across[:, :1, :] * rows.w0[ys][:, :, None]
+        bottom = np.where(second[:, :, None], across[:, 1:, :], across[:, :1, :])
+        bottom *= rows.w1[ys][:, :, None]
+        top += bottom
+        above = top > threshold
+        # Entries grouped by tile, planes in order within a tile; rank = position within the tile's group.
+        tile = row_tile * col_tiles.start.size + col_tile
+        order = np.lexsort((k, tile))
+        tiles, first, group = np.unique(tile[order], return_index=True, return_inverse=True)
+        rank = np.arange(order.size) - first[group]
+        first_entry = order[first]
+        cells = rows.i0[ys[first_entry, 0]] * w + cols.i0[xs[first_entry, 0]]
+        blocks = np.empty((tiles.size, *above.shape[1:]), dtype=np.uint16)
+        blocks[...] = winner.reshape(-1)[cells][:, None, None]
+        for position in range(int(rank.max()), -1, -1):
+            at = rank == position
+            entries, targets = order[at], group[at]
+            blocks[targets] = np.where(above[entries], (k[entries] + 1).astype(np.uint16)[:, None, None],
+                                       blocks[targets])
+        # Padding repeats a tile's last pixel with its own value, so the block is written whole.
+        out[ys[first_entry][:, :, None], xs[first_entry][:, None, :]] = blocks
+
+
+@dataclass(frozen=True, eq=False)
+class _Cells:
+    """The output indices of each source cell along one axis, cut into tiles of at most ``size``.
+
+    Cell r holds the output indices whose first source index is r, a contiguous run; most cells hold
+    about dst/src of them, the edge cells more. Tile t covers ``start[t]`` .. ``start[t] + count[t] - 1``;
+    cell r's tiles are ``first_tile[r]`` .. ``first_tile[r] + tiles[r] - 1``.
+    """
+
+    start: np.ndarray  # int64 [n_tiles]
+    count: np.ndarray  # int64 [n_tiles]
+    first_tile: np.ndarray  # int64 [n_src]
+    tiles: np.ndarray  # int64 [n_src]
+    size: int
+
+    @staticmethod
+    def of(first_source: np.ndarray, n_src: int) -> _Cells:
+        cell_count = np.bincount(first_source, minlength=n_src)
+        cell_start = np.cumsum(cell_count) - cell_count
+        size = max(1, math.ceil(first_source.size / n_src))
+        tiles = -(-cell_count // size)  # none for a cell without output indices (downscaling)
+        first_tile = np.cumsum(tiles) - tiles
+        cell = np.repeat(np.arange(n_src), tiles)
+        offset = (np.arange(cell.size) - first_tile[cell]) * size
+        count = np.clip(cell_count[cell] - offset, 0, size)
+        return _Cells(cell_start[cell] + offset, count, first_tile, tiles, size)
+
+    def indices(self, tiles: np.ndarray) -> np.ndarray:
+        """Output indices of ``tiles`` [T], int64 [T, size]: a shorter tile repeats its last index."""
+        steps = np.minimum(np.arange(self.size), self.count[tiles][:, None] - 1)
+        return self.start[tiles][:, None] + steps
+
+
+def _with_next_sample(plane: np.ndarray, ra: int, rb: int, ca: int, cb: int) -> np.ndarray:
+    """Return the samples of cells ra:rb × ca:cb: rows ra..rb, columns ca..cb, the last one repeated."""
+    h, w = plane.shape
+    rows = np.minimum(np.arange(ra, rb + 1), h - 1)
+    cols = np.minimum(np.arange(ca, cb + 1), w - 1)
+    if rb < h and cb < w:
+        return plane[ra : rb + 1, ca : cb + 1]
+    return plane[np.ix_(rows, cols)]
+
+
+def _all_corners(samples: np.ndarray) -> np.ndarray:
+    """Per cell, all four corner samples true: bool [n+1, m+1] -> [n, m]."""
+    vertical = samples[:-1] & samples[1:]
+    return vertical[:, :-1] & vertical[:, 1:]
+
+
+def _any_corner(samples: np.ndarray) -> np.ndarray:
+    """Per cell, any of the four corner samples true: bool [n+1, m+1] -> [n, m]."""
+    vertical = samples[:-1] | samples[1:]
+    return vertical[:, :-1] | vertical[:, 1:]

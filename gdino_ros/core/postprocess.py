@@ -20,15 +20,17 @@ Order of operations, per frame (batch 1):
    3. and 5. leave, in one greedy pass (IoI and confidence are per-candidate filters, and a candidate that
    fails IoI never suppresses another).
 6. Masks of the survivors only, at the original resolution: exactly OpenCV's ``INTER_LINEAR`` resize of
-   the (H/4, W/4) logits followed by ``sigmoid > mask_threshold`` (TAO Deploy), computed only on the
-   rectangle of each mask that can hold foreground (:mod:`gdino_ros.core.mask_resampling`). The label image is
-   painted from the lowest score up, so that overlaps go to the higher score.
+   the (H/4, W/4) logits followed by ``sigmoid > mask_threshold`` (TAO Deploy). The label image (where
+   instances overlap, the higher score wins) is computed directly from the low-resolution logits, exactly
+   interpolated only where a mask crosses its threshold; each detection's full-size mask is computed
+   only when read (:mod:`gdino_ros.core.mask_resampling`).
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -47,7 +49,7 @@ from gdino_ros.contract import (
     TEXT_THRESHOLD,
     UNION_MASK_LOGITS,
 )
-from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground
+from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground, upsampled_mask
 from gdino_ros.core.prompt import EncodedPrompt
 from gdino_ros.core.result import PHRASES, Detection, Result
 from gdino_ros.settings import check_settings, setting
@@ -164,18 +166,10 @@ def postprocess(
     scores, queries, classes, boxes_xyxy = scores[keep], queries[keep], classes[keep], boxes_xyxy[keep]
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
-    # One block for all instance masks: a single allocation whose pages are touched only where masks are.
-    instance_masks = np.zeros((len(queries), height, width), dtype=np.bool_)
+    threshold = params.mask_logit_threshold
     upsampler = MaskUpsampler(mask_hw, (height, width))
-    rectangles = [upsampler.paint(kept_masks[k], params.mask_logit_threshold, instance_masks[k])
-                  for k in range(len(queries))]
-    # Lowest score first, so that where instances overlap the higher score is written last and wins.
-    for k in range(len(rectangles) - 1, -1, -1):
-        rectangle = rectangles[k]
-        if rectangle is not None:
-            y0, y1, x0, x1 = rectangle
-            np.copyto(label_image[y0:y1, x0:x1], np.uint16(k + 1), where=instance_masks[k, y0:y1, x0:x1])
-
+    if len(queries):
+        upsampler.paint_labels(kept_masks, threshold, label_image)
     detections = [
         Detection(
             instance_id=k + 1,
@@ -184,8 +178,8 @@ def postprocess(
             score=float(scores[k]),
             box_xyxy=(float(boxes_xyxy[k, 0]), float(boxes_xyxy[k, 1]),
                       float(boxes_xyxy[k, 2]), float(boxes_xyxy[k, 3])),
-            mask=instance_masks[k],
-            mask_window=rectangles[k] or (0, 0, 0, 0),
+            mask_source=partial(upsampled_mask, kept_masks[k], threshold, (height, width)),
+            mask_window=upsampler.window(kept_masks[k], threshold) or (0, 0, 0, 0),
         )
         for k in range(len(queries))
     ]

@@ -1,7 +1,9 @@
 """What one frame produced: the data type every consumer (node, tools, evaluator) reads."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -19,7 +21,10 @@ class Detection:
     ``label`` is the prompt phrase (phrases mode) or the expression's words that matched
     (expression mode); ``phrase_index`` indexes the prompt's phrases, -1 in expression mode.
     ``box_xyxy`` is (x0, y0, x1, y1), float pixels, clipped to the image.
-    ``mask`` is bool [H0, W0]: the instance's own pixels, overlaps with other instances included.
+    :attr:`mask` is bool [H0, W0]: the instance's own pixels, overlaps with other instances included.
+    ``mask_source`` is that array, or a function that computes it: post-processing defers each
+    full-size mask until :attr:`mask` is read (most consumers need only the label image, and hundreds of
+    full-size masks cost more than everything else post-processing does).
     ``mask_window`` (y0, y1, x0, x1), when known, is a rectangle outside which ``mask`` is all False, so
     consumers crop without scanning the whole image; None means the whole image.
     """
@@ -29,8 +34,14 @@ class Detection:
     phrase_index: int
     score: float
     box_xyxy: tuple[float, float, float, float]
-    mask: np.ndarray
+    mask_source: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
     mask_window: tuple[int, int, int, int] | None = None
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """The instance mask, bool [H0, W0]; computed on first access when post-processing deferred it."""
+        source = self.mask_source
+        return source if isinstance(source, np.ndarray) else source()
 
 
 @dataclass

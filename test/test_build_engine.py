@@ -42,6 +42,7 @@ from gdino_ros.backends.engine_meta import (
 )
 from gdino_ros.core.model_metadata import read_onnx_metadata
 from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionReport
+from gdino_ros.errors import EXIT_MODEL
 from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, META_FP32_LAYERS, META_PRECISION, convert_to_fp16
 from gdino_ros.tools import build_engine
 
@@ -177,7 +178,7 @@ def _run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, list[
 def test_cli_rejects_missing_onnx(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     absent = tmp_path / "absent.onnx"
     code, lines = _run_cli(capsys, "--onnx", str(absent), "--output", str(tmp_path / "m.engine"))
-    assert code == 1
+    assert code == EXIT_MODEL
     assert lines == [f"gdino-build-engine: error: ONNX file {tmp_path / 'absent.onnx'} does not exist"]
 
 
@@ -186,10 +187,10 @@ def test_cli_rejects_wrong_output_suffix_and_fp32_layers_without_fp16(
 ) -> None:
     onnx = make_contract_onnx(tmp_path / "m.onnx")
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.trt"))
-    assert code == 1 and "must end in .engine or .plan" in lines[-1]
+    assert code == EXIT_MODEL and "must end in .engine or .plan" in lines[-1]
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.engine"),
                            "--fp32-layers", "*Norm*")
-    assert code == 1 and "--fp32-layers needs --fp16" in lines[-1]
+    assert code == EXIT_MODEL and "--fp32-layers needs --fp16" in lines[-1]
 
 
 @pytest.mark.skipif(real_tensorrt_with_gpu(), reason="TensorRT is usable here; tests the message without it")
@@ -198,7 +199,7 @@ def test_cli_without_tensorrt_prints_one_line_saying_how_to_get_it(
 ) -> None:
     onnx = make_contract_onnx(tmp_path / "m.onnx")
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.engine"), "--fp16")
-    assert code == 1
+    assert code == EXIT_MODEL
     assert len(lines) == 1
     assert "pip install \"tensorrt-cu12" in lines[0] and "python3-libnvinfer" in lines[0]
     assert not (tmp_path / "m.engine").exists()
@@ -426,7 +427,7 @@ def test_workspace_is_at_most_half_the_gpu_memory_by_default(
 
 def test_workspace_beyond_the_gpu_memory_is_refused(fake: FakeBuild) -> None:
     code, lines = fake.run("--workspace-gb", "16")
-    assert code == 1
+    assert code == EXIT_MODEL
     assert lines[-1] == ("gdino-build-engine: error: --workspace-gb 16 does not fit Orin (7.4 GiB); leave it "
                          "out to use 3.7 GiB")
     assert not fake.engine.exists()
@@ -451,7 +452,8 @@ def test_cache_key_holds_the_gpu_identity_not_just_its_name(fake: FakeBuild) -> 
 def test_a_file_not_written_by_the_tool_is_replaced_only_with_force(fake: FakeBuild) -> None:
     fake.engine.write_bytes(b"an engine from trtexec")
     code, lines = fake.run()
-    assert code == 1 and "was not written by gdino-build-engine" in lines[-1] and "--force" in lines[-1]
+    assert code == EXIT_MODEL
+    assert "was not written by gdino-build-engine" in lines[-1] and "--force" in lines[-1]
     assert fake.engine.read_bytes() == b"an engine from trtexec"
     assert fake.state.builds == 0
     code, lines = fake.run("--force")
@@ -464,7 +466,7 @@ def test_output_naming_the_onnx_file_is_refused(fake: FakeBuild) -> None:
     before = onnx_as_engine.read_bytes()
     code, lines = _run_cli(fake.capsys, "--onnx", str(onnx_as_engine), "--output", str(onnx_as_engine),
                            "--force")
-    assert code == 1 and "is the ONNX file itself" in lines[-1]
+    assert code == EXIT_MODEL and "is the ONNX file itself" in lines[-1]
     assert onnx_as_engine.read_bytes() == before
 
 
@@ -483,7 +485,7 @@ def test_build_failures_say_what_to_do(fake: FakeBuild, knob: dict[str, object],
     for name, value in knob.items():
         setattr(fake.state, name, value)
     code, lines = fake.run()
-    assert code == 1
+    assert code == EXIT_MODEL
     assert lines[-1].startswith("gdino-build-engine: error: ") and expected in lines[-1], lines[-1]
     assert not fake.engine.exists() and not sidecar_path(fake.engine).exists()
 
@@ -491,7 +493,7 @@ def test_build_failures_say_what_to_do(fake: FakeBuild, knob: dict[str, object],
 def test_tensorrt_older_than_10_is_named(fake: FakeBuild) -> None:
     fake.use("8.6.1", ORIN)
     code, lines = fake.run()
-    assert code == 1 and len(lines) == 1, lines
+    assert code == EXIT_MODEL and len(lines) == 1, lines
     assert lines[0].startswith("gdino-build-engine: error: TensorRT 8.6.1 is too old: this backend needs "
                                "TensorRT 10 or newer (")  # ... and how to get it
     assert fake.state.builds == 0 and not fake.engine.exists()
@@ -587,7 +589,7 @@ def test_fp16_engine_with_nan_outputs_is_not_installed(
     FakeComparison(monkeypatch, _report(nan_counts={contract.PRED_MASKS: 17}))
     fake.use("10.16.1.11", ORIN)
     code, lines = fake.run("--fp16")
-    assert code == 1
+    assert code == EXIT_MODEL
     assert lines[-1].startswith(
         "gdino-build-engine: error: the FP16 engine's outputs contain NaN (pred_masks: 17 NaN value(s)")
     assert "it was not installed" in lines[-1] and "--fp32-layers" in lines[-1]
@@ -605,7 +607,7 @@ def test_fp16_onnx_builds_fp16_and_keeps_its_export_time_keep_list(
     onnx.save(convert_to_fp16(onnx.load(str(fake.onnx))), str(fp16_onnx))
     argv = ("--onnx", str(fp16_onnx), "--output", str(fake.engine))
     code, lines = _run_cli(fake.capsys, *argv, "--fp32-layers", "*/Softmax*", "--fp16")
-    assert code == 1 and "is already FP16" in lines[-1]
+    assert code == EXIT_MODEL and "is already FP16" in lines[-1]
     assert "gdino-export ... --precision fp16 --fp32-layers */Softmax*" in lines[-1]
     code, lines = _run_cli(fake.capsys, *argv)  # no --fp16 needed: the graph says FP16
     assert code == 0, lines
@@ -619,11 +621,11 @@ def test_fp16_onnx_builds_fp16_and_keeps_its_export_time_keep_list(
 
 def test_fp16_conversion_refuses_bad_patterns_and_foreign_files(fake: FakeBuild) -> None:
     code, lines = fake.run("--fp16", "--fp32-layers", "*NoSuchLayer*")
-    assert code == 1 and "cannot convert" in lines[-1] and "'*NoSuchLayer*'" in lines[-1]
+    assert code == EXIT_MODEL and "cannot convert" in lines[-1] and "'*NoSuchLayer*'" in lines[-1]
     user_file = fake.engine.with_name("m.fp16.onnx")
     user_file.write_bytes(onnx.load(str(fake.onnx)).SerializeToString())
     code, lines = fake.run("--fp16")
-    assert code == 1 and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
+    assert code == EXIT_MODEL and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
     assert not build_engine.is_mixed_fp16(onnx.load(str(user_file)))
 
 
@@ -716,6 +718,6 @@ def test_without_the_onnx_package_the_build_says_how_to_get_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises ImportError
     code, lines = fake.run()
-    assert code == 1
+    assert code == EXIT_MODEL
     assert lines == ["gdino-build-engine: error: gdino-build-engine reads the ONNX graph with the onnx "
                      "package: pip install onnx"]

@@ -17,6 +17,7 @@ import torch
 from test_export import PHRASES, REFERRING, _assert_outputs_close, _image, _text_inputs, _torch_outputs
 
 from gdino_ros import contract
+from gdino_ros.errors import EXIT_MODEL
 from gdino_ros.model.checkpoint import (
     CheckpointError,
     build_model,
@@ -253,7 +254,7 @@ def test_bad_class_head_is_one_clear_error(
     torch.save(_tao_container(state), path)
     output = tmp_path / "out.onnx"
     argv = ["--checkpoint", str(path), "--output", str(output), "--msda", "grid-sample"]
-    assert export_cli.main(argv + (["--log-scale", override] if override else [])) == 1
+    assert export_cli.main(argv + (["--log-scale", override] if override else [])) == EXIT_MODEL
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and not output.exists(), stderr
     assert re.search(message, stderr), stderr
@@ -387,7 +388,7 @@ def test_cli_trust_checkpoint(
     torch.save(_tao_container(tiny_state, hyper_parameters=argparse.Namespace(lr=1e-4)), path)
     output = tmp_path / "trusted.onnx"
     argv = ["--checkpoint", str(path), "--output", str(output), "--msda", "plugin"]
-    assert export_cli.main(argv) == 1
+    assert export_cli.main(argv) == EXIT_MODEL
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "--trust-checkpoint" in stderr and not output.exists()
     assert export_cli.main([*argv, "--trust-checkpoint"]) == 0

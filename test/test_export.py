@@ -25,6 +25,7 @@ from onnx import TensorProto, numpy_helper
 from gdino_ros import contract
 from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
+from gdino_ros.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, export_onnx
@@ -262,18 +263,19 @@ def test_cli_random_init_plugin_graph_is_taos(
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("argv", "code", "message"),
     [
-        (["--random-init", "--config", "tiny", "--height", "100"], "multiple of 32"),
-        (["--checkpoint", "missing.pth"], "does not exist"),
-        (["--random-init", "--config", "tiny", "--output", "/nonexistent/dir/x.onnx"], "does not exist"),
+        (["--random-init", "--config", "tiny", "--height", "100"], EXIT_USAGE, "multiple of 32"),
+        (["--checkpoint", "missing.pth"], EXIT_MODEL, "does not exist"),
+        (["--random-init", "--config", "tiny", "--output", "/nonexistent/dir/x.onnx"], EXIT_OUTPUT,
+         "does not exist"),
     ],
 )
 def test_cli_user_errors_are_one_line(
-    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    argv: list[str], code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if "--output" not in argv:
         argv = [*argv, "--output", str(tmp_path / "x.onnx")]
-    assert export_cli.main(argv) == 1
+    assert export_cli.main(argv) == code
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and message in stderr and "Traceback" not in stderr

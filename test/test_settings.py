@@ -18,6 +18,7 @@ from model_fixtures import make_contract_onnx
 from rosharness import REPO_ROOT
 
 from gdino_ros.core.postprocess import PostprocessParams
+from gdino_ros.errors import UsageError
 from gdino_ros.settings import DEVICE, Setting, settings_of
 from gdino_ros.tools import evaluate, segment
 from gdino_ros.tools.arguments import postprocess_params
@@ -166,7 +167,7 @@ def test_gdino_eval_hands_device_and_thresholds_to_the_segmenter(
 
     def from_model(path: Path, **kwargs: Any) -> Segmenter:
         seen.update(kwargs, path=path)
-        raise ValueError("stopped by the test")
+        raise UsageError("stopped by the test")
 
     monkeypatch.setattr(Segmenter, "from_model", staticmethod(from_model))
     argv = ["--model", str(model), "--dataset", "refcoco", "--data-root", str(root), "--out",

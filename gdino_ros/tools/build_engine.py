@@ -41,7 +41,9 @@ from gdino_ros.backends.engine_meta import (
 )
 from gdino_ros.backends.tensorrt import numpy_dtype, require_tensorrt
 from gdino_ros.core.model_metadata import read_onnx_metadata
-from gdino_ros.errors import GdinoError
+from gdino_ros.errors import InputError
+from gdino_ros.tools import cli
+from gdino_ros.tools.output_files import write_failure
 
 if TYPE_CHECKING:
     import onnx
@@ -578,14 +580,22 @@ def _run(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``gdino-build-engine``; returns the process exit code."""
+    """Entry point of ``gdino-build-engine``; returns the exit code of :mod:`gdino_ros.errors`."""
     args = _parser().parse_args(argv)
-    try:
-        _say(_run(args))
-    except (BackendError, GdinoError, OSError) as error:
-        _say(f"error: {error}")
-        return 1
-    return 0
+
+    def body() -> int:
+        try:
+            _say(_run(args))
+        except KeyboardInterrupt:
+            return cli.interrupted(PROG, f"{args.output} is unchanged (engines are moved in when complete)")
+        except OSError as error:
+            name = Path(error.filename or "").name
+            if name.startswith(args.output.name):  # the engine, its record or their .partial files
+                raise write_failure(args.output, error, "the engine there is unchanged") from None
+            raise InputError(f"cannot read {error.filename}: {error.strerror or error}") from None
+        return 0
+
+    return cli.run(PROG, body)
 
 
 if __name__ == "__main__":

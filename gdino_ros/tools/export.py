@@ -17,15 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gdino_ros import contract
+from gdino_ros.errors import GdinoError, InputError, OutputError, UsageError
+from gdino_ros.tools import cli
+from gdino_ros.tools.output_files import write_failure
 
 if TYPE_CHECKING:
     from gdino_ros.model.config import MaskGDINOConfig
+
+PROG = "gdino-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line interface of ``gdino-export``."""
     parser = argparse.ArgumentParser(
-        prog="gdino-export",
+        prog=PROG,
         description="Export Mask Grounding DINO to ONNX with TAO's engine interface (opset 17, batch 1).",
     )
     weights = parser.add_mutually_exclusive_group(required=True)
@@ -88,18 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the export; user errors print one line to stderr and return 1."""
+    """Run the export; a user error prints one line and exits with its kind's code (gdino_ros.errors)."""
     args = build_parser().parse_args(argv)
+    return cli.run(PROG, lambda: _main(args))
+
+
+def _main(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and args.config != "full":
-        print("gdino-export: error: --config only applies to --random-init", file=sys.stderr)
-        return 2
+        raise UsageError("--config only applies to --random-init")
     if args.random_init and args.log_scale is not None:
-        print("gdino-export: error: --log-scale only applies to --checkpoint (--random-init builds the "
-              "model card's spec, log_scale=auto)", file=sys.stderr)
-        return 2
+        raise UsageError("--log-scale only applies to --checkpoint (--random-init builds the model card's "
+                         "spec, log_scale=auto)")
     if args.fp32_layers and args.precision != "fp16":
-        print("gdino-export: error: --fp32-layers only applies to --precision fp16", file=sys.stderr)
-        return 2
+        raise UsageError("--fp32-layers only applies to --precision fp16")
+    _check_output(args.output, args.checkpoint)
     started = time.monotonic()
 
     def say(message: str) -> None:
@@ -107,12 +114,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return _export(args, say)
-    except (ValueError, OSError) as error:
-        print(f"gdino-export: error: {error}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("gdino-export: interrupted; nothing written", file=sys.stderr)
-        return 130
+        return cli.interrupted(PROG, f"nothing was written ({args.output} is written only when complete)")
+    except OSError as error:
+        if error.filename is not None and Path(error.filename).resolve() != args.output.resolve():
+            raise InputError(f"cannot read {error.filename}: {error.strerror or error}") from None
+        raise write_failure(args.output, error, "nothing was written") from None
+    except GdinoError:
+        raise
+    except ValueError as error:  # a setting out of range (--height, --width, ...), said by the config
+        raise UsageError(str(error)) from None
+
+
+def _check_output(output: Path, checkpoint: Path | None) -> None:
+    """Refuse an output that is the checkpoint, or an existing file gdino-export did not write."""
+    from gdino_ros.core.model_metadata import ModelMetadataError, read_onnx_metadata
+
+    if checkpoint is not None and output.resolve() == checkpoint.resolve():
+        raise OutputError(f"--output {output} is the checkpoint; choose another --output")
+    if not output.exists() and not output.is_symlink():
+        return
+    try:
+        ours = output.is_file() and contract.META_SOURCE in read_onnx_metadata(output)
+    except (OSError, ModelMetadataError):
+        ours = False
+    if not ours:
+        raise OutputError(f"{output} exists and is not an ONNX file gdino-export wrote; it is left as it is: "
+                          "choose another --output")
 
 
 def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
@@ -124,7 +152,9 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
 
     output: Path = args.output
     if not output.parent.is_dir():
-        raise ValueError(f"output directory {output.parent} does not exist")
+        raise OutputError(
+            f"output folder {output.parent} does not exist; create it or choose another --output"
+        )
     preset = MaskGDINOConfig.tiny() if args.config == "tiny" else MaskGDINOConfig.full()
     # Validate the size before any slow step; a checkpoint's own default comes from its inferred config.
     preset = _with_size(preset, args.height, args.width)

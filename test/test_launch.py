@@ -61,7 +61,7 @@ def test_launch_file_declares_the_documented_arguments() -> None:
 
 
 def test_launch_arguments_set_real_parameters_with_their_declared_choices() -> None:
-    """An argument that overrides a parameter names it, and offers its choices (plus "": keep params_file's)."""
+    """An argument that overrides a parameter names it and offers its choices ("" keeps params_file's)."""
     from gdino_ros.node.parameters import PARAMETERS
 
     constants = _module_constants(LAUNCH_FILE)

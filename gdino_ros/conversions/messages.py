@@ -9,13 +9,17 @@ API::
     types = ros_message_types()                      # rclpy: the generated *.msg Python classes
     types = rosbags_message_types(project_typestore())  # rosbags: dataclasses (no ROS needed)
 
-    out = result_to_messages(result, image_msg.header, types, mask_encoding=MONO16, overlay_rgb=None)
-    out.detections   # vision_msgs/Detection2DArray
-    out.mask         # sensor_msgs/Image, instance label image (mono16, or mono8)
-    out.no_target    # std_msgs/Bool
-    out.result       # gdino_ros/SegmentationResult (all of the above in one message)
-    out.overlay      # sensor_msgs/Image rgb8, or None when no overlay_rgb was given
+    out = result_to_messages(result, image_msg.header, types, mask_encoding=MONO16, overlay_rgb=None,
+                             track_ids=None, lifted=None, with_points=False)
+    out.detections     # vision_msgs/Detection2DArray (id = track id, "" untracked)
+    out.mask           # sensor_msgs/Image, instance label image (mono16, or mono8)
+    out.no_target      # std_msgs/Bool
+    out.result         # gdino_ros/SegmentationResult (all of these plus each instance's own mask)
+    out.overlay        # sensor_msgs/Image rgb8, or None when no overlay_rgb was given
+    out.detections_3d  # vision_msgs/Detection3DArray, or None without ``lifted``
+    out.points         # sensor_msgs/PointCloud2, or None unless ``lifted`` and ``with_points``
     for name, msg in out.items(): ...  # (topic leaf name, message); type names in OUTPUT_TYPES
+    label_info_msg(result.phrases, box_threshold, header, types)  # the latched LABEL_INFO_TOPIC
 
 Every output carries the input image's header unchanged (stamp = capture time, frame_id = camera
 frame); boxes are in that image's pixels. The building blocks (:func:`detection_msgs`,
@@ -23,7 +27,7 @@ frame); boxes are in that image's pixels. The building blocks (:func:`detection_
 
 mono8 masks hold at most 255 instances. Rather than wrap ids silently, an instance whose id exceeds
 255 is left out of *every* output of that frame (its pixels become background and its detection is
-dropped), so each published detection id still names exactly its pixels in the mask;
+dropped), so each published label value still names exactly its detection's pixels in the mask;
 :attr:`ResultMessages.dropped_instances` counts them so the caller can warn. mono16 never drops.
 """
 from __future__ import annotations
@@ -37,7 +41,9 @@ from typing import Any
 import numpy as np
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
-from gdino_ros.core.result import Detection, Result
+from gdino_ros.core.depth_lifting import Lifted
+from gdino_ros.core.instance_crop import instance_crop
+from gdino_ros.core.result import EXPRESSION, Detection, Result
 
 # MessageTypes attribute -> ROS type name.
 MESSAGE_TYPE_NAMES: dict[str, str] = {
@@ -55,6 +61,15 @@ MESSAGE_TYPE_NAMES: dict[str, str] = {
     "Image": "sensor_msgs/msg/Image",
     "Bool": "std_msgs/msg/Bool",
     "SegmentationResult": "gdino_ros/msg/SegmentationResult",
+    "RegionOfInterest": "sensor_msgs/msg/RegionOfInterest",
+    "Detection3DArray": "vision_msgs/msg/Detection3DArray",
+    "Detection3D": "vision_msgs/msg/Detection3D",
+    "BoundingBox3D": "vision_msgs/msg/BoundingBox3D",
+    "Vector3": "geometry_msgs/msg/Vector3",
+    "PointCloud2": "sensor_msgs/msg/PointCloud2",
+    "PointField": "sensor_msgs/msg/PointField",
+    "LabelInfo": "vision_msgs/msg/LabelInfo",
+    "VisionClass": "vision_msgs/msg/VisionClass",
 }
 
 # Namespace of every output topic: relative in the node (so a node namespace applies), "/gdino" in bags.
@@ -67,7 +82,13 @@ OUTPUT_TYPES: dict[str, str] = {
     "no_target": MESSAGE_TYPE_NAMES["Bool"],
     "result": MESSAGE_TYPE_NAMES["SegmentationResult"],
     "overlay": MESSAGE_TYPE_NAMES["Image"],
+    "detections_3d": MESSAGE_TYPE_NAMES["Detection3DArray"],
+    "points": MESSAGE_TYPE_NAMES["PointCloud2"],
 }
+
+# The latched class vocabulary topic (leaf name) and its type; sent when the prompt changes, not per frame.
+LABEL_INFO_TOPIC = "label_info"
+LABEL_INFO_TYPE = MESSAGE_TYPE_NAMES["LabelInfo"]
 
 MONO8_MAX_INSTANCES = 255
 COVARIANCE_SIZE = 36  # geometry_msgs/PoseWithCovariance.covariance is float64[36]
@@ -96,6 +117,15 @@ class MessageTypes:
     Image: Callable[..., Any]
     Bool: Callable[..., Any]
     SegmentationResult: Callable[..., Any]
+    RegionOfInterest: Callable[..., Any]
+    Detection3DArray: Callable[..., Any]
+    Detection3D: Callable[..., Any]
+    BoundingBox3D: Callable[..., Any]
+    Vector3: Callable[..., Any]
+    PointCloud2: Callable[..., Any]
+    PointField: Callable[..., Any]
+    LabelInfo: Callable[..., Any]
+    VisionClass: Callable[..., Any]
     uint8_sequence: Callable[[np.ndarray], Any]
 
 
@@ -135,6 +165,8 @@ class ResultMessages:
     result: Any
     overlay: Any | None
     dropped_instances: int = 0
+    detections_3d: Any | None = None
+    points: Any | None = None
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """(leaf topic name, message) for every output present, in :data:`OUTPUT_TYPES` order."""
@@ -181,36 +213,149 @@ def rgb_image_msg(rgb: np.ndarray, header: Any, types: MessageTypes) -> Any:
     return _image_msg(rgb, header, RGB8, types)
 
 
-def detection_msg(detection: Detection, header: Any, types: MessageTypes) -> Any:
-    """One Detection -> vision_msgs/Detection2D (label and score as the single hypothesis)."""
-    x0, y0, x1, y1 = (float(v) for v in detection.box_xyxy)
-    hypothesis = types.ObjectHypothesisWithPose(
-        hypothesis=types.ObjectHypothesis(class_id=str(detection.label), score=float(detection.score)),
-        pose=types.PoseWithCovariance(  # 2-D detector: identity pose, zero covariance (the msg defaults)
-            pose=types.Pose(
-                position=types.Point(x=0.0, y=0.0, z=0.0),
-                orientation=types.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0),
-            ),
-            covariance=np.zeros(COVARIANCE_SIZE, dtype=np.float64),
+def _pose(position: Sequence[float], types: MessageTypes) -> Any:
+    """geometry_msgs/Pose at ``position`` with the identity orientation (axis-aligned in its frame)."""
+    return types.Pose(
+        position=types.Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
+        orientation=types.Quaternion(x=0.0, y=0.0, z=0.0, w=1.0),
+    )
+
+
+def hypothesis_msg(
+    class_id: str, score: float, types: MessageTypes, position: Sequence[float] = (0.0, 0.0, 0.0)
+) -> Any:
+    """vision_msgs/ObjectHypothesisWithPose: class and score, the pose at ``position``, zero covariance."""
+    return types.ObjectHypothesisWithPose(
+        hypothesis=types.ObjectHypothesis(class_id=class_id, score=float(score)),
+        pose=types.PoseWithCovariance(
+            pose=_pose(position, types), covariance=np.zeros(COVARIANCE_SIZE, dtype=np.float64)
         ),
     )
+
+
+def class_id_of(detection: Detection, result: Result) -> str:
+    """Return the class a consumer filters on: the phrase, or in expression mode the whole expression."""
+    if result.mode == EXPRESSION and result.phrases:
+        return result.phrases[0]
+    return str(detection.label)
+
+
+def detection_msg(
+    detection: Detection, header: Any, types: MessageTypes, *, class_id: str | None = None, track_id: str = ""
+) -> Any:
+    """One Detection -> vision_msgs/Detection2D.
+
+    The single hypothesis is ``class_id`` (default: the detection's label) with its score, at the
+    identity pose (a 2-D detector has none); ``id`` is ``track_id``, "" when the detection is not tracked.
+    """
+    x0, y0, x1, y1 = (float(v) for v in detection.box_xyxy)
+    label = str(detection.label) if class_id is None else class_id
+    hypothesis = hypothesis_msg(label, detection.score, types)
     bbox = types.BoundingBox2D(
         center=types.Pose2D(position=types.Point2D(x=(x0 + x1) / 2.0, y=(y0 + y1) / 2.0), theta=0.0),
         size_x=x1 - x0,
         size_y=y1 - y0,
     )
-    instance_id = str(int(detection.instance_id))
-    return types.Detection2D(header=header, results=[hypothesis], bbox=bbox, id=instance_id)
+    return types.Detection2D(header=header, results=[hypothesis], bbox=bbox, id=track_id)
 
 
-def detection_msgs(detections: Sequence[Detection], header: Any, types: MessageTypes) -> list[Any]:
-    """Convert detections (best first) to vision_msgs/Detection2D, same order."""
-    return [detection_msg(d, header, types) for d in detections]
+def detection_msgs(
+    detections: Sequence[Detection],
+    header: Any,
+    types: MessageTypes,
+    *,
+    class_ids: Sequence[str] | None = None,
+    track_ids: Sequence[str] | None = None,
+) -> list[Any]:
+    """Convert detections (best first) to vision_msgs/Detection2D, same order (see :func:`detection_msg`)."""
+    return [
+        detection_msg(d, header, types, class_id=None if class_ids is None else class_ids[k],
+                      track_id="" if track_ids is None else track_ids[k])
+        for k, d in enumerate(detections)
+    ]
 
 
 def no_target_msg(result: Result, types: MessageTypes) -> Any:
     """std_msgs/Bool carrying the image-level no-target decision."""
     return types.Bool(data=bool(result.no_target))
+
+
+def instance_mask_msgs(
+    detections: Sequence[Detection], header: Any, types: MessageTypes
+) -> tuple[list[Any], list[Any]]:
+    """Each detection's own mask, cropped: (sensor_msgs/RegionOfInterest list, mono8 Image list).
+
+    A crop is the smallest rectangle holding all of the instance's pixels (overlaps included), 255 inside
+    and 0 outside; the ROI is its offset and size in the input image. An instance without pixels has a
+    0 x 0 ROI and image.
+    """
+    rois, images = [], []
+    for detection in detections:
+        crop = instance_crop(detection)
+        height, width = crop.mask.shape
+        rois.append(types.RegionOfInterest(x_offset=crop.x0, y_offset=crop.y0, height=height, width=width,
+                                           do_rectify=False))
+        images.append(_image_msg(crop.mask.view(np.uint8) * np.uint8(255), header, MONO8, types))
+    return rois, images
+
+
+def detection_3d_msg(
+    lifted: Lifted, class_id: str, score: float, header: Any, types: MessageTypes, track_id: str = ""
+) -> Any:
+    """One lifted instance -> vision_msgs/Detection3D in the header's (optical) frame, metres.
+
+    The hypothesis pose is the median centroid; the box is axis-aligned (identity orientation), centred
+    between the trimmed extremes. Without valid points the centroid and centre are NaN and the size 0.
+    """
+    lo, hi = np.asarray(lifted.box_min), np.asarray(lifted.box_max)
+    size = np.nan_to_num(hi - lo, nan=0.0)
+    bbox = types.BoundingBox3D(
+        center=_pose((lo + hi) / 2.0, types),
+        size=types.Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2])),
+    )
+    return types.Detection3D(header=header, results=[hypothesis_msg(class_id, score, types, lifted.centroid)],
+                             bbox=bbox, id=track_id)
+
+
+# PointCloud2 layout of gdino/points: x, y, z float32 metres, then the instance's label-image value.
+POINT_DTYPE = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("instance", "<u4")])
+_POINTFIELD_FLOAT32, _POINTFIELD_UINT32 = 7, 6  # sensor_msgs/PointField datatype constants
+
+
+def point_cloud_msg(
+    lifted: Sequence[Lifted], instances: Sequence[int], header: Any, types: MessageTypes
+) -> Any:
+    """Put the lifted points of every instance in one sensor_msgs/PointCloud2 (unorganised, all valid).
+
+    ``instances[k]`` is the value written in the ``instance`` field of ``lifted[k]``'s points.
+    """
+    cloud = np.empty(sum(item.points for item in lifted), dtype=POINT_DTYPE)
+    start = 0
+    for item, instance in zip(lifted, instances, strict=True):
+        end = start + item.points
+        for axis, name in enumerate("xyz"):
+            cloud[name][start:end] = item.xyz[:, axis]
+        cloud["instance"][start:end] = instance
+        start = end
+    point_fields = [
+        types.PointField(name=name, offset=4 * k, count=1,
+                         datatype=_POINTFIELD_UINT32 if name == "instance" else _POINTFIELD_FLOAT32)
+        for k, name in enumerate(("x", "y", "z", "instance"))
+    ]
+    return types.PointCloud2(
+        header=header, height=1, width=len(cloud), fields=point_fields, is_bigendian=False,
+        point_step=POINT_DTYPE.itemsize, row_step=POINT_DTYPE.itemsize * len(cloud),
+        data=types.uint8_sequence(cloud.view(np.uint8).reshape(-1)), is_dense=True,
+    )
+
+
+def label_info_msg(phrases: Sequence[str], threshold: float, header: Any, types: MessageTypes) -> Any:
+    """Build the vision_msgs/LabelInfo of a vocabulary: class k is ``phrases[k]``, at box ``threshold``."""
+    return types.LabelInfo(
+        header=header,
+        class_map=[types.VisionClass(class_id=k, class_name=phrase) for k, phrase in enumerate(phrases)],
+        threshold=float(threshold),
+    )
 
 
 def result_to_messages(
@@ -220,29 +365,53 @@ def result_to_messages(
     *,
     mask_encoding: str = MONO16,
     overlay_rgb: np.ndarray | None = None,
+    track_ids: Sequence[str] | None = None,
+    lifted: Sequence[Lifted] | None = None,
+    with_points: bool = False,
 ) -> ResultMessages:
     """All outputs of one frame, each stamped with ``header`` (the input image's header).
 
     ``mask_encoding`` is MONO16 or MONO8 (see the module docstring for mono8's 255-instance cap);
-    ``overlay_rgb`` (uint8 [H, W, 3]) becomes the rgb8 overlay image when given.
+    ``overlay_rgb`` (uint8 [H, W, 3]) becomes the rgb8 overlay image when given. ``track_ids`` and
+    ``lifted`` (both one per ``result.detections`` entry) give the detections' ids and their 3-D results;
+    with ``lifted`` the frame also has ``detections_3d``, and, if ``with_points``, ``points``.
     """
     if mask_encoding not in MASK_ENCODINGS:
         raise ValueError(f"mask encoding {mask_encoding!r} is not supported; use one of {MASK_ENCODINGS}")
-    kept, label_image = list(result.detections), result.label_image
+    kept = list(range(len(result.detections)))
+    label_image = result.label_image
     if mask_encoding == MONO8:
-        kept = [d for d in kept if d.instance_id <= MONO8_MAX_INSTANCES]
+        kept = [k for k in kept if result.detections[k].instance_id <= MONO8_MAX_INSTANCES]
         if label_image.size and int(label_image.max()) > MONO8_MAX_INSTANCES:
             label_image = np.where(label_image > MONO8_MAX_INSTANCES, 0, label_image)
-    detections = detection_msgs(kept, header, types)
+    shown = [result.detections[k] for k in kept]
+    class_ids = [class_id_of(d, result) for d in shown]
+    ids = [""] * len(kept) if track_ids is None else [track_ids[k] for k in kept]
+    detections = detection_msgs(shown, header, types, class_ids=class_ids, track_ids=ids)
     mask = label_image_msg(label_image, header, types, mask_encoding)
+    rois, instance_masks = instance_mask_msgs(shown, header, types)
+    detections_3d, points = [], None
+    if lifted is not None:
+        shown_3d = [lifted[k] for k in kept]
+        detections_3d = [detection_3d_msg(item, class_ids[i], shown[i].score, header, types, ids[i])
+                         for i, item in enumerate(shown_3d)]
+        if with_points:
+            points = point_cloud_msg(shown_3d, [d.instance_id for d in shown], header, types)
     segmentation = types.SegmentationResult(
         header=header,
         prompt=result.prompt,
         prompt_mode=result.mode,
+        phrases=list(result.phrases),
         detections=detections,
         mask=mask,
         no_target=bool(result.no_target),
         no_target_probability=float(result.no_target_probability),
+        label_values=np.array([d.instance_id for d in shown], dtype=np.uint16),
+        mask_rois=rois,
+        instance_masks=instance_masks,
+        matched_words=[str(d.label) for d in shown],
+        detections_3d=detections_3d,
+        valid_points=np.array([] if lifted is None else [lifted[k].points for k in kept], dtype=np.uint32),
     )
     return ResultMessages(
         detections=types.Detection2DArray(header=header, detections=detections),
@@ -251,4 +420,7 @@ def result_to_messages(
         result=segmentation,
         overlay=None if overlay_rgb is None else rgb_image_msg(overlay_rgb, header, types),
         dropped_instances=len(result.detections) - len(kept),
+        detections_3d=(None if lifted is None
+                       else types.Detection3DArray(header=header, detections=detections_3d)),
+        points=points,
     )

@@ -196,8 +196,7 @@ def test_overlay_is_rgb8_with_the_input_header(store: Any) -> None:
         assert (overlay.encoding, overlay.height, overlay.width, overlay.step) == (RGB8, 60, 80, 240)
         np.testing.assert_array_equal(np.frombuffer(bytes(overlay.data), np.uint8).reshape(60, 80, 3), rgb)
         _assert_header(out.overlay.header)
-        two_d = [name for name in OUTPUT_TYPES if name not in ("detections_3d", "points")]
-        assert [name for name, _ in out.items()] == two_d
+        assert [name for name, _ in out.items()] == list(OUTPUT_TYPES)
 
 
 @pytest.mark.usefixtures("ros_context")

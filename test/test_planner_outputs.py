@@ -17,6 +17,7 @@ from scene3d import CAMERA, OBJECTS, render
 
 from gdino_ros.contract import PRED_BOXES, PRED_LOGITS, PRED_MASKS
 from gdino_ros.conversions.messages import (
+    DEPTH_OUTPUT_TYPES,
     LABEL_INFO_TYPE,
     OUTPUT_TYPES,
     POINT_DTYPE,
@@ -192,6 +193,8 @@ def test_detections_3d_and_points(store: Any) -> None:
     lifted[1] = Lifted(0, nan3, nan3, nan3, np.empty((0, 3), np.float32))
     both = _both(result, store, track_ids=["4", "", "9"], lifted=lifted, with_points=True)
     for messages in both:
+        names = [name for name in (*OUTPUT_TYPES, *DEPTH_OUTPUT_TYPES) if name != "overlay"]  # none given
+        assert [name for name, _ in messages.items()] == names
         array = messages.detections_3d
         assert array.header.frame_id == FRAME
         assert (array.header.stamp.sec, array.header.stamp.nanosec) == (7, 5)
@@ -225,5 +228,5 @@ def test_detections_3d_and_points(store: Any) -> None:
     from rclpy.serialization import deserialize_message
 
     for name in ("detections_3d", "points", "result"):
-        raw = bytes(store.serialize_cdr(getattr(bags, name), OUTPUT_TYPES[name]))
+        raw = bytes(store.serialize_cdr(getattr(bags, name), (OUTPUT_TYPES | DEPTH_OUTPUT_TYPES)[name]))
         assert plain(deserialize_message(raw, type(getattr(ros, name)))) == plain(getattr(ros, name)), name

@@ -18,7 +18,7 @@ API::
     out.overlay        # sensor_msgs/Image rgb8, or None when no overlay_rgb was given
     out.detections_3d  # vision_msgs/Detection3DArray, or None without ``lifted``
     out.points         # sensor_msgs/PointCloud2, or None unless ``lifted`` and ``with_points``
-    for name, msg in out.items(): ...  # (topic leaf name, message); type names in OUTPUT_TYPES
+    for name, msg in out.items(): ...  # (topic leaf name, message); types in (DEPTH_)OUTPUT_TYPES
     label_info_msg(result.phrases, box_threshold, header, types)  # the latched LABEL_INFO_TOPIC
 
 Every output carries the input image's header unchanged (stamp = capture time, frame_id = camera
@@ -82,6 +82,11 @@ OUTPUT_TYPES: dict[str, str] = {
     "no_target": MESSAGE_TYPE_NAMES["Bool"],
     "result": MESSAGE_TYPE_NAMES["SegmentationResult"],
     "overlay": MESSAGE_TYPE_NAMES["Image"],
+}
+
+# The outputs that exist only with depth (ResultMessages fields too), kept apart so that a consumer of
+# OUTPUT_TYPES (the node's publishers, a bag's topics) adds them only when 3-D is on.
+DEPTH_OUTPUT_TYPES: dict[str, str] = {
     "detections_3d": MESSAGE_TYPE_NAMES["Detection3DArray"],
     "points": MESSAGE_TYPE_NAMES["PointCloud2"],
 }
@@ -169,9 +174,10 @@ class ResultMessages:
     points: Any | None = None
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        """(leaf topic name, message) for every output present, in :data:`OUTPUT_TYPES` order."""
+        """(leaf topic name, message) for every output present: :data:`OUTPUT_TYPES`, then the 3-D ones."""
         for f in fields(self):
-            if f.name in OUTPUT_TYPES and (message := getattr(self, f.name)) is not None:
+            message = getattr(self, f.name)
+            if (f.name in OUTPUT_TYPES or f.name in DEPTH_OUTPUT_TYPES) and message is not None:
                 yield f.name, message
 
 

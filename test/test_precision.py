@@ -30,6 +30,7 @@ from gdino_ros.core.precision_check import PrecisionTolerance, compare_backends
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
+from gdino_ros.errors import EXIT_INPUT, EXIT_MODEL, EXIT_USAGE
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.precision import (
     DEFAULT_FP32_LAYERS,
@@ -344,12 +345,14 @@ def test_compare_cli_prints_the_table_and_fails_beyond_tolerance(
     out, err = capsys.readouterr()
     assert "| `pred_masks` max / mean abs diff" in out and "| mask IoU, matched detections |" in out
     assert "1 image(s) x 1 prompt(s)" in err
-    assert compare_precision.main([*common, "--max-box-l1-px", "0", "--min-mask-iou", "1.0"]) == 1
+    assert compare_precision.main([*common, "--max-box-l1-px", "0", "--min-mask-iou", "1.0"]) == EXIT_MODEL
     assert "beyond tolerance: matched masks overlap" in capsys.readouterr().err
 
-    assert compare_precision.main([str(tiny_model_files.onnx), str(tmp_path / "missing.onnx")]) == 2
+    assert compare_precision.main([str(tiny_model_files.onnx), str(tmp_path / "missing.onnx")]) == EXIT_MODEL
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.onnx does not exist" in err
+    assert compare_precision.main([*common, "--image", str(tmp_path / "none.png")]) == EXIT_INPUT
+    assert "cannot read image" in capsys.readouterr().err
 
 
 def test_export_cli_fp32_layers_need_fp16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -400,7 +403,7 @@ def test_export_cli_names_a_pattern_that_matches_nothing(
     path = tmp_path / "m.onnx"
     argv = ["--random-init", "--config", "tiny", "--output", str(path), "--precision", "fp16",
             "--fp32-layers", "/decoder/*"]
-    assert export_cli.main(argv) == 2  # a --fp32-layers pattern that matches nothing is a usage error
+    assert export_cli.main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'/decoder/*' match no node" in err and "/transformer/" in err
     assert not path.exists() and list(tmp_path.iterdir()) == []

@@ -102,8 +102,9 @@ def export_onnx(
     hash), and so does ``vocab``, the tokenizer's ``vocab.txt`` text that makes the file self-contained.
     ``precision="fp16"`` writes the mixed-precision graph, with the node-name patterns
     ``fp32_layers`` kept in FP32 besides :data:`~gdino_ros.model.precision.DEFAULT_FP32_LAYERS` (a
-    pattern that matches no node is a ValueError). The file is written next to ``output`` and renamed, so
-    a failed export leaves nothing half written. Returns the written model (weights included).
+    pattern that matches no node is a :class:`~gdino_ros.model.precision.KeepListError`). The file is
+    written next to ``output`` and renamed, so a failed export leaves nothing half written. Returns the
+    written model (weights included).
     """
     if msda not in MSDA_MODES:
         raise ValueError(f"msda must be one of {MSDA_MODES}, got {msda!r}")

@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from gdino_ros.errors import ModelError, UsageError
+
 FP16_MAX = 65504.0
 PRECISION_FP32 = "fp32"
 PRECISION_FP16 = "fp16"
@@ -49,6 +51,16 @@ DEFAULT_FP32_LAYERS: tuple[str, ...] = (
     "/transformer/decoder/layers.*/cross_attn/sampling_offsets/*",
     "/transformer/decoder/layers.*/cross_attn/[A-Z]*",
 )
+
+
+
+class KeepListError(UsageError, ValueError):
+    """An FP32 keep-list pattern that matches no node of the graph."""
+
+
+class Fp16ConversionError(ModelError, ValueError):
+    """A graph the FP16 pass cannot convert: a constant FP16 cannot hold, a subgraph, an untyped tensor."""
+
 
 # Constants at or beyond this magnitude are masking sentinels (float32's extremes and infinities).
 _SENTINEL = float(np.finfo(np.float32).max) / 2
@@ -90,11 +102,11 @@ def out_of_range_constants(model: onnx.ModelProto) -> list[str]:
 
 
 def check_fp16_constants(model: onnx.ModelProto) -> None:
-    """Raise ValueError when a float constant of ``model`` is non-finite or beyond ±65504."""
+    """Raise :class:`Fp16ConversionError` when a float constant is non-finite or beyond ±65504."""
     found = out_of_range_constants(model)
     if found:
         shown = "; ".join(found[:5]) + (f"; and {len(found) - 5} more" if len(found) > 5 else "")
-        raise ValueError(f"the FP16 graph has {len(found)} constant(s) outside ±65504: {shown}. "
+        raise Fp16ConversionError(f"the FP16 graph has {len(found)} constant(s) outside ±65504: {shown}. "
                          "Export in FP32 (--precision fp32), or report the model: its FP16 conversion "
                          "needs these values handled")
 
@@ -109,7 +121,7 @@ def matching_nodes(model: onnx.ModelProto, patterns: Iterable[str]) -> set[str]:
 
 
 def check_patterns(model: onnx.ModelProto, patterns: Iterable[str]) -> None:
-    """Raise ValueError naming every pattern that matches no node, with example node names."""
+    """Raise :class:`KeepListError` naming every pattern that matches no node, with example node names."""
     names = [node.name for node in model.graph.node]
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
     if unmatched:
@@ -117,7 +129,7 @@ def check_patterns(model: onnx.ModelProto, patterns: Iterable[str]) -> None:
         for name in names:
             if name.endswith(("/Softmax", "/MatMul", "/LayerNormalization")):
                 examples.setdefault(name.split("/")[1], name)
-        raise ValueError(
+        raise KeepListError(
             f"--fp32-layers pattern(s) {', '.join(repr(p) for p in unmatched)} match no node; patterns are "
             f"shell-style and match ONNX node names such as {', '.join(list(examples.values())[:5])} "
             "(e.g. '/transformer/decoder/*')"
@@ -131,15 +143,16 @@ def convert_to_fp16(
 
     Nodes whose names match ``fp32_layers`` run in FP32, all others in FP16; graph inputs and outputs keep
     their types. Mask sentinels are clipped first (:func:`clip_mask_sentinels`); any other constant
-    beyond the FP16 range raises ValueError. Every tensor of the result has its type in ``value_info``.
+    beyond the FP16 range raises :class:`Fp16ConversionError`. Every tensor of the result has its type
+    in ``value_info``.
     """
     converted = onnx.ModelProto()
     converted.CopyFrom(model)
     graph = converted.graph
     for node in graph.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise ValueError(f"node {node.name} ({node.op_type}) has a subgraph; the FP16 pass handles flat "
-                             "graphs only, as gdino-export writes them")
+            raise Fp16ConversionError(f"node {node.name} ({node.op_type}) has a subgraph; the FP16 pass "
+                                      "handles flat graphs only, as gdino-export writes them")
     clip_mask_sentinels(converted)
     check_fp16_constants(converted)
     _constant_nodes_to_initializers(graph)
@@ -159,7 +172,8 @@ def convert_to_fp16(
     declared.update(t.name for t in typed.graph.initializer)
     untyped = [name for node in typed.graph.node for name in node.output if name and name not in declared]
     if untyped:
-        raise ValueError(f"the FP16 graph leaves {len(untyped)} tensor type(s) undecided, e.g. {untyped[0]}")
+        raise Fp16ConversionError(
+            f"the FP16 graph leaves {len(untyped)} tensor type(s) undecided, e.g. {untyped[0]}")
     return typed
 
 

@@ -2,8 +2,9 @@
 
 Runs both models on the same images and prompts and prints, per output, the max and mean absolute
 difference, and on the post-processed results: matched boxes' L1 distance in pixels, matched masks' IoU,
-detection-set and no-target agreement. Exit status 1 when the candidate is beyond the tolerance (or has
-NaN outputs), 2 when the comparison cannot run.
+detection-set and no-target agreement. Exit status 0 within the tolerance; 4 ("the model cannot be
+used", gdino_ros/errors.py) when the candidate is beyond it or has NaN outputs; the other codes as in
+every tool (a model that does not open is also 4, an unreadable image 3).
 
 Examples::
 
@@ -21,6 +22,8 @@ import cv2
 import numpy as np
 
 from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionTolerance, sample_photos
+from gdino_ros.errors import EXIT_MODEL, EXIT_OK, InputError
+from gdino_ros.tools.cli import run
 
 PROG = "gdino-compare-precision"
 
@@ -56,41 +59,40 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison; print the table and any problems."""
     args = build_parser().parse_args(argv)
-    from gdino_ros.backends import BackendError, open_backend
+    return run(PROG, lambda: _compare(args))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from gdino_ros.backends import open_backend
     from gdino_ros.core.postprocess import PostprocessParams
     from gdino_ros.core.precision_check import compare_backends
-    from gdino_ros.core.prompt import PromptError
     from gdino_ros.core.tokenizer import load_tokenizer
 
-    try:
-        images = [_read(path) for path in args.image] or sample_photos()
-        prompts = args.prompt or list(CALIBRATION_PROMPTS)
-        params = PostprocessParams() if args.box_threshold is None else PostprocessParams(
-            box_threshold=args.box_threshold)
-        tolerance = PrecisionTolerance(args.max_box_l1_px, args.min_mask_iou, args.min_detection_agreement,
-                                       args.min_no_target_agreement)
-        tokenizer = load_tokenizer(args.tokenizer, args.reference)
-        with open_backend(args.reference, args.device) as reference, \
-                open_backend(args.candidate, args.device) as candidate:
-            print(f"{PROG}: reference {args.reference.name} ({reference.name} on {reference.device}), "
-                  f"candidate {args.candidate.name} ({candidate.name} on {candidate.device}); "
-                  f"{len(images)} image(s) x {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
-            report = compare_backends(reference, candidate, images, prompts, tokenizer, params=params)
-    except (BackendError, PromptError, ValueError, OSError) as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
+    images = [_read(path) for path in args.image] or sample_photos()
+    prompts = args.prompt or list(CALIBRATION_PROMPTS)
+    params = PostprocessParams() if args.box_threshold is None else PostprocessParams(
+        box_threshold=args.box_threshold)
+    tolerance = PrecisionTolerance(args.max_box_l1_px, args.min_mask_iou, args.min_detection_agreement,
+                                   args.min_no_target_agreement)
+    tokenizer = load_tokenizer(args.tokenizer, args.reference)
+    with open_backend(args.reference, args.device) as reference, \
+            open_backend(args.candidate, args.device) as candidate:
+        print(f"{PROG}: reference {args.reference.name} ({reference.name} on {reference.device}), "
+              f"candidate {args.candidate.name} ({candidate.name} on {candidate.device}); "
+              f"{len(images)} image(s) x {len(prompts)} prompt(s)", file=sys.stderr, flush=True)
+        report = compare_backends(reference, candidate, images, prompts, tokenizer, params=params)
     print(report.table())
     problems = report.problems(tolerance)
     for line in problems:
         print(f"{PROG}: beyond tolerance: {line}", file=sys.stderr)
-    return 1 if problems else 0
+    return EXIT_MODEL if problems else EXIT_OK
 
 
 def _read(path: Path) -> np.ndarray:
     """Read an image file as RGB uint8."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise OSError(f"cannot read image {path} (missing, or not an image format OpenCV reads)")
+        raise InputError(f"cannot read image {path} (missing, or not an image format OpenCV reads)")
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 

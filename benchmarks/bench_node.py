@@ -280,10 +280,8 @@ class Driver:
 
     def close(self) -> None:
         """Destroy the node and shut rclpy down."""
-        import rclpy
-
         self.node.destroy_node()
-        rclpy.try_shutdown()
+        self.node.context.try_shutdown()  # (Humble's rclpy has no rclpy.try_shutdown)
 
 
 def deserialize_ms(msg: Any, repeat: int = 20) -> float:

@@ -650,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         node = SegmentNode()
     except StartupError as error:
         get_logger(NODE_NAME).fatal(str(error))
-        rclpy.try_shutdown()
+        rclpy.shutdown()
         return 1
     spin_until_shutdown(node)
     sys.stdout.flush()
@@ -669,7 +669,7 @@ def spin_until_shutdown(node: Node) -> None:
     finally:
         _ignore_further_signals()
         node.destroy_node()
-        rclpy.try_shutdown(context=node.context)
+        node.context.try_shutdown()  # (Humble's rclpy has no rclpy.try_shutdown)
         _ignore_further_signals()  # rclpy's shutdown may have put back the handler it replaced
 
 

@@ -195,13 +195,13 @@ def _assert_matches(result_msg: Any, expected: Result) -> None:
     np.testing.assert_allclose([h.score for h in hypotheses], scores, rtol=1e-5)
     for got, want in zip(result_msg.detections, expected.detections, strict=True):
         x0, y0, x1, y1 = want.box_xyxy
-        assert got.id == str(want.instance_id)
         np.testing.assert_allclose(
             [got.bbox.center.position.x, got.bbox.center.position.y, got.bbox.size_x, got.bbox.size_y],
             [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0],
             atol=1e-3,
         )
     np.testing.assert_array_equal(_label_image(result_msg.mask), expected.label_image)
+    assert list(result_msg.label_values) == [d.instance_id for d in expected.detections]
     assert result_msg.no_target is expected.no_target
     assert math.isnan(result_msg.no_target_probability) == math.isnan(expected.no_target_probability)
 
@@ -233,13 +233,13 @@ def test_every_output_carries_the_input_header_and_matches_the_model(bench_facto
     np.testing.assert_array_equal(_label_image(mask), expected.label_image)
     (no_target,) = bench.outputs["no_target"]
     assert no_target.data is expected.no_target
-    # Detection ids name the label image's pixel values.
+    # label_values name the label image's pixel values.
     labels = _label_image(mask)
-    ids = {int(d.id) for d in detections.detections}
-    assert set(np.unique(labels)) - {0} <= ids
+    values = [int(v) for v in result.label_values]
+    assert set(np.unique(labels)) - {0} <= set(values)
     own_masks = {d.instance_id: d.mask for d in expected.detections}
-    for detection in detections.detections:  # an id's pixels are that instance's own mask pixels
-        assert not (labels == int(detection.id))[~own_masks[int(detection.id)]].any()
+    for value in values:  # a value's pixels are that instance's own mask pixels
+        assert not (labels == value)[~own_masks[value]].any()
 
     assert bench.spin_until(lambda: bool(bench.outputs["active_prompt"]), 5.0)
     assert bench.outputs["active_prompt"][-1].data == PHRASES

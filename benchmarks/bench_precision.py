@@ -82,33 +82,47 @@ def group_of(name: str) -> str:
     return parts[1] if len(parts) > 2 else "(top level)"
 
 
-def headroom(path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
-    """Print the largest FP32 magnitudes per node group (see the module docstring)."""
+def headroom(path: Path, tokenizer: PreTrainedTokenizerBase, chunk_bytes: int = 2**30) -> None:
+    """Print the largest FP32 magnitudes per node group (see the module docstring).
+
+    The float tensors are requested as graph outputs in chunks of about ``chunk_bytes``, one run each,
+    so that the full-size network's thousands of intermediate tensors never sit in memory together.
+    """
     model = onnx.load(path)
     inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred}
-    outputs = {o for n in model.graph.node for o in n.output if types.get(o) == onnx.TensorProto.FLOAT}
-    node_of = {o: n for n in model.graph.node for o in n.output}
+    sizes = {v.name: int(np.prod([d.dim_value or 1 for d in v.type.tensor_type.shape.dim])) * 4
+             for v in inferred if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    node_of = {o: n for n in model.graph.node for o in n.output if n.op_type != "Constant"}
     norm_inputs = {n.input[0] for n in model.graph.node if n.op_type == "LayerNormalization"}
-    del model.graph.output[:]
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None)
-                              for o in sorted(outputs | norm_inputs))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    del model
+    wanted = sorted(name for name in sizes if name in node_of)
+    chunks: list[list[str]] = [[]]
+    total = 0
+    for name in wanted:
+        if chunks[-1] and total + sizes[name] > chunk_bytes:
+            chunks.append([])
+            total = 0
+        chunks[-1].append(name)
+        total += sizes[name]
     image = data.astronaut()
-    height, width = session.get_inputs()[0].shape[2:]
-    feeds = {"inputs": preprocess(image, (height, width))}
-    feeds.update(encode_prompt(PROMPTS[0], "auto", tokenizer).text_inputs())
-    names = [o.name for o in session.get_outputs()]
     largest: dict[str, float] = {}
     squares: dict[str, float] = {}
-    for name, value in zip(names, session.run(names, feeds), strict=True):
-        group = group_of(node_of[name].name if name in node_of else name)
-        real = np.abs(value[np.abs(value) < FP16_MAX_SENTINEL])
-        largest[group] = max(largest.get(group, 0.0), float(real.max(initial=0.0)))
-        if name in norm_inputs:
-            total = float((value.astype(np.float64) ** 2).sum(-1).max())
-            squares[group] = max(squares.get(group, 0.0), total)
+    for names in chunks:
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                  for n in names)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        height, width = session.get_inputs()[0].shape[2:]
+        feeds = {"inputs": preprocess(image, (height, width))}
+        feeds.update(encode_prompt(PROMPTS[0], "auto", tokenizer).text_inputs())
+        for name, value in zip(names, session.run(names, feeds), strict=True):
+            group = group_of(node_of[name].name)
+            real = np.abs(value[np.abs(value) < FP16_MAX_SENTINEL])
+            largest[group] = max(largest.get(group, 0.0), float(real.max(initial=0.0)))
+            if name in norm_inputs:
+                total_squares = float((value.astype(np.float64) ** 2).sum(-1).max())
+                squares[group] = max(squares.get(group, 0.0), total_squares)
+        del session
+    print(f"{len(wanted)} float tensors in {len(chunks)} runs")
     print("| node group | max abs output (FP32) | max sum of squares into a LayerNorm |\n|---|---|---|")
     for group in sorted(largest):
         print(f"| {group} | {largest[group]:.4g} | {squares.get(group, float('nan')):.4g} |")

@@ -77,7 +77,7 @@ def test_centroids_and_boxes_match_the_exact_scene(encoding: str, distortion: st
     scene = render(camera)
     depth = scene.depth_16uc1() if encoding == DEPTH_MM else scene.depth_32fc1()
     lifter = DepthLifter()
-    lifted = lifter.lift(_crops(scene), scene.z.shape, depth_metres(depth, encoding),
+    lifted = lifter.lift(_crops(scene), scene.z.shape, depth, encoding,
                          CameraModel.from_camera_info(camera.camera_info()))
     _check(lifted, scene, lifter.params.depth_erosion_px)
 
@@ -87,8 +87,7 @@ def test_distortion_matters_in_this_scene() -> None:
     camera = replace(CAMERA, d=PLUMB_BOB)
     scene = render(camera)
     ignorant = CameraModel.from_camera_info(replace(camera, d=np.zeros(5)).camera_info())
-    depth = depth_metres(scene.depth_32fc1(), DEPTH_M)
-    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, depth, ignorant)
+    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, scene.depth_32fc1(), DEPTH_M, ignorant)
     with pytest.raises(AssertionError):
         _check(lifted, scene, 2)
 
@@ -100,7 +99,7 @@ def test_depth_at_another_resolution(depth_size: tuple[int, int]) -> None:
     colour = render(camera)
     depth = render(camera.scaled(*depth_size))
     lifter = DepthLifter(LiftingParams(depth_erosion_px=4))
-    lifted = lifter.lift(_crops(colour), colour.z.shape, depth_metres(depth.depth_16uc1(), DEPTH_MM),
+    lifted = lifter.lift(_crops(colour), colour.z.shape, depth.depth_16uc1(), DEPTH_MM,
                          CameraModel.from_camera_info(camera.camera_info()))
     _check(lifted, colour, 4)
 
@@ -115,7 +114,7 @@ def test_binning_roi_and_camera_info_of_another_size(reduction: str) -> None:
         info = camera.camera_info(roi=(96, 40))
     else:  # the colour image is a half-size copy of the image the calibration describes
         info = camera.scaled(1280, 960).camera_info()
-    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, depth_metres(scene.depth_32fc1(), DEPTH_M),
+    lifted = DepthLifter().lift(_crops(scene), scene.z.shape, scene.depth_32fc1(), DEPTH_M,
                                 CameraModel.from_camera_info(info))
     _check(lifted, scene, 2)
 
@@ -132,7 +131,7 @@ def test_pixels_without_depth_are_left_out_and_an_instance_without_any_is_nan() 
     depth[crate] = 0
     model = CameraModel.from_camera_info(CAMERA.camera_info())
     lifted = DepthLifter(LiftingParams(depth_erosion_px=0)).lift(crops, scene.z.shape,
-                                                                 depth_metres(depth, DEPTH_MM), model)
+                                                                 depth, DEPTH_MM, model)
     assert 0 < lifted[0].points < int(box.sum()) * 0.6
     assert np.allclose(lifted[0].centroid, np.median(scene.points[box], axis=0), atol=0.01)
     assert lifted[1].points == 0 and all(math.isnan(v) for v in lifted[1].centroid + lifted[1].box_min)
@@ -159,10 +158,10 @@ def test_bad_input_names_the_fix() -> None:
     scene = render(CAMERA)
     model = CameraModel.from_camera_info(CAMERA.camera_info())
     with pytest.raises(DepthInputError, match="aligned"):
-        DepthLifter().lift(_crops(scene), scene.z.shape, np.ones((480, 480), np.float32), model)
+        DepthLifter().lift(_crops(scene), scene.z.shape, np.ones((480, 480), np.float32), DEPTH_M, model)
     wide = CameraModel.from_camera_info(Camera(800, 450, 500, 500, 400, 225).camera_info())
     with pytest.raises(DepthInputError, match="camera_info"):
-        DepthLifter().lift(_crops(scene), scene.z.shape, scene.depth_32fc1(), wide)
+        DepthLifter().lift(_crops(scene), scene.z.shape, scene.depth_32fc1(), DEPTH_M, wide)
 
 
 def test_settings_are_declared_with_ranges() -> None:

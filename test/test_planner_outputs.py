@@ -27,7 +27,7 @@ from gdino_ros.conversions.messages import (
     rosbags_message_types,
 )
 from gdino_ros.conversions.typestore import project_typestore
-from gdino_ros.core.depth_lifting import DEPTH_MM, CameraModel, DepthLifter, Lifted, depth_metres
+from gdino_ros.core.depth_lifting import DEPTH_MM, CameraModel, DepthLifter, Lifted
 from gdino_ros.core.instance_crop import instance_crop
 from gdino_ros.core.postprocess import postprocess
 from gdino_ros.core.prompt import encode_prompt
@@ -182,7 +182,7 @@ def _scene_result() -> tuple[Result, list[Any]]:
                     phrases=tuple(OBJECTS))
     model = CameraModel.from_camera_info(CAMERA.camera_info())
     lifted = DepthLifter().lift([instance_crop(d) for d in detections], scene.z.shape,
-                                depth_metres(scene.depth_16uc1(), DEPTH_MM), model)
+                                scene.depth_16uc1(), DEPTH_MM, model)
     return result, lifted
 
 

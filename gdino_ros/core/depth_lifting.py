@@ -19,7 +19,7 @@ Per instance: its own mask is eroded (depth at object edges mixes foreground and
 :data:`MAX_POINTS` of its pixels are taken on a regular grid, those with a depth reading become points
 ``z * (x_ray, y_ray, 1)`` in the camera's optical frame (x right, y down, z forward, metres), and the
 centroid is their per-axis median; the box is axis-aligned in that frame, from the ``trim_percent`` to
-the ``100 - trim_percent`` percentile of each axis.
+the ``100 - trim_percent`` percentile of each axis (percentiles by nearest rank).
 """
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def _pixel_centres(n_out: int, n_in: int) -> np.ndarray:
 
 
 class RayTable:
-    """Per colour pixel, the ray (x/z, y/z) through it: two float32 [H, W] maps, or two 1-D axes.
+    """Per colour pixel, the ray (x/z, y/z) through it: a float32 [H * W, 2] table, or two 1-D axes.
 
     Without distortion x/z depends on the column only and y/z on the row only, so two 1-D axes suffice;
     with distortion every pixel is undistorted once here.
@@ -171,35 +171,42 @@ class RayTable:
         grid = np.empty((height, width, 2), dtype=np.float64)
         grid[..., 0] = u[None, :]
         grid[..., 1] = v[:, None]
-        normalised = cv2.undistortPoints(grid.reshape(-1, 1, 2), camera.k, camera.d).reshape(height, width, 2)
-        self.x_map = np.ascontiguousarray(normalised[..., 0], dtype=np.float32)
-        self.y_map = np.ascontiguousarray(normalised[..., 1], dtype=np.float32)
+        normalised = cv2.undistortPoints(grid.reshape(-1, 1, 2), camera.k, camera.d)
+        self.width = width
+        self.xy = normalised.reshape(-1, 2).astype(np.float32)  # row-major pixel index -> (x/z, y/z)
 
-    def rays(self, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(x/z, y/z) of the pixels at ``rows``, ``cols``."""
+    def rays(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """(x/z, y/z) of the pixels at ``rows``, ``cols``: float32 [n, 2]."""
         if self.distorted:
-            return self.x_map[rows, cols], self.y_map[rows, cols]
-        y = self.y_axis[rows]
-        x = self.x_axis[cols]
+            taken: np.ndarray = self.xy.take(rows * self.width + cols, axis=0)
+            return taken
+        xy = np.empty((len(rows), 2), dtype=np.float32)
+        xy[:, 1] = self.y_axis.take(rows)
+        xy[:, 0] = self.x_axis.take(cols)
         if self.skew:
-            x = x - self.skew * y
-        return x, y
+            xy[:, 0] -= self.skew * xy[:, 1]
+        return xy
+
+
+def check_depth_encoding(encoding: str) -> None:
+    """Raise :class:`DepthInputError` naming the supported encodings unless ``encoding`` is one."""
+    if encoding not in DEPTH_ENCODINGS:
+        raise DepthInputError(
+            f"depth encoding {encoding!r} is not supported; publish 16UC1 (millimetres) or 32FC1 (metres) "
+            "depth registered to the colour camera"
+        )
 
 
 def depth_metres(pixels: np.ndarray, encoding: str) -> np.ndarray:
-    """Convert a depth image in ``encoding`` to float32 metres with NaN where there is no reading."""
+    """Convert depth pixels in ``encoding`` to float32 metres with NaN where there is no reading."""
+    check_depth_encoding(encoding)
     if encoding == DEPTH_MM:
         metres = pixels.astype(np.float32) * np.float32(0.001)
         metres[pixels == 0] = np.nan
         return metres
-    if encoding == DEPTH_M:
-        metres = np.array(pixels, dtype=np.float32)
-        metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
-        return metres
-    raise DepthInputError(
-        f"depth encoding {encoding!r} is not supported; publish 16UC1 (millimetres) or 32FC1 (metres) depth "
-        "registered to the colour camera"
-    )
+    metres = np.array(pixels, dtype=np.float32)
+    metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
+    return metres
 
 
 @dataclass(frozen=True)
@@ -245,39 +252,31 @@ class DepthLifter:
         crops: Sequence[InstanceCrop],
         image_hw: tuple[int, int],
         depth: np.ndarray,
+        encoding: str,
         camera: CameraModel,
     ) -> list[Lifted]:
         """Lift instances, given as their mask crops in the colour pixels of an ``image_hw`` image.
 
-        ``depth`` is float metres with NaN for no reading (:func:`depth_metres`), at any size with the
-        colour image's aspect ratio.
+        ``depth`` is the depth image's pixels in ``encoding`` (uint16 millimetres or float32 metres), at
+        any size with the colour image's aspect ratio; only the pixels sampled are converted.
         """
+        check_depth_encoding(encoding)
         depth_hw = (int(depth.shape[0]), int(depth.shape[1]))
         if not _same_view(image_hw, depth_hw):
             raise DepthInputError(
                 f"depth is {depth_hw[1]}x{depth_hw[0]} but the colour image {image_hw[1]}x{image_hw[0]} "
                 "(another aspect ratio); publish depth registered (aligned) to the colour camera"
             )
+        sampler = _DepthSampler(depth, encoding, image_hw)
         rays = self.ray_table(camera, image_hw)
-        rows = _nearest(image_hw[0], depth_hw[0])
-        cols = _nearest(image_hw[1], depth_hw[1])
-        return [self._lift_one(c.x0, c.y0, c.mask, depth, rays, rows, cols) for c in crops]
+        return [self._lift_one(c, sampler, rays) for c in crops]
 
-    def _lift_one(
-        self,
-        x0: int,
-        y0: int,
-        crop: np.ndarray,
-        depth: np.ndarray,
-        rays: RayTable,
-        row_to_depth: np.ndarray,
-        col_to_depth: np.ndarray,
-    ) -> Lifted:
+    def _lift_one(self, crop: InstanceCrop, sampler: _DepthSampler, rays: RayTable) -> Lifted:
         empty = Lifted(0, _NAN3, _NAN3, _NAN3, np.empty((0, 3), np.float32))
-        if crop.size == 0:
+        if crop.mask.size == 0:
             return empty
         erosion = self.params.depth_erosion_px
-        kept: np.ndarray = crop.view(np.uint8)
+        kept: np.ndarray = crop.mask.view(np.uint8)
         if erosion:
             kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * erosion + 1, 2 * erosion + 1))
             # Outside the crop is outside the mask: a constant 0 border erodes the crop's edges too.
@@ -287,24 +286,46 @@ class DepthLifter:
             return empty
         stride = max(1, math.ceil(math.sqrt(area / MAX_POINTS)))
         rows, cols = np.nonzero(kept[::stride, ::stride])
-        rows = rows * stride + y0
-        cols = cols * stride + x0
-        z = depth[row_to_depth[rows], col_to_depth[cols]]
+        rows = rows * stride + crop.y0
+        cols = cols * stride + crop.x0
+        z = sampler.metres(rows, cols)
         valid = ~np.isnan(z)
-        if not valid.any():
-            return empty
-        z, rows, cols = z[valid], rows[valid], cols[valid]
-        x_ray, y_ray = rays.rays(rows, cols)
+        if not valid.all():
+            if not valid.any():
+                return empty
+            z, rows, cols = z[valid], rows[valid], cols[valid]
         xyz = np.empty((len(z), 3), dtype=np.float32)
-        np.multiply(x_ray, z, out=xyz[:, 0])
-        np.multiply(y_ray, z, out=xyz[:, 1])
+        xyz[:, :2] = rays.rays(rows, cols)
+        xyz[:, :2] *= z[:, None]
         xyz[:, 2] = z
         trim = self.params.depth_trim_percent
-        low, median, high = np.percentile(xyz, (trim, 50.0, 100.0 - trim), axis=0)
-        return Lifted(
-            points=len(z),
-            centroid=(float(median[0]), float(median[1]), float(median[2])),
-            box_min=(float(low[0]), float(low[1]), float(low[2])),
-            box_max=(float(high[0]), float(high[1]), float(high[2])),
-            xyz=xyz,
-        )
+        low, median, high = _nearest_rank(xyz, (trim, 50.0, 100.0 - trim))
+        return Lifted(points=len(z), centroid=median, box_min=low, box_max=high, xyz=xyz)
+
+
+class _DepthSampler:
+    """Reads the depth under colour pixels: the pixel under each colour pixel's centre, in metres."""
+
+    def __init__(self, depth: np.ndarray, encoding: str, image_hw: tuple[int, int]) -> None:
+        self.encoding = encoding
+        self.same_size = depth.shape[:2] == tuple(image_hw)
+        self.flat = np.ascontiguousarray(depth).reshape(-1)
+        self.width = int(depth.shape[1])
+        self.rows = _nearest(image_hw[0], int(depth.shape[0]))
+        self.cols = _nearest(image_hw[1], int(depth.shape[1]))
+
+    def metres(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Float32 metres (NaN for no reading) under the colour pixels at ``rows``, ``cols``."""
+        if not self.same_size:
+            rows, cols = self.rows[rows], self.cols[cols]
+        return depth_metres(self.flat.take(rows * self.width + cols), self.encoding)
+
+
+def _nearest_rank(
+    xyz: np.ndarray, percents: tuple[float, float, float]
+) -> tuple[tuple[float, float, float], ...]:
+    """Per-axis percentiles of [n, 3] points by nearest rank: one partial sort per axis."""
+    n = len(xyz)
+    ranks = [min(n - 1, max(0, round(p / 100.0 * (n - 1)))) for p in percents]
+    per_axis = [np.partition(xyz[:, axis], ranks)[ranks] for axis in range(3)]
+    return tuple((float(per_axis[0][k]), float(per_axis[1][k]), float(per_axis[2][k])) for k in range(3))

@@ -90,8 +90,8 @@ class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def import_tao(checkout: Path) -> types.ModuleType:
     """Import TAO Deploy's Mask Grounding DINO utils from ``checkout``, standing in for absent imports."""
     if not (checkout / "nvidia_tao_deploy" / "cv" / "mask_grounding_dino" / "utils.py").is_file():
-        raise SystemExit(f"{checkout} is not a TAO Deploy checkout (no nvidia_tao_deploy/cv/mask_grounding_dino"
-                         "/utils.py).")
+        raise SystemExit(f"{checkout} is not a TAO Deploy checkout "
+                         "(no nvidia_tao_deploy/cv/mask_grounding_dino/utils.py).")
     sys.path.insert(0, str(checkout))
     # Imported at the top of TAO's modules for functions not timed here (engines, logging, configs, tables).
     finder = _StandInFinder(("tensorrt", "pycuda", "nvidia_tao_core", "omegaconf", "pandas", "matplotlib"))
@@ -218,7 +218,9 @@ def main() -> int:
                     d.mask for d in postprocess(o, prompt, hw, p).detections], max(1, args.repeat // 3),
                 )
                 theirs, _ = timed_ms(
-                    lambda o=outputs, hw=hw, p=params: tao_postprocess(tao, o, prompt, hw, p), args.tao_repeat)
+                    lambda o=outputs, hw=hw, p=params: tao_postprocess(tao, o, prompt, hw, p),
+                    args.tao_repeat,
+                )
                 print(f"| {kind} | {name} | {nms or 'none'} | {len(result.detections)} | {ours:.2f} "
                       f"({ours_cpu:.2f}) | {with_masks:.1f} | {theirs:.0f} | {theirs / ours:.0f}× "
                       f"| {theirs / with_masks:.0f}× | {'yes' if identical else 'NO: ' + why} |", flush=True)

@@ -24,7 +24,7 @@ import pytest
 from rosharness import REPO_ROOT, python_executable, spin_until, subprocess_environment
 from skimage import data as skdata
 
-from gdino_ros.conversions.messages import OUTPUT_TYPES
+from gdino_ros.conversions.messages import OUTPUT_TYPES, class_id_of
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.result import Result
 from gdino_ros.core.segmenter import Segmenter
@@ -190,7 +190,8 @@ def _assert_matches(result_msg: Any, expected: Result) -> None:
     """The node's SegmentationResult equals the directly computed Result."""
     assert result_msg.prompt == expected.prompt and result_msg.prompt_mode == expected.mode
     hypotheses = [d.results[0].hypothesis for d in result_msg.detections]
-    assert [h.class_id for h in hypotheses] == [d.label for d in expected.detections]
+    # class_id: the phrase, or in expression mode the whole expression (what a consumer filters on)
+    assert [h.class_id for h in hypotheses] == [class_id_of(d, expected) for d in expected.detections]
     scores = [d.score for d in expected.detections]
     np.testing.assert_allclose([h.score for h in hypotheses], scores, rtol=1e-5)
     for got, want in zip(result_msg.detections, expected.detections, strict=True):

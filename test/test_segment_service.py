@@ -117,8 +117,11 @@ def test_concurrent_requests_get_their_own_prompt_on_a_later_frame_while_the_str
     assert strict.result.prompt == PHRASES
     assert all(d.results[0].hypothesis.score > 0.9 for d in strict.result.detections)
     assert bench.node._prompt_cache.encoded == encoded
+    too_long = _call(bench, first, _request("cup . " * 1000, frame=0))  # over 4096 characters
+    assert not too_long.success and too_long.message.startswith("unusable prompt 'cup . cup")
+    assert "(6000 characters)" in too_long.message and len(too_long.message) < 400
     counters = bench.counters()
-    assert counters["requests_served"] == "3" and counters["requests_failed"] == "0"
+    assert counters["requests_served"] == "3" and counters["requests_failed"] == "1"
 
 
 def test_requests_fail_with_a_clear_message_without_frames_when_disabled_or_malformed(
@@ -217,3 +220,12 @@ def test_diagnostics_arrive_with_sim_time_and_no_clock(bench_factory: Callable[.
     assert bench.spin_until(lambda: len(bench.outputs["diagnostics"]) >= 2, 10.0)
     status = bench.outputs["diagnostics"][-1].status[0]
     assert status.hardware_id and status.hardware_id != "onnxruntime cpu"
+
+
+def test_a_node_started_disabled_subscribes_once_enabled(bench_factory: Callable[..., Bench]) -> None:
+    bench = bench_factory(initial_prompt=STREAM_PROMPT, enabled=False)
+    assert not bench.node.get_subscriptions_info_by_topic("/image")
+    assert bench.spin_until(lambda: _latest_status(bench, lambda s: s["enabled"] == "false"), 5.0)
+    _set_enabled(bench, True)
+    assert bench.node.get_subscriptions_info_by_topic("/image")
+    assert bench.process(_image_msg(skdata.coffee(), 5)).prompt == STREAM_PROMPT

@@ -87,6 +87,7 @@ from gdino_ros.node.parameters import (
     parameter_problems,
     thresholds_from,
 )
+from gdino_ros.node.planner_outputs import PlannerOutputs
 from gdino_ros.node.prompt_cache import PromptCache
 from gdino_ros.node.requests import Outcome, RequestQueue, SegmentRequest
 from gdino_ros.node.shown import shown
@@ -170,6 +171,8 @@ class SegmentNode(Node):
         self._enabled: bool = values["enabled"]  # written by the executor thread only
 
         self._create_publishers()
+        self._planner = PlannerOutputs(self, values, self._types)  # track ids, 3-D, gdino/label_info
+        self._output_publishers.update(self._planner.publishers)
         self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Steady clock: with use_sim_time and no /clock (a paused simulator) ROS time stands still.
@@ -428,6 +431,8 @@ class SegmentNode(Node):
             self._requests.finish(request, Outcome(False, self._timeout_message(request)))
         if not len(self._requests):
             self._request_timer.cancel()
+            if len(self._requests):  # one arrived meanwhile (a multi-threaded executor) and saw us running
+                self._request_timer.reset()
 
     def _timeout_message(self, request: SegmentRequest) -> str:
         waited = f"timed out after {request.deadline - request.arrived:g} s"
@@ -504,8 +509,10 @@ class SegmentNode(Node):
         """Segment ``msg`` with the request's prompt and thresholds; the streaming prompt is untouched."""
         try:
             segmenter = self._prompt_cache.segmenter_for(request.prompt, request.mode)
-        except ValueError as error:
+        except ValueError as error:  # PromptError
             return Outcome(False, f"unusable prompt '{shown(request.prompt)}': {error}")
+        except Exception as error:  # noqa: BLE001 - the caller is told; the node goes on
+            return Outcome(False, f"the prompt could not be encoded ({type(error).__name__}: {error})")
         try:
             pixels, bgr = self._to_pixels(msg)
             segmenter.set_params(request.params)
@@ -565,7 +572,8 @@ class SegmentNode(Node):
             overlay = draw_overlay(pixels[..., ::-1] if bgr else pixels, result)
         drawn = time.monotonic()
         messages = result_to_messages(
-            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay
+            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay,
+            **self._planner.frame_outputs(result, msg.header, self._segmenter.params.box_threshold),
         )
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
             return

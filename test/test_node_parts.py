@@ -179,3 +179,15 @@ def test_prompt_cache_encodes_each_prompt_once_and_keeps_the_recent_ones(vocab_p
     assert cache.segmenter_for("cup", "auto") is cup
     cache.segmenter_for("bottle", "auto")
     assert cache.encoded == 4
+
+
+def test_hardware_id_names_the_gpu_through_nvidia_smi(tmp_path: Path, monkeypatch: Any) -> None:
+    from gdino_ros.node import hardware
+
+    smi = tmp_path / "nvidia-smi"  # answers as the real one does for --query-gpu=name
+    smi.write_text('#!/bin/sh\ncase "$*" in *--id=1*) echo "NVIDIA H200";; *) exit 6;; esac\n')
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(hardware, "DEVICE_TREE_MODEL", tmp_path / "no-board")
+    assert hardware.device_name("cuda:1") == "NVIDIA H200"
+    assert hardware.device_name("cuda:0") == "cuda:0"  # nvidia-smi failed, no board name: the device itself

@@ -121,3 +121,25 @@ def check_settings(instance: Any) -> None:
 
 
 DEVICE = Setting("device", "auto", "Where the model runs: auto, cpu, cuda or cuda:N.", read_only=True)
+
+DEPTH = Setting(
+    "depth",
+    False,
+    "Subscribe depth (16UC1 mm or 32FC1 m, registered to the colour camera) and camera_info, and publish "
+    "gdino/detections_3d (and gdino/points while subscribed).",
+    read_only=True,
+)
+DEPTH_STAMP_TOLERANCE_S = Setting(
+    "depth_stamp_tolerance_s",
+    0.02,
+    "A colour frame is paired with the depth image of the nearest stamp within this many seconds; "
+    "frames without one are processed in 2-D only.",
+    low=0.0,
+    high=1.0,
+)
+TRACKING = Setting(
+    "tracking",
+    True,
+    "Give detections track ids (Detection2D/3D.id), the same for one object across frames.",
+    read_only=True,
+)

@@ -4,6 +4,10 @@
         image_topic:=/camera/color/image_raw prompt:="cup . bottle ."
     # Isaac Sim (ROS2 Camera Helper defaults: topic /rgb, simulation clock on /clock):
     ros2 launch gdino_ros segment.launch.py model:=/path/to/model.onnx image_topic:=/rgb use_sim_time:=true
+    # 3-D from a RealSense's aligned depth (Isaac Sim: depth_topic:=/depth camera_info_topic:=/camera_info):
+    ros2 launch gdino_ros segment.launch.py model:=/path/to/model.onnx depth:=true \
+        image_topic:=/camera/camera/color/image_raw camera_info_topic:=/camera/camera/color/camera_info \
+        depth_topic:=/camera/camera/aligned_depth_to_color/image_raw
     ros2 launch gdino_ros segment.launch.py --show-args      # every argument, its default and choices
 
 Parameters come from params_file (default: this package's config/params.yaml); an argument left empty
@@ -43,6 +47,16 @@ ARGUMENTS = {
         "", "false: start without processing frames (parameter enabled; empty: params_file's value)",
         ("", "true", "false"),
     ),
+    "depth": (
+        "", "true: 3-D from registered depth, gdino/detections_3d and gdino/points (parameter depth; empty: "
+        "params_file's value)", ("", "true", "false"),
+    ),
+    "depth_topic": ("depth", "Depth image registered to the colour camera (16UC1 mm or 32FC1 m)", ()),
+    "camera_info_topic": ("camera_info", "The colour camera's sensor_msgs/CameraInfo", ()),
+    "tracking": (
+        "", "false: no track ids (Detection2D.id stays empty; empty: params_file's value)",
+        ("", "true", "false"),
+    ),
     "params_file": ("", "Parameter YAML (empty: the package's config/params.yaml)", ()),
     "namespace": ("", "Namespace of the node and its gdino/* topics (one per camera)", ()),
     "use_sim_time": (
@@ -65,8 +79,10 @@ PARAMETER_OF = {
     "prompt": "initial_prompt",
     "prompt_mode": "prompt_mode",
     "enable": "enabled",
+    "depth": "depth",
+    "tracking": "tracking",
 }
-BOOLEANS = {"compressed_input", "enable", "use_sim_time", "rviz"}
+BOOLEANS = {"compressed_input", "enable", "depth", "tracking", "use_sim_time", "rviz"}
 
 
 def _value(name: str, text: str):
@@ -88,7 +104,8 @@ def _actions(context, *_):
             executable=EXECUTABLE,
             namespace=namespace,
             parameters=[args["params_file"] or f"{share}/config/params.yaml", overrides],
-            remappings=[("image", image_topic), ("image/compressed", f"{image_topic}/compressed")],
+            remappings=[("image", image_topic), ("image/compressed", f"{image_topic}/compressed"),
+                        ("depth", args["depth_topic"]), ("camera_info", args["camera_info_topic"])],
             output="screen",
             emulate_tty=True,
         )

@@ -18,6 +18,7 @@ RVIZ_FILE = REPO_ROOT / "config" / "gdino.rviz"
 EXPECTED_ARGUMENTS = {
     "model", "tokenizer", "device", "image_topic", "compressed_input", "input_qos", "prompt", "prompt_mode",
     "enable", "params_file", "namespace", "use_sim_time", "rviz", "fixed_frame",
+    "depth", "depth_topic", "camera_info_topic", "tracking",
 }
 
 

@@ -39,16 +39,20 @@ class TrackingParams:
     """Association and life-cycle thresholds (node parameters and tool flags are generated from these)."""
 
     track_high_score: float = setting(
-        0.5, "Detections scoring at least this are matched first and may start tracks.", low=0.0, high=1.0
+        0.5, "Detections scoring at least this are matched first and may start tracks.",
+        low=0.0, high=1.0,
     )
     track_match_iou: float = setting(
         0.3, "Minimum overlap (mean of box and mask IoU) for a detection to continue a track.",
         low=0.0, high=1.0, open_range=True,
     )
-    track_min_hits: int = setting(2, "Consecutive frames a new track must be seen before it gets an id.",
-                                  low=1, high=100)
-    track_max_misses: int = setting(15, "Frames a track with an id survives unseen before it ends.",
-                                    low=0, high=1000)
+    track_min_hits: int = setting(
+        2, "Consecutive frames a new track must be seen before it gets an id.",
+        low=1, high=100,
+    )
+    track_max_misses: int = setting(
+        15, "Frames a track with an id survives unseen before it ends.", low=0, high=1000
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)

@@ -15,6 +15,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.node.planner_outputs import PLANNER_SETTINGS
 from gdino_ros.settings import DEVICE, Setting, settings_of
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
@@ -81,6 +82,7 @@ PARAMETERS: dict[str, Setting] = {
             "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image.",
             read_only=True,
         ),
+        *PLANNER_SETTINGS,
     )
 }
 

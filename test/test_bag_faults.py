@@ -185,20 +185,30 @@ def test_signal_mid_run_keeps_a_complete_bag_of_the_frames_before(
 
 
 @pytest.mark.slow
-def test_disk_full_leaves_no_output_and_an_earlier_one_unchanged(
-    tmp_path: Path, model: Path, vocab_path: Path
+@pytest.mark.parametrize(("storage", "why"), [("mcap", "file size limit"), ("sqlite3", "disk I/O error")])
+def test_disk_full_leaves_no_output(
+    tmp_path: Path, model: Path, vocab_path: Path, storage: str, why: str
 ) -> None:
     """#13 item 3: a write failure (file size limit) is one line, and nothing half-written remains."""
     bag = tmp_path / "in"
     _write_bag(bag)
     before = tree_digest(bag)
     output = tmp_path / "out"
-    outcome = run(MODULE, _args(bag, output, model, vocab_path), tmp_path, file_limit=60_000)
+    args = _args(bag, output, model, vocab_path, "--storage", storage)
+    outcome = run(MODULE, args, tmp_path, file_limit=60_000)
     assert outcome.returncode == EXIT_OUTPUT, outcome.stderr
-    last = outcome.stderr.strip().splitlines()[-1]
-    assert last.startswith("gdino-bag: error: cannot write the output bag") and "file size limit" in last
-    assert "no output was written" in last
-    assert not output.exists() and _leftovers(tmp_path) == []
+    (line,) = outcome.stderr.strip().splitlines()[-1:]
+    assert line.startswith("gdino-bag: error: cannot write the output bag") and why in line
+    assert "no output was written" in line
+    assert not output.exists() and _leftovers(tmp_path) == [] and tree_digest(bag) == before
+
+
+@pytest.mark.slow
+def test_disk_full_leaves_an_earlier_output_unchanged(tmp_path: Path, model: Path, vocab_path: Path) -> None:
+    bag = tmp_path / "in"
+    _write_bag(bag)
+    before = tree_digest(bag)
+    output = tmp_path / "out"
 
     assert run(MODULE, _args(bag, output, model, vocab_path, "--end", "0.5"), tmp_path).returncode == 0
     earlier = tree_digest(output)

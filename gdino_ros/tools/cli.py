@@ -4,8 +4,9 @@
 ``<prog>: error: <message>`` on stderr and the error kind's exit code (table in :mod:`gdino_ros.errors`);
 Ctrl-C and SIGTERM both arrive as :class:`KeyboardInterrupt` (so ``finally`` blocks finalise or remove
 what is being written) and give 130, after the tool has said what it kept; anything else is a bug and
-keeps its traceback. :func:`deferred_signals` holds SIGINT/SIGTERM back while a file is being finalised,
-so an interrupt never leaves it half-closed.
+keeps its traceback. :func:`deferred_signals` holds SIGINT/SIGTERM back while a file is being written or
+finalised, so an interrupt never leaves it half-written: the block may poll what arrived and stop at a
+point of its choosing.
 """
 from __future__ import annotations
 
@@ -56,19 +57,22 @@ def _install_sigterm() -> Callable[[int, FrameType | None], object] | int | None
 
 
 @contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM until the block ends, then raise KeyboardInterrupt if one came in."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+def deferred_signals() -> Iterator[list[int]]:
+    """Hold SIGINT/SIGTERM until the block ends, then raise KeyboardInterrupt if one came in.
+
+    Yields the list of signals received so far, for a loop that stops between two items.
+    """
     received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
 
     def hold(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
 
     previous = {sig: signal.signal(sig, hold) for sig in _SIGNALS}
     try:
-        yield
+        yield received
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

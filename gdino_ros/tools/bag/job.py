@@ -37,6 +37,7 @@ from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
 from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import BagSink, check_output
+from gdino_ros.tools.cli import deferred_signals
 
 ENGINE_STAGE = "inference"  # the Result.timings_ms stage that is the network itself
 # Summary order of the stages: ours around the Segmenter's (preprocess, inference, postprocess).
@@ -193,31 +194,34 @@ class BagJob:
         )
         try:
             tick = time.perf_counter()
-            for connection, log_time, raw in self.source.messages(args.start, args.end):
-                tick = stats.add_stage("read", tick)
-                msg = None
-                if connection.topic == args.image_topic:
-                    msg = self._deserialise(connection, log_time, raw)  # before the copy: damage stays out
-                out = self.sink.copy_connection(connection)
-                if out is not None:
-                    self.sink.write(out, log_time, raw)
-                    stats.copied += 1
-                tick = stats.add_stage("write", tick)
-                if msg is None:
-                    continue
-                frame = self._pixels(msg, connection, log_time)
-                tick = stats.add_stage("decode", tick)
-                if frame is None:
-                    continue
-                if plan is None:  # an index-free MCAP: the bag start is known only now
-                    plan = _prompt_plan(args, self.schedule, log_time)
-                if (wanted := plan.at(log_time)) != applied:
-                    self.segmenter.set_prompt(*wanted)
-                    applied = wanted
-                    tick = stats.add_stage("prompt", tick)
-                self._segment(msg, *frame, log_time)
-                tick = time.perf_counter()
-                bar.update(1)
+            with deferred_signals() as signals:  # stop between two messages, never inside a write
+                for connection, log_time, raw in self.source.messages(args.start, args.end):
+                    if signals:
+                        raise KeyboardInterrupt
+                    tick = stats.add_stage("read", tick)
+                    msg = None
+                    if connection.topic == args.image_topic:
+                        msg = self._deserialise(connection, log_time, raw)  # before the copy: no damage out
+                    out = self.sink.copy_connection(connection)
+                    if out is not None:
+                        self.sink.write(out, log_time, raw)
+                        stats.copied += 1
+                    tick = stats.add_stage("write", tick)
+                    if msg is None:
+                        continue
+                    frame = self._pixels(msg, connection, log_time)
+                    tick = stats.add_stage("decode", tick)
+                    if frame is None:
+                        continue
+                    if plan is None:  # an index-free MCAP: the bag start is known only now
+                        plan = _prompt_plan(args, self.schedule, log_time)
+                    if (wanted := plan.at(log_time)) != applied:
+                        self.segmenter.set_prompt(*wanted)
+                        applied = wanted
+                        tick = stats.add_stage("prompt", tick)
+                    self._segment(msg, *frame, log_time)
+                    tick = time.perf_counter()
+                    bar.update(1)
         finally:
             if bar.total is not None and bar.n != bar.total:
                 bar.total = bar.n

@@ -79,6 +79,7 @@ def test_tao_checkpoint_loads_strictly(tao_file: Path, tiny_state: dict[str, tor
         torch.testing.assert_close(value, tiny_state[key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_tao_checkpoint_exports(tao_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "tao.onnx"
     assert (
@@ -381,6 +382,7 @@ def test_pickled_object_needs_trust(tiny_state: dict[str, torch.Tensor], tmp_pat
     assert load_tao_checkpoint(path, trust_checkpoint=True).config == MaskGDINOConfig.tiny()
 
 
+@pytest.mark.slow
 def test_cli_trust_checkpoint(
     tiny_state: dict[str, torch.Tensor], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -119,6 +119,7 @@ def grid_onnx(
 
 
 @pytest.mark.parametrize(("text", "mode"), [(PHRASES, "phrases"), (REFERRING, "expression")])
+@pytest.mark.slow
 def test_onnxruntime_matches_pytorch(
     tiny: tuple[MaskGDINOConfig, torch.nn.Module], grid_onnx: Path, text: str, mode: str
 ) -> None:
@@ -134,6 +135,7 @@ def test_onnxruntime_matches_pytorch(
     assert np.isfinite(got[0][0, :, :real]).all() and np.isneginf(got[0][0, :, real:]).all()
 
 
+@pytest.mark.slow
 def test_interface_and_metadata(grid_onnx: Path, tiny: tuple[MaskGDINOConfig, torch.nn.Module]) -> None:
     config, model = tiny
     proto = onnx.load(str(grid_onnx), load_external_data=False)
@@ -182,6 +184,7 @@ def _check_io(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
         assert dims == outputs[value.name], value.name
 
 
+@pytest.mark.slow
 def test_three_output_model_without_rela(tmp_path: Path) -> None:
     torch.manual_seed(1)
     config = MaskGDINOConfig.tiny(num_region_queries=0)
@@ -198,6 +201,7 @@ def test_three_output_model_without_rela(tmp_path: Path) -> None:
     _assert_outputs_close(contract.OUTPUT_NAMES, got, _torch_outputs(model, feed))
 
 
+@pytest.mark.slow
 def test_cli_random_init_plugin_graph_is_taos(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], recwarn: pytest.WarningsRecorder
 ) -> None:

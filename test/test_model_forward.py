@@ -218,6 +218,7 @@ def test_photo_is_normalised_like_the_engine_input() -> None:
     assert (image.amax(dim=(0, 2, 3)).numpy() <= upper + 1e-6).all()
 
 
+@pytest.mark.slow
 def test_full_size_forward_at_544x960(tokenizer: BertTokenizerFast) -> None:
     """TAO's defaults (Swin-T, BERT-base, 900 queries, ReLA) produce the contract's 544x960 shapes."""
     torch.manual_seed(0)

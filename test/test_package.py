@@ -129,6 +129,7 @@ _BLOCK_ROS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_core_imports_without_ros() -> None:
     """Everything but the node imports when no ROS module can be found."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

@@ -476,8 +476,11 @@ def _infer(
             total=len(samples), initial=len(samples) - len(todo), desc=desc, unit="sample",
             dynamic_ncols=True, disable=None,
         ) as bar,
+        cli.deferred_signals() as signals,  # an interrupt stops between samples, never inside a line
     ):
         for sample in todo:
+            if signals:
+                raise KeyboardInterrupt
             if sample.image_path != loaded_path:
                 loaded_path, image_bgr = sample.image_path, _read_image(sample)
             if image_bgr is None:

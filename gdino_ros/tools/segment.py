@@ -191,32 +191,43 @@ def _segment_all(
 
     failures = 0
     backend = segmenter.backend
-    for path, overlay_path, labels_path in tqdm(
-        plan, desc=PROG, unit="image", disable=len(plan) < 2, file=sys.stderr
-    ):
-        try:
-            bgr = read_image_file(path)
-            result = segmenter(bgr, bgr=True)
-        except (InputError, ValueError) as error:
-            failures += 1
-            tqdm.write(f"{PROG}: error: {path}: {error}", file=sys.stderr)
-            continue
-        overlay = draw_overlay(np.ascontiguousarray(bgr[..., ::-1]), result)
-        _write_png(overlay_path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-        _write_png(labels_path, result.label_image)
-        records.append({
-            "image": str(path),
-            "height": int(bgr.shape[0]),
-            "width": int(bgr.shape[1]),
-            "model": str(args.model),
-            "backend": backend.name,
-            "device": backend.device,
-            "precision": backend.precision,
-            **result_json(result),
-            "overlay": str(overlay_path),
-            "label_image": str(labels_path),
-        })
+    with cli.deferred_signals() as signals:  # an interrupt stops between images: each has both PNGs
+        for path, overlay_path, labels_path in tqdm(
+            plan, desc=PROG, unit="image", disable=len(plan) < 2, file=sys.stderr
+        ):
+            if signals:
+                raise KeyboardInterrupt
+            try:
+                bgr = read_image_file(path)
+                result = segmenter(bgr, bgr=True)
+            except (InputError, ValueError) as error:
+                failures += 1
+                tqdm.write(f"{PROG}: error: {path}: {error}", file=sys.stderr)
+                continue
+            overlay = draw_overlay(np.ascontiguousarray(bgr[..., ::-1]), result)
+            _write_png(overlay_path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            _write_png(labels_path, result.label_image)
+            records.append(_record(args, backend, path, bgr, result, overlay_path, labels_path))
     return failures
+
+
+def _record(
+    args: argparse.Namespace, backend: Any, path: Path, bgr: np.ndarray, result: Any, overlay_path: Path,
+    labels_path: Path,
+) -> dict[str, Any]:
+    """One line of results.jsonl: the image, the model, the result, the files written."""
+    return {
+        "image": str(path),
+        "height": int(bgr.shape[0]),
+        "width": int(bgr.shape[1]),
+        "model": str(args.model),
+        "backend": backend.name,
+        "device": backend.device,
+        "precision": backend.precision,
+        **result_json(result),
+        "overlay": str(overlay_path),
+        "label_image": str(labels_path),
+    }
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from gdino_ros.conversions.messages import (
     LABEL_INFO_TOPIC,
     OUTPUT_NAMESPACE,
     MessageTypes,
+    class_id_of,
     label_info_msg,
 )
 from gdino_ros.core.depth_lifting import CameraModel, DepthInputError, DepthLifter, Lifted, LiftingParams
@@ -101,7 +102,8 @@ class PlannerOutputs:
         crops = [instance_crop(d) for d in result.detections]
         track_ids = None
         if self._tracker is not None:
-            inputs = [TrackInput(d.label, d.score, d.box_xyxy, c)
+            # The class consumers see: in expression mode the expression, not the words that matched.
+            inputs = [TrackInput(class_id_of(d, result), d.score, d.box_xyxy, c)
                       for d, c in zip(result.detections, crops, strict=True)]
             track_ids = self._tracker.update(inputs, result.label_image.shape, (result.prompt, result.mode))
         lifted = self._lift(result, header, crops) if self._pairing is not None else None

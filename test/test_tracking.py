@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdino_ros.core.instance_crop import InstanceCrop
-from gdino_ros.core.tracking import Tracker, TrackingParams, TrackInput
+from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
+from gdino_ros.core.result import Detection, Result
+from gdino_ros.core.tracking import Tracker, TrackingParams, TrackInput, track_inputs
 
 HW = (240, 320)
 
@@ -136,3 +137,19 @@ def test_settings_are_declared_with_ranges() -> None:
         TrackingParams(track_min_hits=0)
     with pytest.raises(ValueError, match="track_match_iou"):
         TrackingParams(track_match_iou=1.0)
+
+
+def test_expression_mode_tracks_the_expression_not_the_matched_words() -> None:
+    """Within one expression the matched words vary ('red mug', 'mug', ''): the track must not care."""
+    tracker = Tracker(TrackingParams(track_min_hits=1))
+    mask = np.zeros(HW, bool)
+    mask[40:80, 50:90] = True
+    ids = []
+    for words in ("red mug", "the red mug", "mug", ""):
+        detection = Detection(1, words, -1, 0.8, (50.0, 40.0, 90.0, 80.0), mask)
+        result = Result("the red mug", "expression", [detection], mask.astype(np.uint16), False, 0.1,
+                        phrases=("the red mug",))
+        inputs = track_inputs(result, [instance_crop(detection)])
+        assert inputs[0].label == "the red mug"
+        ids += tracker.update(inputs, HW, (result.prompt, result.mode))
+    assert ids == ["1"] * 4

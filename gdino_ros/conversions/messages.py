@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
+from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.depth_lifting import Lifted
 from gdino_ros.core.instance_crop import instance_crop
-from gdino_ros.core.result import EXPRESSION, Detection, Result
+from gdino_ros.core.result import Detection, Result
 
 # MessageTypes attribute -> ROS type name.
 MESSAGE_TYPE_NAMES: dict[str, str] = {
@@ -237,13 +238,6 @@ def hypothesis_msg(
             pose=_pose(position, types), covariance=np.zeros(COVARIANCE_SIZE, dtype=np.float64)
         ),
     )
-
-
-def class_id_of(detection: Detection, result: Result) -> str:
-    """Return the class a consumer filters on: the phrase, or in expression mode the whole expression."""
-    if result.mode == EXPRESSION and result.phrases:
-        return result.phrases[0]
-    return str(detection.label)
 
 
 def detection_msg(

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.instance_crop import InstanceCrop
+from gdino_ros.core.result import Result
 from gdino_ros.settings import check_settings, setting
 
 #: Masks are compared on a lattice this many pixels apart per 1000 pixels of image width (at least 1).
@@ -66,6 +68,15 @@ class TrackInput:
     score: float
     box: tuple[float, float, float, float]
     crop: InstanceCrop
+
+
+def track_inputs(result: Result, crops: Sequence[InstanceCrop]) -> list[TrackInput]:
+    """Turn a frame's detections and crops into tracker input, labelled with the class consumers see.
+
+    In expression mode that is the expression: the matched words vary from frame to frame.
+    """
+    return [TrackInput(class_id_of(d, result), d.score, d.box_xyxy, crop)
+            for d, crop in zip(result.detections, crops, strict=True)]
 
 
 @dataclass

@@ -26,13 +26,12 @@ from gdino_ros.conversions.messages import (
     LABEL_INFO_TOPIC,
     OUTPUT_NAMESPACE,
     MessageTypes,
-    class_id_of,
     label_info_msg,
 )
 from gdino_ros.core.depth_lifting import CameraModel, DepthInputError, DepthLifter, Lifted, LiftingParams
 from gdino_ros.core.instance_crop import instance_crop
 from gdino_ros.core.result import Result
-from gdino_ros.core.tracking import Tracker, TrackingParams, TrackInput
+from gdino_ros.core.tracking import Tracker, TrackingParams, track_inputs
 from gdino_ros.node.depth_pairing import DepthPairing
 from gdino_ros.settings import DEPTH, DEPTH_STAMP_TOLERANCE_S, TRACKING, settings_of
 
@@ -102,10 +101,8 @@ class PlannerOutputs:
         crops = [instance_crop(d) for d in result.detections]
         track_ids = None
         if self._tracker is not None:
-            # The class consumers see: in expression mode the expression, not the words that matched.
-            inputs = [TrackInput(class_id_of(d, result), d.score, d.box_xyxy, c)
-                      for d, c in zip(result.detections, crops, strict=True)]
-            track_ids = self._tracker.update(inputs, result.label_image.shape, (result.prompt, result.mode))
+            track_ids = self._tracker.update(track_inputs(result, crops), result.label_image.shape,
+                                             (result.prompt, result.mode))
         lifted = self._lift(result, header, crops) if self._pairing is not None else None
         with_points = lifted is not None and self.publishers["points"].get_subscription_count() > 0
         return {"track_ids": track_ids, "lifted": lifted, "with_points": with_points}

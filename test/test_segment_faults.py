@@ -3,13 +3,17 @@ input images stay byte-identical, each PNG is complete or absent, results.jsonl 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import cv2
 import pytest
 import skimage.data
 from model_fixtures import make_contract_onnx
+from rosharness import python_executable, subprocess_environment
 from tool_faults import interrupt_when, run, start, tree_digest
 
 from gdino_ros.errors import EXIT_INTERRUPTED, EXIT_OUTPUT
@@ -140,3 +144,21 @@ def test_results_lines_hold_no_nan(tmp_path: Path, model: Path, vocab_path: Path
     assert segment.main(_args(model, vocab_path, photos, tmp_path / "out")) == 0
     text = (tmp_path / "out" / "results.jsonl").read_text()
     assert "NaN" not in text and json.loads(text)["no_target_probability"] is None
+
+
+@pytest.mark.skipif(os.geteuid() == 0 and shutil.which("setpriv") is None, reason="root without setpriv")
+def test_unwritable_out_is_one_line_not_a_traceback(tmp_path: Path, model: Path, vocab_path: Path) -> None:
+    """#13 item 4: a --out the user may not write into (root drops its override capabilities here)."""
+    photos = _photos(tmp_path / "photos", 1)
+    out = tmp_path / "locked"
+    out.mkdir()
+    out.chmod(0o555)
+    unprivileged = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    done = subprocess.run(
+        [*unprivileged, python_executable(), "-m", MODULE, *_args(model, vocab_path, photos, out)],
+        capture_output=True, text=True, timeout=300, env=subprocess_environment(OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == EXIT_OUTPUT, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line == f"gdino-segment: error: cannot write in {out}: permission denied; choose another --out"
+    assert list(out.iterdir()) == []

@@ -18,13 +18,20 @@ and untrained weights (``torch.manual_seed(0)``, the same weights ``gdino-export
 
 The load average is printed before and after: the machine is shared, so numbers vary with other work.
 
-Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py`` (``--config tiny`` for a quick check).
+``--stages A.onnx [B.onnx ...]`` instead profiles ready exports in ONNX Runtime (CPU provider, default
+optimisations, ``--threads`` intra-op threads, calls alternating between the files): milliseconds per call
+by stage of the network, from the kernel times of ONNX Runtime's profiler grouped by the node names the
+exporter gives (``/backbone.0/...``: Swin, ``/transformer/encoder/fusion_layers...``: feature fusion, ...).
+
+Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py`` (``--config tiny`` for a quick check);
+``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py --config tiny --stages before.onnx after.onnx``.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import platform
 import statistics
@@ -114,12 +121,71 @@ def _session(model: str | bytes) -> tuple[ort.InferenceSession, float]:
     return session, time.perf_counter() - start
 
 
+# Stage of the network -> node-name prefixes of its nodes in our export (the first match wins).
+STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Swin backbone", ("/backbone",)),
+    ("BERT", ("/encoder/", "/embeddings/")),
+    ("feature fusion", ("/transformer/encoder/fusion_layers",)),
+    ("text enhancer", ("/transformer/encoder/text_layers",)),
+    ("deformable encoder layers", ("/transformer/encoder/layers",)),
+    ("decoder", ("/transformer/decoder",)),
+    ("ReLA", ("/rela",)),
+    ("mask branch", ("/mask_head", "/controller", "/feat_map")),
+)
+
+
+def _stage(node: str) -> str:
+    return next((stage for stage, prefixes in STAGES if node.startswith(prefixes)), "other")
+
+
+def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, threads: int) -> None:
+    """Print ms per call by stage for each ONNX file (kernel times from ONNX Runtime's profiler)."""
+    sessions = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for path in paths:
+            options = ort.SessionOptions()
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(folder) / path.stem)
+            options.intra_op_num_threads = threads
+            sessions[path] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        timings = _interleaved_ms({str(p): s for p, s in sessions.items()}, feed, runs)
+        columns = {}
+        for path, session in sessions.items():
+            events = json.loads(Path(session.end_profiling()).read_text())
+            model_runs = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")
+            warm_up_end = model_runs[0][0] + model_runs[0][1]
+            per_stage: dict[str, float] = {}
+            for event in events:
+                if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") \
+                        and event["ts"] >= warm_up_end:
+                    stage = _stage(event["name"][: -len("_kernel_time")])
+                    per_stage[stage] = per_stage.get(stage, 0.0) + event["dur"] / 1000 / runs
+            columns[path] = per_stage
+    names = [path.name for path in paths]
+    print(f"\n| stage (ms per call, {threads} thread(s), {runs} calls) | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(paths))
+    for stage in [s for s, _ in STAGES] + ["other"]:
+        print(f"| {stage} | " + " | ".join(f"{columns[p].get(stage, 0.0):.1f}" for p in paths) + " |")
+    print("| **sum of kernels** | " + " | ".join(f"{sum(columns[p].values()):.1f}" for p in paths) + " |")
+    print("| wall per call, median (min) | " + " | ".join(
+        f"{timings[str(p)][0]:.1f} ({min(timings[str(p)][2]):.1f})" for p in paths) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=("full", "tiny"), default="full")
     parser.add_argument("--runs", type=int, default=5, help="timed calls per engine (after one warm-up)")
+    parser.add_argument("--stages", type=Path, nargs="+", help="profile these exports by stage instead")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for --stages")
     args = parser.parse_args()
     config = MaskGDINOConfig.full() if args.config == "full" else MaskGDINOConfig.tiny()
+    if args.stages:
+        print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+              f"onnxruntime {ort.__version__}; load average before: {os.getloadavg()[0]:.2f}")
+        feed = {name: tensor.numpy() for name, tensor in example_inputs(config).items()}
+        _stage_profile(args.stages, feed, args.runs, args.threads)
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")

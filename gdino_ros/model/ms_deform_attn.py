@@ -46,21 +46,23 @@ def ms_deform_attn_core(
     n, _, heads, dim = value.shape
     _, num_query, _, levels, points, _ = sampling_locations.shape
     grids = 2 * sampling_locations - 1
-    sampled = []
+    # N, Lq, M, L, P -> N*M, 1, Lq, L, P
+    weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(n * heads, 1, num_query, levels, points)
+    # Each level's weighted samples are summed over its points and added up level by level: stacking the
+    # levels' samples first costs a copy of all of them (as long as the sampling itself, in ONNX Runtime).
+    output: torch.Tensor | None = None
     for level, (h, w) in enumerate(spatial_shapes):
         start = level_start_index[level]
         # N, h*w, M, D -> N*M, D, h, w
         value_l = value[:, start : start + h * w].permute(0, 2, 3, 1).reshape(n * heads, dim, h, w)
         # N, Lq, M, P, 2 -> N*M, Lq, P, 2
         grid_l = grids[:, :, :, level].permute(0, 2, 1, 3, 4).flatten(0, 1)
-        sampled.append(
-            F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
-    # N*M, D, Lq, L, P -> N*M, D, Lq, L*P
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    weights = attention_weights.permute(0, 2, 1, 3, 4).reshape(n * heads, 1, num_query, levels * points)
-    output = (stacked * weights).sum(-1).reshape(n, heads * dim, num_query)
-    return output.transpose(1, 2)
+        sampled = F.grid_sample(value_l, grid_l, mode="bilinear", padding_mode="zeros", align_corners=False)
+        # N*M, D, Lq, P -> N*M, D, Lq
+        level_sum = (sampled * weights[..., level, :]).sum(-1)
+        output = level_sum if output is None else output + level_sum
+    assert output is not None, "at least one level"
+    return output.reshape(n, heads * dim, num_query).transpose(1, 2)
 
 
 class MultiScaleDeformableAttention(nn.Module):

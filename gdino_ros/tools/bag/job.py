@@ -202,6 +202,7 @@ class BagJob:
                     msg = None
                     if connection.topic == args.image_topic:
                         msg = self._deserialise(connection, log_time, raw)  # before the copy: no damage out
+                        tick = stats.add_stage("decode", tick)
                     out = self.sink.copy_connection(connection)
                     if out is not None:
                         self.sink.write(out, log_time, raw)

@@ -229,3 +229,40 @@ def test_a_node_started_disabled_subscribes_once_enabled(bench_factory: Callable
     _set_enabled(bench, True)
     assert bench.node.get_subscriptions_info_by_topic("/image")
     assert bench.process(_image_msg(skdata.coffee(), 5)).prompt == STREAM_PROMPT
+
+
+def test_the_segment_action_answers_like_the_service_and_a_waiting_goal_can_be_canceled(
+    bench_factory: Callable[..., Bench], reference: Segmenter
+) -> None:
+    from action_msgs.msg import GoalStatus
+    from gdino_ros.action import Segment as SegmentAction
+    from rclpy.action import ActionClient
+
+    bench = bench_factory(initial_prompt=STREAM_PROMPT, input_qos="reliable", overlay=False)
+    client = ActionClient(bench.driver, SegmentAction, "/gdino/segment")
+    assert bench.spin_until(client.server_is_ready, 10.0)
+
+    def send(goal: Any) -> Any:
+        sent = client.send_goal_async(goal)
+        assert bench.spin_until(sent.done, 10.0) and sent.result().accepted
+        return sent.result()
+
+    waiting = send(SegmentAction.Goal(prompt=PHRASES, frame=SegmentAction.Goal.FRAME_NEXT, timeout_s=60.0))
+    canceled = waiting.cancel_goal_async()
+    assert bench.spin_until(canceled.done, 10.0) and canceled.result().goals_canceling
+    outcome = waiting.get_result_async()
+    assert bench.spin_until(outcome.done, 10.0)
+    assert outcome.result().status == GoalStatus.STATUS_CANCELED
+    assert outcome.result().result.message == "canceled by the client"
+
+    photo = skdata.astronaut()
+    bench.process(_image_msg(photo, 3))  # the newest frame
+    goal = send(SegmentAction.Goal(prompt=EXPRESSION, frame=SegmentAction.Goal.FRAME_LATEST, timeout_s=60.0))
+    outcome = goal.get_result_async()
+    assert bench.spin_until(outcome.done, 120.0)
+    assert outcome.result().status == GoalStatus.STATUS_SUCCEEDED, outcome.result().result.message
+    result = outcome.result().result.result
+    assert result.prompt == EXPRESSION and result.header.stamp.sec == BASE_SEC + 3
+    reference.set_prompt(EXPRESSION, "auto")
+    _assert_matches(result, reference(photo))
+    assert [r.prompt for r in bench.outputs["result"]] == [STREAM_PROMPT]

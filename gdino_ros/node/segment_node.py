@@ -19,10 +19,11 @@ frame, stamped with the input image's header, ``gdino/detections`` (vision_msgs/
 ``gdino/active_prompt`` (std_msgs/String, transient local) and ``/diagnostics`` once a second, on the
 steady clock (so with use_sim_time and no /clock yet they still come).
 
-Requests. The ``gdino/segment`` service (gdino_ros/srv/Segment) segments one frame with the caller's
-prompt and thresholds without touching the streaming prompt: the service callback queues the request
-and awaits it (a coroutine, so the executor keeps receiving frames meanwhile); the worker runs queued
-requests in arrival order between two streaming frames, each on the frame it asked for, and wakes the
+Requests. The ``gdino/segment`` service (gdino_ros/srv/Segment), and the action of the same name
+(gdino_ros/action/Segment, which a client can cancel), segment one frame with the caller's prompt and
+thresholds without touching the streaming prompt: the callback queues the request and awaits it (a
+coroutine, so the executor keeps receiving frames meanwhile); the worker runs queued requests in arrival
+order between two streaming frames, each on the frame it asked for, and wakes the
 executor through a guard condition; a steady-clock timer fails requests whose timeout ran out.
 Encoded request prompts are kept (:mod:`.prompt_cache`).
 
@@ -52,6 +53,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType  # type: ignore[attr-defined]  # defined here in Humble, re-exported in Jazzy
 from rclpy.exceptions import ParameterException
@@ -64,6 +66,7 @@ from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
+from gdino_ros.action import Segment as SegmentAction
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
     OUTPUT_NAMESPACE,
@@ -87,7 +90,6 @@ from gdino_ros.node.parameters import (
     parameter_problems,
     thresholds_from,
 )
-from gdino_ros.node.planner_outputs import PlannerOutputs
 from gdino_ros.node.prompt_cache import PromptCache
 from gdino_ros.node.requests import Outcome, RequestQueue, SegmentRequest
 from gdino_ros.node.shown import shown
@@ -171,8 +173,6 @@ class SegmentNode(Node):
         self._enabled: bool = values["enabled"]  # written by the executor thread only
 
         self._create_publishers()
-        self._planner = PlannerOutputs(self, values, self._types)  # track ids, 3-D, gdino/label_info
-        self._output_publishers.update(self._planner.publishers)
         self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Steady clock: with use_sim_time and no /clock (a paused simulator) ROS time stands still.
@@ -185,8 +185,14 @@ class SegmentNode(Node):
         self._wake = self.create_guard_condition(lambda: None)  # the worker finished a request
         # A callback group of its own: a callback holds its group until its coroutine returns, and waiting
         # requests must neither block one another nor the image callback that brings their frame.
+        requests_group = ReentrantCallbackGroup()
         self._segment_service = self.create_service(
-            Segment, SEGMENT_SERVICE, self._on_segment, callback_group=ReentrantCallbackGroup()
+            Segment, SEGMENT_SERVICE, self._on_segment, callback_group=requests_group
+        )
+        self._goal_requests: dict[bytes, SegmentRequest] = {}  # action goals being served, by goal id
+        self._segment_action = ActionServer(
+            self, SegmentAction, SEGMENT_SERVICE, execute_callback=self._on_segment_goal,
+            cancel_callback=self._on_cancel_goal, callback_group=requests_group,
         )
         self._publish_active_prompt()
 
@@ -361,6 +367,39 @@ class SegmentNode(Node):
 
     async def _on_segment(self, request: Any, response: Any) -> Any:
         """gdino/segment: queue the request, wait (without blocking the executor) for its outcome."""
+        _, future = self._queue(request)
+        outcome: Outcome = await future
+        response.success, response.message = outcome.success, outcome.message
+        if outcome.result is not None:
+            response.result = outcome.result
+        return response
+
+    async def _on_segment_goal(self, goal_handle: Any) -> Any:
+        """gdino/segment as an action: the same request and answer, and a client may cancel."""
+        key = bytes(goal_handle.goal_id.uuid)
+        self._goal_requests[key], future = self._queue(goal_handle.request)
+        outcome: Outcome = await future
+        del self._goal_requests[key]
+        result = SegmentAction.Result(success=outcome.success, message=outcome.message)
+        if outcome.result is not None:
+            result.result = outcome.result
+        if goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif outcome.success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        return result
+
+    def _on_cancel_goal(self, goal_handle: Any) -> CancelResponse:
+        """Accept a cancel: the goal ends at once; a frame it already runs on finishes unused."""
+        request = self._goal_requests.get(bytes(goal_handle.goal_id.uuid))
+        if request is not None:
+            self._requests.finish(request, Outcome(False, "canceled by the client"))
+        return CancelResponse.ACCEPT
+
+    def _queue(self, request: Any) -> tuple[SegmentRequest, Future]:
+        """Queue a service request or an action goal (the same fields); fail it at once if it is unusable."""
         now = time.monotonic()
         future = Future()
         queued = SegmentRequest(
@@ -381,11 +420,7 @@ class SegmentNode(Node):
             if self._request_timer.is_canceled():
                 self._request_timer.reset()
             self._slot.poke()
-        outcome: Outcome = await future
-        response.success, response.message = outcome.success, outcome.message
-        if outcome.result is not None:
-            response.result = outcome.result
-        return response
+        return queued, future
 
     def _request_problem(self, request: Any) -> tuple[str, PostprocessParams]:
         """Why ``request`` cannot be served (one sentence, empty if it can) and its thresholds."""
@@ -572,8 +607,7 @@ class SegmentNode(Node):
             overlay = draw_overlay(pixels[..., ::-1] if bgr else pixels, result)
         drawn = time.monotonic()
         messages = result_to_messages(
-            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay,
-            **self._planner.frame_outputs(result, msg.header, self._segmenter.params.box_threshold),
+            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay
         )
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
             return
@@ -639,6 +673,7 @@ class SegmentNode(Node):
         for request in self._requests.unfinished():
             self._requests.finish(request, Outcome(False, "segment_node is shutting down"))
         self._worker.join(WORKER_STOP_TIMEOUT_S)
+        self._segment_action.destroy()
         super().destroy_node()
 
 

@@ -58,8 +58,10 @@ class BiMultiHeadAttention(nn.Module):
         logits = torch.bmm(query, key.transpose(1, 2))  # B*h, Nv, Nl
         # Stabilise with the global maximum, then clamp (TAO's order of operations).
         logits = (logits - logits.max()).clamp(min=-LOGIT_CLAMP, max=LOGIT_CLAMP)
+        # TAO also subtracts each row's maximum here and clamps again; softmax subtracts the row maximum
+        # itself, and the clamp only maps exp() values that are already 0 to 0, so both are left out (three
+        # passes over the largest tensor of the encoder, for the same probabilities).
         logits_l = logits.transpose(1, 2)
-        logits_l = (logits_l - logits_l.max(dim=-1, keepdim=True)[0]).clamp(min=-LOGIT_CLAMP, max=LOGIT_CLAMP)
         pad = text_padding[:, None, None, :].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
         probs_v = logits.masked_fill(pad, float("-inf")).softmax(dim=-1)
         probs_l = logits_l.softmax(dim=-1)

@@ -117,7 +117,7 @@ class DepthBench:
         return spin_until(self.executor, done, timeout_s)
 
     def stored_depths(self) -> int:
-        return len(self.node._planner._pairing._depth)  # what the node holds for pairing
+        return self.node._planner.frames.depth_count()  # what the node holds for pairing
 
     def frame(self, second: int, colour: np.ndarray, depth: Any | None, info: Any | None) -> Any:
         """Send camera_info and depth (until the node holds it), then the colour frame; return its result."""
@@ -219,7 +219,7 @@ def test_bad_depth_input_leaves_2d_alone(bench: DepthBench) -> None:
     scene = bench.node._segmenter.scene  # type: ignore[attr-defined]
     colour = _colour(scene)
     depth = scene.depth_16uc1()
-    problems = bench.node._planner.problems
+    problems = bench.node._planner.frames.problems
 
     # Depth without camera_info.
     first = bench.frame(1, colour, _image(depth, "16UC1", 1), None)

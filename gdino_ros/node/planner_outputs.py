@@ -1,41 +1,36 @@
 """segment_node's outputs for manipulation planners: track ids, 3-D from depth, the class vocabulary.
 
-The worker calls :meth:`PlannerOutputs.frame_outputs` once per frame, between segmentation and
-:func:`~gdino_ros.conversions.messages.result_to_messages`; it returns that function's keyword
-arguments (track ids, lifted instances, whether to build the point cloud). It also publishes the
-latched ``gdino/label_info`` whenever the prompt's vocabulary changes. Depth problems never touch the
-2-D outputs: the frame goes out without 3-D, and each kind of problem is logged at most once per
-:data:`WARN_PERIOD_S`, with the count of frames it affected.
+The ROS side of :class:`~gdino_ros.conversions.planner_frames.PlannerFrames`: the ``depth`` and
+``camera_info`` subscriptions (with the ``depth`` parameter), the ``gdino/detections_3d`` and
+``gdino/points`` publishers, the latched ``gdino/label_info``, runtime changes of the tracking and
+lifting parameters, and the warnings. The worker calls :meth:`PlannerOutputs.frame_outputs` once per
+frame, between segmentation and :func:`~gdino_ros.conversions.messages.result_to_messages`, whose
+keyword arguments it returns. A frame without 3-D keeps its 2-D outputs; each kind of depth problem is
+logged at most once per :data:`WARN_PERIOD_S`, with the number of frames it affected.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 from typing import Any
 
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from vision_msgs.msg import Detection3DArray, LabelInfo
 
-from gdino_ros.conversions.depth_image import depth_to_pixels
-from gdino_ros.conversions.messages import (
-    LABEL_INFO_TOPIC,
-    OUTPUT_NAMESPACE,
-    MessageTypes,
-    label_info_msg,
-)
-from gdino_ros.core.depth_lifting import CameraModel, DepthInputError, DepthLifter, Lifted, LiftingParams
-from gdino_ros.core.instance_crop import instance_crop
+from gdino_ros.conversions.messages import LABEL_INFO_TOPIC, OUTPUT_NAMESPACE, MessageTypes, label_info_msg
+from gdino_ros.conversions.planner_frames import DEPTH_BUFFER, PlannerFrames
+from gdino_ros.core.depth_lifting import LiftingParams
 from gdino_ros.core.result import Result
-from gdino_ros.core.tracking import Tracker, TrackingParams, track_inputs
-from gdino_ros.node.depth_pairing import DepthPairing
+from gdino_ros.core.tracking import TrackingParams
 from gdino_ros.settings import DEPTH, DEPTH_STAMP_TOLERANCE_S, TRACKING, settings_of
 
 WARN_PERIOD_S = 5.0
+DEPTH_TOPIC = "depth"
+CAMERA_INFO_TOPIC = "camera_info"
 _TRACKING_NAMES = {s.name for s in settings_of(TrackingParams)}
 _LIFTING_NAMES = {s.name for s in settings_of(LiftingParams)}
 
@@ -50,8 +45,15 @@ class PlannerOutputs:
     def __init__(self, node: Node, values: dict[str, Any], types: MessageTypes) -> None:
         self._node = node
         self._types = types
-        tracking = TrackingParams(**{s.name: values[s.name] for s in settings_of(TrackingParams)})
-        self._tracker = Tracker(tracking) if values[TRACKING.name] else None
+        tracking = TrackingParams(**{name: values[name] for name in _TRACKING_NAMES})
+        lifting = LiftingParams(**{name: values[name] for name in _LIFTING_NAMES})
+        self.frames = PlannerFrames(
+            tracking if values[TRACKING.name] else None,
+            lifting if values[DEPTH.name] else None,
+            values[DEPTH_STAMP_TOLERANCE_S.name],
+            node.resolve_topic_name(DEPTH_TOPIC),
+            node.resolve_topic_name(CAMERA_INFO_TOPIC),
+        )
         reliable = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST,
                               reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
@@ -61,18 +63,17 @@ class PlannerOutputs:
         self._vocabulary: tuple[str, ...] | None = None
         #: Output leaf name -> publisher, for the node's publishing loop.
         self.publishers: dict[str, Any] = {}
-        self._pairing: DepthPairing | None = None
-        self._lifter: DepthLifter | None = None
         if values[DEPTH.name]:
-            self._pairing = DepthPairing(node, values[DEPTH_STAMP_TOLERANCE_S.name])
-            lifting = LiftingParams(**{s.name: values[s.name] for s in settings_of(LiftingParams)})
-            self._lifter = DepthLifter(lifting)
+            # Sensor QoS (best effort) is what cameras and Isaac Sim publish; it also matches reliable ones.
+            sensor = QoSProfile(depth=DEPTH_BUFFER, history=HistoryPolicy.KEEP_LAST,
+                                reliability=ReliabilityPolicy.BEST_EFFORT)
+            node.create_subscription(Image, DEPTH_TOPIC, self.frames.add_depth, sensor)
+            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self.frames.add_camera_info, sensor)
             self.publishers = {
-                "detections_3d": node.create_publisher(Detection3DArray, f"{OUTPUT_NAMESPACE}/detections_3d",
-                                                       reliable),
+                "detections_3d": node.create_publisher(
+                    Detection3DArray, f"{OUTPUT_NAMESPACE}/detections_3d", reliable),
                 "points": node.create_publisher(PointCloud2, f"{OUTPUT_NAMESPACE}/points", reliable),
             }
-        self.problems: Counter[str] = Counter()
         self._warned_at: dict[str, float] = {}
         node.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -83,14 +84,15 @@ class PlannerOutputs:
         replacing it is one reference assignment.
         """
         values = {p.name: p.value for p in parameters}
-        if self._tracker is not None and values.keys() & _TRACKING_NAMES:
-            self._tracker.params = dataclasses.replace(
-                self._tracker.params, **{k: v for k, v in values.items() if k in _TRACKING_NAMES})
-        if self._lifter is not None and values.keys() & _LIFTING_NAMES:
-            self._lifter.params = dataclasses.replace(
-                self._lifter.params, **{k: v for k, v in values.items() if k in _LIFTING_NAMES})
-        if self._pairing is not None and DEPTH_STAMP_TOLERANCE_S.name in values:
-            self._pairing.tolerance_s = values[DEPTH_STAMP_TOLERANCE_S.name]
+        tracker, lifter = self.frames.tracker, self.frames.lifter
+        if tracker is not None and values.keys() & _TRACKING_NAMES:
+            tracker.params = dataclasses.replace(
+                tracker.params, **{k: v for k, v in values.items() if k in _TRACKING_NAMES})
+        if lifter is not None and values.keys() & _LIFTING_NAMES:
+            lifter.params = dataclasses.replace(
+                lifter.params, **{k: v for k, v in values.items() if k in _LIFTING_NAMES})
+        if DEPTH_STAMP_TOLERANCE_S.name in values:
+            self.frames.tolerance_s = values[DEPTH_STAMP_TOLERANCE_S.name]
         return SetParametersResult(successful=True)
 
     def frame_outputs(self, result: Result, header: Any, box_threshold: float) -> dict[str, Any]:
@@ -98,36 +100,18 @@ class PlannerOutputs:
         if result.phrases != self._vocabulary:
             self._vocabulary = result.phrases
             self._label_info.publish(label_info_msg(result.phrases, box_threshold, header, self._types))
-        crops = [instance_crop(d) for d in result.detections]
-        track_ids = None
-        if self._tracker is not None:
-            track_ids = self._tracker.update(track_inputs(result, crops), result.label_image.shape,
-                                             (result.prompt, result.mode))
-        lifted = self._lift(result, header, crops) if self._pairing is not None else None
-        with_points = lifted is not None and self.publishers["points"].get_subscription_count() > 0
-        return {"track_ids": track_ids, "lifted": lifted, "with_points": with_points}
+        outputs, problem = self.frames.frame(result, header)
+        if problem is not None:
+            self._warn(*problem)
+        outputs["with_points"] = (outputs["lifted"] is not None
+                                  and self.publishers["points"].get_subscription_count() > 0)
+        return outputs
 
-    def _lift(self, result: Result, header: Any, crops: list[Any]) -> list[Lifted] | None:
-        assert self._pairing is not None and self._lifter is not None
-        paired = self._pairing.pair(header)
-        if isinstance(paired[0], str):
-            self._problem(paired[0], paired[1])
-            return None
-        depth_msg, info = paired
-        try:
-            depth, encoding = depth_to_pixels(depth_msg)
-            camera = CameraModel.from_camera_info(info)
-            return self._lifter.lift(crops, result.label_image.shape, depth, encoding, camera)
-        except DepthInputError as error:
-            self._problem(type(error).__name__ + str(error).split(";")[0], str(error))
-            return None
-
-    def _problem(self, kind: str, text: str) -> None:
-        """Count a frame left without 3-D; warn once per kind and period, naming the fix."""
-        self.problems[kind] += 1
+    def _warn(self, kind: str, text: str) -> None:
+        """Warn about a frame left without 3-D, once per kind and period, naming the fix."""
         now = time.monotonic()
         if now - self._warned_at.get(kind, -WARN_PERIOD_S) >= WARN_PERIOD_S:
             self._warned_at[kind] = now
             self._node.get_logger().warning(
-                f"3-D left out ({self.problems[kind]} frame(s) so far): {text}; 2-D outputs continue"
+                f"3-D left out ({self.frames.problems[kind]} frame(s) so far): {text}; 2-D outputs continue"
             )

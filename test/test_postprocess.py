@@ -342,3 +342,52 @@ def test_bad_outputs_and_params(tokenizer) -> None:
         PostprocessParams(box_threshold=1.5)
     with pytest.raises(ValueError, match="max_detections"):
         PostprocessParams(max_detections=70000)
+
+
+def reference_labels(planes: np.ndarray, image_hw: tuple[int, int], threshold: float) -> np.ndarray:
+    """TAO's full-size masks painted from the last plane to the first: the first plane above wins."""
+    labels = np.zeros(image_hw, np.uint16)
+    for k in range(len(planes) - 1, -1, -1):
+        with np.errstate(invalid="ignore"):
+            up = cv2.resize(planes[k], (image_hw[1], image_hw[0]), interpolation=cv2.INTER_LINEAR)
+        labels[up > threshold] = k + 1
+    return labels
+
+
+@pytest.mark.parametrize(
+    "image_hw", [pytest.param((1080, 1920), marks=pytest.mark.slow), (240, 427), (37, 61), (5, 7)]
+)
+@pytest.mark.parametrize("threshold", [0.0, logit(0.8), -1.0])
+def test_label_image_equals_painting_every_full_size_mask(image_hw: tuple[int, int], threshold: float,
+                                                          generic_resize: None) -> None:
+    rng = np.random.default_rng(11)
+    for mask_hw in ((136, 240), (8, 12), (17, 5)):
+        n = 30
+        coarse = rng.normal(0.0, 6.0, (n, 5, 7)).astype(np.float32)
+        planes = np.stack([cv2.resize(c, mask_hw[::-1], interpolation=cv2.INTER_CUBIC) for c in coarse])
+        planes += rng.normal(-2.0, 3.0, (n, 1, 1)).astype(np.float32)  # from small blobs to most of the image
+        planes[3] = np.round(planes[3])  # samples exactly at the threshold 0
+        labels = np.full(image_hw, 7, np.uint16)  # every pixel is written
+        MaskUpsampler(mask_hw, image_hw).paint_labels(planes, threshold, labels)
+        np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
+        planes[0, :2] = np.inf  # non-finite logits take OpenCV's own resize
+        planes[-1, -2:] = -np.inf
+        planes[1, 1, 1] = np.nan
+        MaskUpsampler(mask_hw, image_hw).paint_labels(planes, threshold, labels)
+        np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
+
+
+def test_full_size_masks_are_computed_when_read(tokenizer, generic_resize: None) -> None:
+    prompt = encode_prompt("cat . dog", "phrases", tokenizer)
+    out = blank(prompt)
+    logits, masks = out[PRED_LOGITS][0], out[PRED_MASKS][0, :, 0]
+    logits[2, 1] = logit(0.9)
+    masks[2, 2:6, 3:9] = 4.0
+    result = postprocess(out, prompt, (32, 48))
+    detection = result.detections[0]
+    assert callable(detection.mask_source) and "mask" not in vars(detection)  # not computed yet
+    expected = reference_mask(masks[2], (32, 48))
+    np.testing.assert_array_equal(detection.mask, expected)
+    assert detection.mask is detection.mask  # computed once
+    y0, y1, x0, x1 = detection.mask_window or (0, 0, 0, 0)
+    assert expected[y0:y1, x0:x1].sum() == expected.sum() > 0

@@ -201,8 +201,8 @@ def main() -> int:
     print(f"# TAO Deploy {tao_version(args.tao_deploy)}; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}, OpenCV {cv2.__version__}; "
           f"load average {os.getloadavg()[0]:.2f} at start")
-    print("\n| case | image | NMS | detections | ours ms (CPU ms) | ours + all masks ms | TAO Deploy ms (CPU ms) "
-          "| speed-up (by CPU time) | speed-up with all masks | identical |")
+    print("\n| case | image | NMS | detections | ours ms (CPU ms) | ours + all masks ms "
+          "| TAO Deploy ms (CPU ms) | speed-up (by CPU time) | speed-up with all masks | identical |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     failed = False
     for kind in ("realistic", "stress"):

@@ -42,7 +42,7 @@ from gdino_ros.backends.engine_meta import (
 )
 from gdino_ros.core.model_metadata import read_onnx_metadata
 from gdino_ros.core.precision_check import CALIBRATION_PROMPTS, PrecisionReport
-from gdino_ros.errors import EXIT_MODEL
+from gdino_ros.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
 from gdino_ros.model.precision import DEFAULT_FP32_LAYERS, META_FP32_LAYERS, META_PRECISION, convert_to_fp16
 from gdino_ros.tools import build_engine
 
@@ -187,10 +187,10 @@ def test_cli_rejects_wrong_output_suffix_and_fp32_layers_without_fp16(
 ) -> None:
     onnx = make_contract_onnx(tmp_path / "m.onnx")
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.trt"))
-    assert code == EXIT_MODEL and "must end in .engine or .plan" in lines[-1]
+    assert code == EXIT_USAGE and "must end in .engine or .plan" in lines[-1]
     code, lines = _run_cli(capsys, "--onnx", str(onnx), "--output", str(tmp_path / "m.engine"),
                            "--fp32-layers", "*Norm*")
-    assert code == EXIT_MODEL and "--fp32-layers needs --fp16" in lines[-1]
+    assert code == EXIT_USAGE and "--fp32-layers needs --fp16" in lines[-1]
 
 
 @pytest.mark.skipif(real_tensorrt_with_gpu(), reason="TensorRT is usable here; tests the message without it")
@@ -427,7 +427,7 @@ def test_workspace_is_at_most_half_the_gpu_memory_by_default(
 
 def test_workspace_beyond_the_gpu_memory_is_refused(fake: FakeBuild) -> None:
     code, lines = fake.run("--workspace-gb", "16")
-    assert code == EXIT_MODEL
+    assert code == EXIT_USAGE
     assert lines[-1] == ("gdino-build-engine: error: --workspace-gb 16 does not fit Orin (7.4 GiB); leave it "
                          "out to use 3.7 GiB")
     assert not fake.engine.exists()
@@ -452,7 +452,7 @@ def test_cache_key_holds_the_gpu_identity_not_just_its_name(fake: FakeBuild) -> 
 def test_a_file_not_written_by_the_tool_is_replaced_only_with_force(fake: FakeBuild) -> None:
     fake.engine.write_bytes(b"an engine from trtexec")
     code, lines = fake.run()
-    assert code == EXIT_MODEL
+    assert code == EXIT_OUTPUT
     assert "was not written by gdino-build-engine" in lines[-1] and "--force" in lines[-1]
     assert fake.engine.read_bytes() == b"an engine from trtexec"
     assert fake.state.builds == 0
@@ -466,7 +466,7 @@ def test_output_naming_the_onnx_file_is_refused(fake: FakeBuild) -> None:
     before = onnx_as_engine.read_bytes()
     code, lines = _run_cli(fake.capsys, "--onnx", str(onnx_as_engine), "--output", str(onnx_as_engine),
                            "--force")
-    assert code == EXIT_MODEL and "is the ONNX file itself" in lines[-1]
+    assert code == EXIT_USAGE and "is the ONNX file itself" in lines[-1]
     assert onnx_as_engine.read_bytes() == before
 
 
@@ -607,7 +607,7 @@ def test_fp16_onnx_builds_fp16_and_keeps_its_export_time_keep_list(
     onnx.save(convert_to_fp16(onnx.load(str(fake.onnx))), str(fp16_onnx))
     argv = ("--onnx", str(fp16_onnx), "--output", str(fake.engine))
     code, lines = _run_cli(fake.capsys, *argv, "--fp32-layers", "*/Softmax*", "--fp16")
-    assert code == EXIT_MODEL and "is already FP16" in lines[-1]
+    assert code == EXIT_USAGE and "is already FP16" in lines[-1]
     assert "gdino-export ... --precision fp16 --fp32-layers */Softmax*" in lines[-1]
     code, lines = _run_cli(fake.capsys, *argv)  # no --fp16 needed: the graph says FP16
     assert code == 0, lines
@@ -625,7 +625,7 @@ def test_fp16_conversion_refuses_bad_patterns_and_foreign_files(fake: FakeBuild)
     user_file = fake.engine.with_name("m.fp16.onnx")
     user_file.write_bytes(onnx.load(str(fake.onnx)).SerializeToString())
     code, lines = fake.run("--fp16")
-    assert code == EXIT_MODEL and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
+    assert code == EXIT_OUTPUT and f"{user_file} exists and is not an FP16 conversion written by" in lines[-1]
     assert not build_engine.is_mixed_fp16(onnx.load(str(user_file)))
 
 

@@ -41,7 +41,7 @@ from gdino_ros.backends.engine_meta import (
 )
 from gdino_ros.backends.tensorrt import numpy_dtype, require_tensorrt
 from gdino_ros.core.model_metadata import read_onnx_metadata
-from gdino_ros.errors import InputError
+from gdino_ros.errors import InputError, OutputError, UsageError
 from gdino_ros.tools import cli
 from gdino_ros.tools.output_files import write_failure
 
@@ -375,11 +375,11 @@ def plan_precision(args: argparse.Namespace) -> OnnxSource:
     onnx_path: Path = args.onnx
     layers = tuple(sorted(set(args.fp32_layers)))
     if args.fp32_layers and not args.fp16:
-        raise BackendError("--fp32-layers needs --fp16 (without it the engine is FP32 throughout)")
+        raise UsageError("--fp32-layers needs --fp16 (without it the engine is FP32 throughout)")
     _require_onnx()
     if onnx_precision(onnx_path) == "fp16":
         if layers:
-            raise BackendError(
+            raise UsageError(
                 f"{onnx_path} is already FP16, so its FP32 layers were chosen at export; to change them, "
                 f"export again: gdino-export ... --precision fp16 --fp32-layers {' '.join(layers)}"
             )
@@ -389,9 +389,9 @@ def plan_precision(args: argparse.Namespace) -> OnnxSource:
     output: Path = args.output
     converted = output.with_name(f"{output.stem}.fp16.onnx")
     if converted.exists() and converted.resolve() == onnx_path.resolve():
-        raise BackendError(f"--output {output} would write the FP16 conversion over {onnx_path}; rename one")
+        raise UsageError(f"--output {output} would write the FP16 conversion over {onnx_path}; rename one")
     if converted.is_file() and not args.force and CONVERSION_META not in read_onnx_metadata(converted):
-        raise BackendError(
+        raise OutputError(
             f"{converted} exists and is not an FP16 conversion written by {PROG}; move it away, choose "
             "another --output (the conversion is written next to the engine), or pass --force"
         )
@@ -401,13 +401,13 @@ def plan_precision(args: argparse.Namespace) -> OnnxSource:
 def _check_output(output: Path, onnx_path: Path, key: BuildKey, force: bool, say: Say) -> None:
     """Refuse to replace a file this tool did not write (unless ``force``); say why an engine is rebuilt."""
     if output.exists() and output.resolve() == onnx_path.resolve():
-        raise BackendError(f"--output {output} is the ONNX file itself; name the engine file to write")
+        raise UsageError(f"--output {output} is the ONNX file itself; name the engine file to write")
     if not output.exists():
         return
     record = read_record(output)
     if record is None or not output.is_file() or record.engine_sha256 != file_sha256(output):
         if not force:
-            raise BackendError(
+            raise OutputError(
                 f"{output} exists and was not written by {PROG} (no build record of its own); pass --force "
                 "to replace it, or choose another --output"
             )
@@ -427,7 +427,7 @@ def _workspace(requested_gb: float | None, gpu: GpuInfo) -> int:
         return default_workspace(gpu.total_memory)
     requested = int(requested_gb * GIB)
     if requested <= 0 or requested > gpu.total_memory:
-        raise BackendError(
+        raise UsageError(
             f"--workspace-gb {requested_gb:g} does not fit {gpu.name} ({gpu.total_memory / GIB:.1f} GiB); "
             f"leave it out to use {default_workspace(gpu.total_memory) / GIB:.1f} GiB"
         )
@@ -515,9 +515,9 @@ def _install(data: bytes, output: Path, record: BuildRecord, check: Callable[[Pa
     """
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
-    partial.write_bytes(data)
-    write_record(partial, record)
     try:
+        partial.write_bytes(data)
+        write_record(partial, record)
         if check is not None:
             check(partial)
         sidecar_path(output).unlink(missing_ok=True)  # no moment where the new engine has the old record
@@ -549,7 +549,7 @@ def _run(args: argparse.Namespace) -> str:
     if not onnx_path.is_file():
         raise BackendError(f"ONNX file {onnx_path} does not exist")
     if output.suffix not in (".engine", ".plan"):
-        raise BackendError(f"--output {output} must end in .engine or .plan (backends go by extension)")
+        raise UsageError(f"--output {output} must end in .engine or .plan (backends go by extension)")
     source = plan_precision(args)
     version = require_tensorrt()
     gpu = select_gpu(0)

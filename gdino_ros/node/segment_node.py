@@ -709,6 +709,11 @@ def spin_until_shutdown(node: Node) -> None:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # A signal that shuts the context down while the executor builds its wait set makes rclpy raise
+        # RCLError ("context is not valid") instead of ExternalShutdownException: the same shutdown.
+        if node.context.ok():
+            raise
     finally:
         _ignore_further_signals()
         node.destroy_node()

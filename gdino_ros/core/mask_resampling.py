@@ -211,12 +211,12 @@ class MaskUpsampler:
             # Cells r0-1 .. r0+n_rows-1 read a sample of the bounding rectangle; the rest are outside.
             ra, rb = max(r0 - 1, 0), min(r0 + n_rows, h)
             ca, cb = max(c0 - 1, 0), min(c0 + n_cols, w)
-            samples = _with_next_sample(plane, ra, rb, ca, cb)
+            samples = plane[ra : rb + 1, ca : cb + 1]  # the cells' samples, short of one at the far edges
             if not np.isfinite(samples).all():
                 self._paint_labels_by_resize(planes, threshold, out)
                 return
-            inside = _all_corners(samples > threshold + margin)
-            touched = _any_corner(samples > outside_below)
+            inside = _all_corners(_edge_extended(samples > threshold + margin, rb - ra + 1, cb - ca + 1))
+            touched = _any_corner(_edge_extended(samples > outside_below, rb - ra + 1, cb - ca + 1))
             still_open = open_cells[ra:rb, ca:cb]
             mixed = touched & ~inside & still_open
             if mixed.any():
@@ -350,14 +350,16 @@ class _Cells:
         return self.start[tiles][:, None] + steps
 
 
-def _with_next_sample(plane: np.ndarray, ra: int, rb: int, ca: int, cb: int) -> np.ndarray:
-    """Return the samples of cells ra:rb × ca:cb: rows ra..rb, columns ca..cb, the last one repeated."""
-    h, w = plane.shape
-    rows = np.minimum(np.arange(ra, rb + 1), h - 1)
-    cols = np.minimum(np.arange(ca, cb + 1), w - 1)
-    if rb < h and cb < w:
-        return plane[ra : rb + 1, ca : cb + 1]
-    return plane[np.ix_(rows, cols)]
+def _edge_extended(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Repeat the last row and column of ``samples`` up to ``rows`` × ``cols`` (cells at the far edge).
+
+    The last cell of an axis reads its last sample twice (OpenCV clamps the index).
+    """
+    if samples.shape[0] < rows:
+        samples = np.concatenate([samples, samples[-1:]], axis=0)
+    if samples.shape[1] < cols:
+        samples = np.concatenate([samples, samples[:, -1:]], axis=1)
+    return samples
 
 
 def _all_corners(samples: np.ndarray) -> np.ndarray:

@@ -289,11 +289,14 @@ def boxes_to_pixels(boxes_cxcywh: np.ndarray, height: int, width: int) -> np.nda
 
 
 def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box [4] with each of ``boxes`` [N, 4]; 0 where the union has no area."""
-    inter_w = np.maximum(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0.0)
-    inter_h = np.maximum(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0.0)
+    """IoU of xyxy ``box`` [..., 4] with each of ``boxes`` [N, 4] (broadcast); 0 where the union has no area.
+
+    One box [4] gives [N]; all boxes as ``boxes[:, None, :]`` give the pairwise [N, N].
+    """
+    inter_w = np.maximum(np.minimum(box[..., 2], boxes[:, 2]) - np.maximum(box[..., 0], boxes[:, 0]), 0.0)
+    inter_h = np.maximum(np.minimum(box[..., 3], boxes[:, 3]) - np.maximum(box[..., 1], boxes[:, 1]), 0.0)
     inter = inter_w * inter_h
-    area = (box[2] - box[0]) * (box[3] - box[1])
+    area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
     union = area + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, inter / union, 0.0)
@@ -317,6 +320,7 @@ def _filter(
     """
     threshold = params.mask_logit_threshold
     suppressed = np.zeros(scores.shape[0], dtype=np.bool_)
+    overlapping: np.ndarray | None = None  # [N, N] IoU above the NMS threshold, computed on first need
     kept: list[int] = []
     for i in range(scores.shape[0]):
         if suppressed[i]:
@@ -330,5 +334,7 @@ def _filter(
         if len(kept) == params.max_detections:
             break
         if params.nms_threshold > 0:
-            suppressed |= box_iou(boxes_xyxy[i], boxes_xyxy) > params.nms_threshold
+            if overlapping is None:
+                overlapping = box_iou(boxes_xyxy[:, None, :], boxes_xyxy) > params.nms_threshold
+            suppressed |= overlapping[i]
     return np.array(kept, dtype=np.int64)

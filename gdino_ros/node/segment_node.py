@@ -90,6 +90,7 @@ from gdino_ros.node.parameters import (
     parameter_problems,
     thresholds_from,
 )
+from gdino_ros.node.planner_outputs import PlannerOutputs
 from gdino_ros.node.prompt_cache import PromptCache
 from gdino_ros.node.requests import Outcome, RequestQueue, SegmentRequest
 from gdino_ros.node.shown import shown
@@ -173,6 +174,8 @@ class SegmentNode(Node):
         self._enabled: bool = values["enabled"]  # written by the executor thread only
 
         self._create_publishers()
+        self._planner = PlannerOutputs(self, values, self._types)  # track ids, 3-D, gdino/label_info
+        self._output_publishers.update(self._planner.publishers)
         self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Steady clock: with use_sim_time and no /clock (a paused simulator) ROS time stands still.
@@ -607,7 +610,8 @@ class SegmentNode(Node):
             overlay = draw_overlay(pixels[..., ::-1] if bgr else pixels, result)
         drawn = time.monotonic()
         messages = result_to_messages(
-            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay
+            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay,
+            **self._planner.frame_outputs(result, msg.header, self._segmenter.params.box_threshold),
         )
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
             return

@@ -8,7 +8,8 @@ parameter changes are validated, staged, and the worker is woken. One worker thr
 changes between frames (a new prompt is encoded and acknowledged on gdino/active_prompt at once, even
 with no camera running, and takes effect from the next frame, never inside one), takes the newest
 frame, converts it, runs the segmenter and publishes. Latency is therefore bounded by one frame in flight plus
-one waiting, whatever the camera rate, and memory by two frames.
+one waiting, whatever the camera rate, and memory by three frames (those two and the newest frame
+received, kept for gdino/segment requests).
 
 Topics (relative names, so a namespace per camera works; in the root namespace they are /gdino/...):
 subscribes ``image`` (sensor_msgs/Image) or, with ``compressed_input``, ``image/compressed``

@@ -266,7 +266,9 @@ def test_detection_bytes_equal_what_rclpy_serialises(
     from std_msgs.msg import Header
 
     from gdino_ros.conversions.messages import result_to_messages, ros_message_types
+    from gdino_ros.conversions.planner_frames import PlannerFrames
     from gdino_ros.conversions.typestore import project_typestore
+    from gdino_ros.core.tracking import TrackingParams
 
     bag, frames = input_bags["mcap"]
     (bare_mcap,) = bag.glob("*.mcap")  # the storage file alone, without metadata.yaml
@@ -277,10 +279,13 @@ def test_detection_bytes_equal_what_rclpy_serialises(
     store, types = project_typestore(), ros_message_types()
     segmenter = _segmenter(tiny_model, vocab_path, PROMPT)
     name = "vision_msgs/msg/Detection2DArray"
+    tracks = PlannerFrames(TrackingParams(), None, 0.0)  # the bag's detections carry track ids
     for (_, _, raw), frame in zip(got["/gdino/detections"], frames[IMAGE_TOPIC], strict=False):
         header = Header(frame_id=frame.frame_id)
         header.stamp.sec, header.stamp.nanosec = frame.stamp
-        theirs = serialize_message(result_to_messages(segmenter(frame.rgb), header, types).detections)
+        result = segmenter(frame.rgb)
+        ids, _ = tracks.frame(result, header)
+        theirs = serialize_message(result_to_messages(result, header, types, **ids).detections)
         assert len(theirs) - len(raw) in range(4)
         assert bytes(store.serialize_cdr(store.deserialize_cdr(theirs, name), name)) == raw
 

@@ -53,8 +53,9 @@ class PlannerFrames:
         self._lock = threading.Lock()
         self._depths: deque[Any] = deque(maxlen=DEPTH_BUFFER)
         self._camera_info: Any = None
-        #: Frames left without 3-D, per kind of problem.
+        #: Frames left without 3-D, per kind of problem, and the newest text of each kind.
         self.problems: Counter[str] = Counter()
+        self.reasons: dict[str, str] = {}
 
     def add_depth(self, msg: Any) -> None:
         """Keep a depth image (sensor_msgs/Image) for pairing."""
@@ -90,6 +91,7 @@ class PlannerFrames:
                     problem = (str(error).split(";")[0], str(error))
             if problem is not None:
                 self.problems[problem[0]] += 1
+                self.reasons[problem[0]] = problem[1]
         return {"track_ids": track_ids, "lifted": lifted}, problem
 
     def _lift(self, result: Result, crops: list[InstanceCrop], depth_msg: Any, info: Any) -> list[Lifted]:

@@ -61,6 +61,7 @@ from gdino_ros.core.prompt import PROMPT_MODES
 from gdino_ros.tools import cli
 from gdino_ros.tools.arguments import add_model_arguments
 from gdino_ros.tools.bag.job import run
+from gdino_ros.tools.bag.planner import add_depth_arguments
 from gdino_ros.tools.bag.writer import STORAGES
 
 PROG = "gdino-bag"
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt-schedule", type=Path, help="YAML list of {at|at_ns, prompt[, mode]}")
     parser.add_argument("--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer directory")
     parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
+    add_depth_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument(
         "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"

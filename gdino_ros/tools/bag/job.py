@@ -23,6 +23,7 @@ import numpy as np
 
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
+    DEPTH_OUTPUT_TYPES,
     OUTPUT_NAMESPACE,
     OUTPUT_TYPES,
     result_to_messages,
@@ -34,6 +35,7 @@ from gdino_ros.core.result import Result
 from gdino_ros.errors import ModelError, UsageError
 from gdino_ros.tools.arguments import postprocess_params
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
+from gdino_ros.tools.bag.planner import BagPlanner, check_depth_arguments
 from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import BagSink, check_output
@@ -149,6 +151,8 @@ class BagJob:
         self.args, self.source, self.sink, self.store = args, source, sink, store
         self.segmenter, self.schedule, self.plan = segmenter, schedule, plan
         self.types = rosbags_message_types(store)
+        self.planner = BagPlanner(args, store)  # track ids; 3-D with --depth-topic
+        self._held: tuple[Any, np.ndarray, bool, int] | None = None  # with depth: the frame awaiting it
         self.stats = Stats()
         self.overlay_fn = None
         if args.overlay:
@@ -200,6 +204,9 @@ class BagJob:
                         raise KeyboardInterrupt
                     tick = stats.add_stage("read", tick)
                     msg = None
+                    if connection.topic in self.planner.topics:
+                        self.planner.take(connection.topic, connection.msgtype, raw, log_time)
+                        tick = stats.add_stage("decode", tick)
                     if connection.topic == args.image_topic:
                         msg = self._deserialise(connection, log_time, raw)  # before the copy: no damage out
                         tick = stats.add_stage("decode", tick)
@@ -216,13 +223,18 @@ class BagJob:
                         continue
                     if plan is None:  # an index-free MCAP: the bag start is known only now
                         plan = _prompt_plan(args, self.schedule, log_time)
+                    self._segment_held()  # the frame before, under its own prompt: its depth is in by now
                     if (wanted := plan.at(log_time)) != applied:
                         self.segmenter.set_prompt(*wanted)
                         applied = wanted
                         tick = stats.add_stage("prompt", tick)
-                    self._segment(msg, *frame, log_time)
+                    if self.planner.depth:
+                        self._held = (msg, *frame, log_time)
+                    else:
+                        self._segment(msg, *frame, log_time)
                     tick = time.perf_counter()
                     bar.update(1)
+                self._segment_held()
         finally:
             if bar.total is not None and bar.n != bar.total:
                 bar.total = bar.n
@@ -260,6 +272,12 @@ class BagJob:
     def _frame_number(self) -> int:
         return self.stats.frames + sum(self.stats.skipped.values()) + 1
 
+    def _segment_held(self) -> None:
+        """Segment the frame held for its depth image, if any."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._segment(*held)
+
     def _segment(self, msg: Any, pixels: np.ndarray, bgr: bool, log_time: int) -> None:
         """Run the core on one frame and write its outputs at the frame's log time."""
         stats = self.stats
@@ -272,10 +290,11 @@ class BagJob:
             overlay = self.overlay_fn(pixels[..., ::-1] if bgr else pixels, result)
             tick = stats.add_stage("overlay", tick)
         messages = result_to_messages(
-            result, msg.header, self.types, mask_encoding=self.args.mask_encoding, overlay_rgb=overlay
+            result, msg.header, self.types, mask_encoding=self.args.mask_encoding, overlay_rgb=overlay,
+            **self.planner.frame(result, msg.header),
         )
         serialised = [
-            (self.sink.outputs[name], self.store.serialize_cdr(m, OUTPUT_TYPES[name]))
+            (self.sink.outputs[name], self.store.serialize_cdr(m, (OUTPUT_TYPES | DEPTH_OUTPUT_TYPES)[name]))
             for name, m in messages.items()
         ]
         tick = stats.add_stage("convert", tick)
@@ -312,6 +331,7 @@ class BagJob:
             )
         if stats.dropped_instances:
             lines.append(f"  mono8 mask: {stats.dropped_instances} instances beyond id 255 were left out")
+        lines += self.planner.summary()
         lines += [f"  not copied: {topic} ({why})" for topic, why in sorted(self.sink.skipped.items())]
         if stats.interrupted:
             lines.append(f"  interrupted: the {stats.frames} frames before are in {self.args.output}")
@@ -353,6 +373,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Refuse argument combinations and missing files before anything is opened."""
     if args.prompt is None and args.prompt_schedule is None:
         raise UsageError("give --prompt, --prompt-schedule, or both")
+    check_depth_arguments(args)
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise UsageError(f"--end {args.end} must be after --start {args.start}")
     if not args.input.exists():
@@ -376,6 +397,9 @@ def _segment_bag(
             for name, msgtype in OUTPUT_TYPES.items()
             if args.overlay or name != "overlay"
         }
+        if args.depth_topic is not None:  # 3-D: Detection3DArray (the point cloud is for live viewers)
+            name = "detections_3d"
+            topics[name] = (f"/{OUTPUT_NAMESPACE}/{name}", DEPTH_OUTPUT_TYPES[name])
         store = project_typestore()
         sink = BagSink(args.output, args.storage, store, topics)
         job = BagJob(args, source, sink, store, segmenter, schedule, plan)

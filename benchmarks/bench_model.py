@@ -139,7 +139,11 @@ def _stage(node: str) -> str:
 
 
 def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, threads: int) -> None:
-    """Print ms per call by stage for each ONNX file (kernel times from ONNX Runtime's profiler)."""
+    """Print ms per call by stage for each ONNX file (kernel times from ONNX Runtime's profiler).
+
+    Per stage the least of the timed calls is shown (on a shared machine the least disturbed), and the
+    median; "sum" adds the stages' least values.
+    """
     sessions = {}
     with tempfile.TemporaryDirectory() as folder:
         for path in paths:
@@ -149,24 +153,29 @@ def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, th
             options.intra_op_num_threads = threads
             sessions[path] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         timings = _interleaved_ms({str(p): s for p, s in sessions.items()}, feed, runs)
-        columns = {}
+        columns: dict[Path, dict[str, list[float]]] = {}
         for path, session in sessions.items():
             events = json.loads(Path(session.end_profiling()).read_text())
-            model_runs = sorted((e["ts"], e["dur"]) for e in events if e.get("name") == "model_run")
-            warm_up_end = model_runs[0][0] + model_runs[0][1]
-            per_stage: dict[str, float] = {}
+            calls = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")[1:]
+            per_stage: dict[str, list[float]] = {}
             for event in events:
-                if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") \
-                        and event["ts"] >= warm_up_end:
+                if event.get("cat") != "Node" or not event["name"].endswith("_kernel_time"):
+                    continue
+                call = next((i for i, (start, end) in enumerate(calls) if start <= event["ts"] <= end), None)
+                if call is not None:
                     stage = _stage(event["name"][: -len("_kernel_time")])
-                    per_stage[stage] = per_stage.get(stage, 0.0) + event["dur"] / 1000 / runs
+                    per_stage.setdefault(stage, [0.0] * len(calls))[call] += event["dur"] / 1000
             columns[path] = per_stage
     names = [path.name for path in paths]
-    print(f"\n| stage (ms per call, {threads} thread(s), {runs} calls) | " + " | ".join(names) + " |")
+    title = f"stage: ms per call, least (median) of {runs}, {threads} thread(s)"
+    print(f"\n| {title} | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(paths))
     for stage in [s for s, _ in STAGES] + ["other"]:
-        print(f"| {stage} | " + " | ".join(f"{columns[p].get(stage, 0.0):.1f}" for p in paths) + " |")
-    print("| **sum of kernels** | " + " | ".join(f"{sum(columns[p].values()):.1f}" for p in paths) + " |")
+        cells = [columns[p].get(stage, [0.0]) for p in paths]
+        values = [f"{min(c):.1f} ({statistics.median(c):.1f})" for c in cells]
+        print(f"| {stage} | " + " | ".join(values) + " |")
+    print("| **sum of the least** | "
+          + " | ".join(f"{sum(min(c) for c in columns[p].values()):.1f}" for p in paths) + " |")
     print("| wall per call, median (min) | " + " | ".join(
         f"{timings[str(p)][0]:.1f} ({min(timings[str(p)][2]):.1f})" for p in paths) + " |")
 

@@ -257,3 +257,14 @@ def test_bad_depth_input_leaves_2d_alone(bench: DepthBench) -> None:
     assert bench.spin_until(lambda: bool(bench.outputs["cloud"]), 10.0)
     cloud = bench.outputs["cloud"][0]
     assert cloud.header == good.header and cloud.width == sum(good.valid_points)
+
+    # depth_stamp_tolerance_s changes at runtime: depth 0.5 s off pairs once the tolerance is 1 s.
+    from rclpy.parameter import Parameter
+
+    changed = bench.node.set_parameters([Parameter("depth_stamp_tolerance_s", value=1.0)])
+    assert changed[0].successful
+    late = _image(depth, "16UC1", 8)
+    late.header.stamp.nanosec = 500_000_000
+    assert len(bench.frame(8, colour, late, None).detections_3d) == 3
+    refused = bench.node.set_parameters([Parameter("track_match_iou", value=1.0)])  # (0, 1): open range
+    assert not refused[0].successful and "track_match_iou" in refused[0].reason

@@ -137,6 +137,7 @@ def test_requests_fail_with_a_clear_message_without_frames_when_disabled_or_malf
     assert waited >= 1.0 and not response.result.detections
 
     for request, expected in [
+        (_request("cup . " * 1000, timeout_s=30.0), "unusable prompt 'cup . cup"),  # at once, not at 30 s
         (_request("  "), "empty prompt"),
         (_request(PHRASES, prompt_mode="list"), "prompt_mode must be one of auto, phrases, expression"),
         (_request(PHRASES, box_threshold=1.5), "box_threshold must be within [0, 1]"),
@@ -148,7 +149,7 @@ def test_requests_fail_with_a_clear_message_without_frames_when_disabled_or_malf
     _set_enabled(bench, False)
     response = _call(bench, client, _request(PHRASES, timeout_s=30.0), 10.0)
     assert not response.success and "disabled" in response.message and "enabled true" in response.message
-    assert bench.counters()["requests_failed"] == "6"
+    assert bench.counters()["requests_failed"] == "7"
 
 
 def test_disabled_node_unsubscribes_and_processes_nothing_until_enabled(

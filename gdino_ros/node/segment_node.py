@@ -534,6 +534,7 @@ class SegmentNode(Node):
 
     def _serve_requests(self) -> None:
         """Run the queued requests whose frame exists, in arrival order, each with its own prompt."""
+        self._encode_request_prompts()
         while not self._stopping():
             with self._newest_lock:
                 newest = self._newest_frame
@@ -541,17 +542,34 @@ class SegmentNode(Node):
             if request is None or newest is None:
                 return
             outcome = self._run_request(request, newest[0])
-            if self._requests.finish(request, outcome) and not self._stopping():
-                self._wake.trigger()  # the executor resumes the waiting service callback
+            self._finish_request(request, outcome)
 
-    def _run_request(self, request: SegmentRequest, msg: Any) -> Outcome:
-        """Segment ``msg`` with the request's prompt and thresholds; the streaming prompt is untouched."""
+    def _finish_request(self, request: SegmentRequest, outcome: Outcome) -> None:
+        if self._requests.finish(request, outcome) and not self._stopping():
+            self._wake.trigger()  # the executor resumes the waiting service callback
+
+    def _encode_request_prompts(self) -> None:
+        """Encode the prompts of waiting requests now, so an unusable one fails at once, not after a frame."""
+        for request in self._requests.unfinished():
+            if not request.running:
+                segmenter = self._request_segmenter(request)
+                if isinstance(segmenter, Outcome):
+                    self._finish_request(request, segmenter)
+
+    def _request_segmenter(self, request: SegmentRequest) -> Segmenter | Outcome:
+        """Return the cached segmenter with the request's prompt, or the failure to give the request."""
         try:
-            segmenter = self._prompt_cache.segmenter_for(request.prompt, request.mode)
+            return self._prompt_cache.segmenter_for(request.prompt, request.mode)
         except ValueError as error:  # PromptError
             return Outcome(False, f"unusable prompt '{shown(request.prompt)}': {error}")
         except Exception as error:  # noqa: BLE001 - the caller is told; the node goes on
             return Outcome(False, f"the prompt could not be encoded ({type(error).__name__}: {error})")
+
+    def _run_request(self, request: SegmentRequest, msg: Any) -> Outcome:
+        """Segment ``msg`` with the request's prompt and thresholds; the streaming prompt is untouched."""
+        segmenter = self._request_segmenter(request)
+        if isinstance(segmenter, Outcome):
+            return segmenter
         try:
             pixels, bgr = self._to_pixels(msg)
             segmenter.set_params(request.params)

@@ -54,7 +54,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.action import ActionServer, CancelResponse
+from rclpy.action.server import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType  # type: ignore[attr-defined]  # defined here in Humble, re-exported in Jazzy
 from rclpy.exceptions import ParameterException

@@ -576,7 +576,7 @@ def test_fp16_check_warns_with_the_numbers_beyond_the_tolerance(
     warning = "warning: FP16 engine differs from FP32 beyond the tolerance: "
     assert warning + "matched boxes differ by 4.25 px" in text
     assert "detections agree 0.500 (3 matched of 6 reference / 6 candidate; tolerance 0.900)" in text
-    assert "| box L1, matched detections (px) | 4.250 |" in text
+    assert "| box L1, matched detections, median (px) | 4.250 |" in text
     assert read_record(fake.engine) is not None
 
 

@@ -178,6 +178,7 @@ def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, th
           + " | ".join(f"{sum(min(c) for c in columns[p].values()):.1f}" for p in paths) + " |")
     print("| wall per call, median (min) | " + " | ".join(
         f"{timings[str(p)][0]:.1f} ({min(timings[str(p)][2]):.1f})" for p in paths) + " |")
+    print("| process CPU per call, median | " + " | ".join(f"{timings[str(p)][1]:.1f}" for p in paths) + " |")
 
 
 def main() -> None:

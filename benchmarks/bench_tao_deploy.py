@@ -123,9 +123,11 @@ class _ContiguousResize:
     def resize(src: np.ndarray, dsize: tuple[int, int], **kwargs: Any) -> np.ndarray:
         if src.ndim < 3 or src.shape[2] <= 4:
             return cv2.resize(src, dsize, **kwargs)
-        chunks = [cv2.resize(np.ascontiguousarray(src[:, :, c : c + 4]), dsize, **kwargs)
-                  for c in range(0, src.shape[2], 4)]
-        return np.concatenate([c.reshape(*c.shape[:2], -1) for c in chunks], axis=2)
+        out = np.empty((dsize[1], dsize[0], src.shape[2]), dtype=src.dtype)
+        for c in range(0, src.shape[2], 4):
+            chunk = cv2.resize(np.ascontiguousarray(src[:, :, c : c + 4]), dsize, **kwargs)
+            out[:, :, c : c + 4] = chunk.reshape(dsize[1], dsize[0], -1)
+        return out
 
 
 def tao_version(checkout: Path) -> str:
@@ -138,53 +140,51 @@ def tao_version(checkout: Path) -> str:
 
 
 def tao_postprocess(tao: Any, outputs: dict[str, np.ndarray], prompt: EncodedPrompt,
-                    image_hw: tuple[int, int], params: PostprocessParams) -> list[tuple[Any, ...]]:
-    """TAO Deploy's object-detection post-processing; (query, phrase, score, box, mask) per detection."""
+                    image_hw: tuple[int, int], params: PostprocessParams) -> dict[str, np.ndarray]:
+    """TAO Deploy's object-detection post-processing (the timed part): its kept detections.
+
+    The candidates' indices go in as TAO's "text masks", so that ``text_mask`` names the kept ones.
+    """
     height, width = image_hw
     assert prompt.positive_map is not None
     pos_map = prompt.positive_map.astype(np.float32).copy()
-    masks = outputs[contract.PRED_MASKS][:, :, 0]
     _, scores, boxes, prob_masks = tao.post_process_v2(
-        outputs[contract.PRED_LOGITS], outputs[contract.PRED_BOXES], masks, [[width, height, width, height]],
-        pos_map, None, num_select=params.num_select, task="OD")
-    # TAO keeps the (query, phrase) order only implicitly: recover it from the sort it did.
-    flat = (1 / (1 + np.exp(-outputs[contract.PRED_LOGITS][0].astype(np.float32)))) @ pos_map.T
-    order = np.argsort(flat.reshape(-1))[::-1][: params.num_select]
-    # The candidates' indices go in as "text masks" so that the kept ones can be told apart.
-    result = tao.threshold_predictions_numpy(
+        outputs[contract.PRED_LOGITS], outputs[contract.PRED_BOXES], outputs[contract.PRED_MASKS][:, :, 0],
+        [[width, height, width, height]], pos_map, None, num_select=params.num_select, task="OD")
+    kept: dict[str, np.ndarray] = tao.threshold_predictions_numpy(
         [np.arange(len(scores[0]))], scores, boxes, [prob_masks[0].transpose(2, 0, 1)],
         conf_threshold=params.box_threshold, nms_threshold=params.nms_threshold)[0]
-    chosen = result["text_mask"]
-    return [(int(order[i] // flat.shape[1]), int(order[i] % flat.shape[1]), float(result["scores"][j]),
-             tuple(float(v) for v in result["boxes"][j]), result["masks"][j] > 0.5, result["masks"][j] == 0.5)
-            for j, i in enumerate(chosen)]
+    return kept
 
 
-def ours_as_tuples(result: Result) -> list[tuple[Any, ...]]:
-    """(phrase, score, box, mask) per detection of ours."""
-    return [(d.phrase_index, d.score, d.box_xyxy, d.mask) for d in result.detections]
-
-
-def same(ours: list[tuple[Any, ...]], tao: list[tuple[Any, ...]]) -> tuple[bool, str]:
-    """Order-free identity: phrase, score and mask equal; boxes within 1e-3 px.
+def same(result: Result, tao: dict[str, np.ndarray], prompt: EncodedPrompt,
+         outputs: dict[str, np.ndarray]) -> tuple[bool, str]:
+    """Order-free identity of our detections and TAO's: phrase, score and mask equal; boxes within 1e-3 px.
 
     TAO converts boxes to corners in float32, ours in float64, so box corners differ in the last bits.
     TAO's float32 sigmoid is exactly 0.5 for logits in (0, 6e-8], where ``sigmoid > 0.5`` is true: mask
     pixels that differ only there are counted, not failed.
     """
-    if len(ours) != len(tao):
-        return False, f"{len(ours)} vs {len(tao)} detections"
-    remaining = list(tao)
+    assert prompt.positive_map is not None
+    # TAO's candidate k is its k-th best (query, phrase) pair; its phrase comes from the same sort.
+    pos_map = prompt.positive_map.astype(np.float32)
+    pos_map = pos_map / pos_map.sum(axis=1, keepdims=True)  # as TAO normalises it, in float32
+    flat = (1 / (1 + np.exp(-outputs[contract.PRED_LOGITS][0].astype(np.float32)))) @ pos_map.T
+    order = np.argsort(flat.reshape(-1))[::-1]
+    if len(result.detections) != len(tao["scores"]):
+        return False, f"{len(result.detections)} vs {len(tao['scores'])} detections"
+    remaining = list(result.detections)
     rounded = 0
-    for phrase, score, box, mask in ours:
-        match = next((t for t in remaining if t[1] == phrase and t[2] == np.float32(score).item()
-                      and np.allclose(t[3], box, rtol=0, atol=1e-3)), None)
+    for j, candidate in enumerate(tao["text_mask"]):
+        phrase, score, box = int(order[candidate] % flat.shape[1]), float(tao["scores"][j]), tao["boxes"][j]
+        match = next((d for d in remaining if d.phrase_index == phrase and np.float32(d.score).item() == score
+                      and np.allclose(d.box_xyxy, box, rtol=0, atol=1e-3)), None)
         if match is None:
-            return False, f"no TAO detection with phrase {phrase}, score {score}, box {box}"
+            return False, f"none of ours has phrase {phrase}, score {score}, box {box.tolist()}"
         remaining.remove(match)
-        differ = match[4] != mask
-        if (differ & ~match[5]).any():
-            return False, f"masks differ in {int((differ & ~match[5]).sum())} pixels"
+        differ = (tao["masks"][j] > 0.5) != match.mask
+        if (differ & (tao["masks"][j] != 0.5)).any():
+            return False, f"masks differ in {int((differ & (tao['masks'][j] != 0.5)).sum())} pixels"
         rounded += int(differ.sum())
     return True, f" ({rounded} pixels where TAO's float32 sigmoid is exactly 0.5)" if rounded else ""
 
@@ -223,8 +223,9 @@ def main() -> int:
                 reference = tao_postprocess(tao, outputs, prompt, hw, params)
                 cv2.ipp.setUseIPP(ipp)
                 result = postprocess(outputs, prompt, hw, params)
-                identical, why = same(ours_as_tuples(result), reference)
-                del reference
+                identical, why = same(result, reference, prompt, outputs)
+                detections = len(result.detections)
+                del reference, result
                 ours, ours_cpu = timed_ms(lambda o=outputs, hw=hw, p=params: postprocess(o, prompt, hw, p),
                                           args.repeat)
                 with_masks, _ = timed_ms(lambda o=outputs, hw=hw, p=params: [
@@ -234,7 +235,7 @@ def main() -> int:
                     lambda o=outputs, hw=hw, p=params: tao_postprocess(tao, o, prompt, hw, p),
                     args.tao_repeat,
                 )
-                print(f"| {kind} | {name} | {nms or 'none'} | {len(result.detections)} | {ours:.2f} "
+                print(f"| {kind} | {name} | {nms or 'none'} | {detections} | {ours:.2f} "
                       f"({ours_cpu:.2f}) | {with_masks:.1f} | {theirs:.0f} ({theirs_cpu:.0f}) "
                       f"| {theirs / ours:.0f}× ({theirs_cpu / ours_cpu:.0f}×) | {theirs / with_masks:.0f}× "
                       f"| {'yes' + why if identical else 'NO: ' + why} |", flush=True)

@@ -50,7 +50,7 @@ cfg = configparser.ConfigParser()
 cfg.read(sys.argv[1])
 reqs = cfg["options"]["install_requires"].split()
 extras = cfg["options.extras_require"]
-for name in ("torch", "eval", "bag", "test"):
+for name in ("torch", "eval", "bag", "ray", "test"):
     reqs += extras[name].split()
 print("\n".join(reqs))
 PYEOF

@@ -63,6 +63,7 @@ from gdino_ros.tools.arguments import add_model_arguments
 from gdino_ros.tools.bag.job import run
 from gdino_ros.tools.bag.planner import add_depth_arguments
 from gdino_ros.tools.bag.writer import STORAGES
+from gdino_ros.tools.ray_cluster import add_ray_arguments
 
 PROG = "gdino-bag"
 
@@ -74,8 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Mask Grounding DINO on every frame of a rosbag2/MCAP recording and write a new bag "
         "with the original topics plus the /gdino/* outputs.",
     )
-    parser.add_argument("--input", type=Path, required=True, help="rosbag2 directory, .mcap or .db3 file")
-    parser.add_argument("--output", type=Path, required=True, help="rosbag2 directory to create")
+    parser.add_argument(
+        "--input", type=Path, nargs="+", required=True,
+        help="rosbag2 directory, .mcap or .db3 file; with --ray several, folders of bags or quoted globs",
+    )
+    parser.add_argument(
+        "--output", type=Path, required=True,
+        help="rosbag2 directory to create; with --ray the folder that receives one output per input",
+    )
     parser.add_argument("--image-topic", required=True, help="sensor_msgs/Image or CompressedImage topic")
     parser.add_argument("--model", type=Path, required=True, help=".onnx, .pth or .engine/.plan model file")
     parser.add_argument("--prompt", help="phrases ('cup . bottle .') or one referring expression")
@@ -98,12 +105,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--end", type=float, help="seconds from the bag's first message (exclusive)")
     parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output storage (default: mcap)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier gdino-bag output")
+    add_ray_arguments(parser)
+    parser.add_argument(
+        "--range-s", type=float, default=60.0,
+        help="with --ray: bags are segmented in ranges of this many seconds, in parallel (default: 60)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run gdino-bag; user errors print one line and exit with their kind's code (:mod:`gdino_ros.errors`)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.ray is not None:
+        from gdino_ros.tools.bag.fleet import run_on_ray
+
+        return cli.run(PROG, lambda: run_on_ray(args))
+    if len(args.input) != 1:
+        parser.error("several inputs need --ray (without an address it runs on this machine)")
+    args.input = args.input[0]
 
     def body() -> int:
         stats = run(args)

@@ -16,6 +16,7 @@ import math
 import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,7 @@ class BagJob:
         except BaseException:
             self.sink.discard()
             raise
+        self.sink.mark_end(failure is None and not self.stats.interrupted)
         self.sink.commit()
         self.stats.wall_s = time.perf_counter() - started
         return failure
@@ -346,17 +348,21 @@ def _skip_kind(error: Exception) -> str:
     return "too small" if "at least" in str(error) else "not usable"
 
 
-def run(args: argparse.Namespace) -> Stats:
+def run(
+    args: argparse.Namespace,
+    open_segmenter: Callable[[argparse.Namespace, list[ScheduleEntry]], Any] | None = None,
+) -> Stats:
     """Process the bag and print the summary; return what was done (benchmarks read it).
 
     User errors raise GdinoErrors; an input error after the start keeps the output of the frames before it.
+    ``open_segmenter`` replaces opening the model (the Ray runner replays the results its workers computed).
     """
     _check_arguments(args)
     schedule = load_schedule(args.prompt_schedule, args.mode) if args.prompt_schedule else []
     check_output(args.output, args.input, args.overwrite)
     source = BagSource(args.input)
     try:
-        job, failure = _segment_bag(args, source, schedule)
+        job, failure = _segment_bag(args, source, schedule, open_segmenter or _open_segmenter)
     finally:
         source.close()
     if failure is None and source.streamed and not job.stats.frames:
@@ -383,14 +389,15 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _segment_bag(
-    args: argparse.Namespace, source: BagSource, schedule: list[ScheduleEntry]
+    args: argparse.Namespace, source: BagSource, schedule: list[ScheduleEntry],
+    open_segmenter: Callable[[argparse.Namespace, list[ScheduleEntry]], Any],
 ) -> tuple[BagJob, BagToolError | None]:
     """Open the model and the output, run the job; return it and the error that stopped it, if any."""
     if not source.streamed:
         source.check_image_topic(args.image_topic)
     # Checked before anything is written; an index-free MCAP learns its start with the first message.
     plan = None if source.start_ns is None else _prompt_plan(args, schedule, source.start_ns)
-    segmenter = _open_segmenter(args, schedule)
+    segmenter = open_segmenter(args, schedule)
     try:
         topics = {
             name: (f"/{OUTPUT_NAMESPACE}/{name}", msgtype)

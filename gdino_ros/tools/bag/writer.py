@@ -27,6 +27,8 @@ STORAGES = ("mcap", "sqlite3")
 METADATA_VERSION = 8
 MARKER_KEY = "gdino_bag"  # custom_data key naming the tool that wrote the bag (value: format version)
 MARKER_VALUE = "1"
+END_KEY = "gdino_bag_end"  # custom_data: "complete" when every frame of the window was processed
+COMPLETE = "complete"
 _INFINITE = (9223372036, 854775807)  # RMW_DURATION_INFINITE as recorders store it (sec, nsec)
 
 
@@ -187,6 +189,10 @@ class BagSink:
     def write(self, connection: Any, log_time: int, raw: bytes | memoryview) -> None:
         """Append one serialised message."""
         self._writer.write(connection, log_time, raw)
+
+    def mark_end(self, complete: bool) -> None:
+        """Record whether the run processed its whole window (a rerun on Ray trusts only that)."""
+        self._writer.set_custom_data(END_KEY, COMPLETE if complete else "stopped early")
 
     def commit(self) -> None:
         """Finalise the bag (index, summary, metadata.yaml) and move it to the output path.

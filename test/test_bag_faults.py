@@ -20,7 +20,7 @@ from tool_faults import interrupt_when, run, start, tree_digest
 
 from gdino_ros.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT
 from gdino_ros.tools.bag import main
-from gdino_ros.tools.bag.writer import MARKER_KEY
+from gdino_ros.tools.bag.writer import COMPLETE, END_KEY, MARKER_KEY
 
 TOPIC = "/camera/image_raw"
 GOOD_FRAMES = 20
@@ -119,7 +119,7 @@ def test_metadata_is_version_8_as_ros2_bag_record_writes_it(
     assert main(_args(bag, output, model, vocab_path)) == 0
     info = yaml.safe_load((output / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert info["version"] == 8 and info["ros_distro"] == "humble"
-    assert info["custom_data"] == {MARKER_KEY: "1"}
+    assert info["custom_data"] == {MARKER_KEY: "1", END_KEY: COMPLETE}
     topics = {t["topic_metadata"]["name"]: t["topic_metadata"] for t in info["topics_with_message_count"]}
     for name, meta in topics.items():
         assert isinstance(meta["offered_qos_profiles"], str), name  # Humble reads a string (version >= 4)

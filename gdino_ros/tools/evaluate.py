@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from gdino_ros.eval.metrics import (
     sample_iou,
     union_mask,
 )
-from gdino_ros.tools import cli
+from gdino_ros.tools import cli, ray_cluster
 from gdino_ros.tools.arguments import add_model_arguments, postprocess_params
 from gdino_ros.tools.output_files import atomic_write, write_failure
 
@@ -68,6 +68,7 @@ PRED_NT_RULE = (
     "pred_nt = Result.no_target: the no-target (ReLA) head's argmax for 5-output models, "
     "no detection surviving post-processing for 3-output models"
 )
+SHARD_SAMPLES = 16  # samples per Ray task with --ray: few enough that a lost task costs little
 RESULTS_FORMAT = 2  # version of the per-sample JSON lines (2: the model's SHA-256, result_json's records)
 PROG = "gdino-eval"
 
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", type=Path, help="bert-base-uncased vocab.txt or tokenizer folder"
     )
     add_model_arguments(parser)
+    ray_cluster.add_ray_arguments(parser)
     return parser
 
 
@@ -407,7 +409,8 @@ def _run(args: argparse.Namespace) -> int:
     unreadable: set[str] = set()
     if todo:
         try:
-            _infer(args, split, samples, todo, results, unreadable)
+            infer = _infer if args.ray is None else _infer_on_ray
+            infer(args, split, samples, todo, results, unreadable)
         except KeyboardInterrupt:
             done = sum(1 for s in samples if s.key in results.records)
             return cli.interrupted(
@@ -464,8 +467,6 @@ def _infer(
 
     from gdino_ros.core.segmenter import Segmenter
 
-    loaded_path: Path | None = None
-    image_bgr: np.ndarray | None = None
     desc = f"{DISPLAY_NAMES[split.dataset]} {split.split}"
     with (
         Segmenter.from_model(
@@ -478,17 +479,87 @@ def _infer(
         ) as bar,
         cli.deferred_signals() as signals,  # an interrupt stops between samples, never inside a line
     ):
-        for sample in todo:
+        for sample, record in _evaluate(segmenter, todo):
             if signals:
                 raise KeyboardInterrupt
-            if sample.image_path != loaded_path:
-                loaded_path, image_bgr = sample.image_path, _read_image(sample)
-            if image_bgr is None:
+            if record is None:
                 unreadable.add(str(sample.image_path))
             else:
-                segmenter.set_prompt(sample.expression, EXPRESSION)
-                results.append(sample_record(sample, segmenter(image_bgr, bgr=True)))
+                results.append(record)
             bar.update()
+
+
+def _evaluate(segmenter: Any, samples: Sequence[Sample]) -> Iterator[tuple[Sample, dict[str, Any] | None]]:
+    """Yield each sample with its record (None: its image cannot be read); an image is read once in a row."""
+    loaded_path: Path | None = None
+    image_bgr: np.ndarray | None = None
+    for sample in samples:
+        if sample.image_path != loaded_path:
+            loaded_path, image_bgr = sample.image_path, _read_image(sample)
+        if image_bgr is None:
+            yield sample, None
+        else:
+            segmenter.set_prompt(sample.expression, EXPRESSION)
+            yield sample, sample_record(sample, segmenter(image_bgr, bgr=True))
+
+
+def evaluate_shard(segmenter: Any, samples: Sequence[Sample]) -> list[tuple[str, dict[str, Any] | None]]:
+    """On a Ray worker: (image path, record or None when the image cannot be read) for each sample."""
+    return [(str(sample.image_path), record) for sample, record in _evaluate(segmenter, samples)]
+
+
+def _infer_on_ray(
+    args: argparse.Namespace,
+    split: Split,
+    samples: Sequence[Sample],
+    todo: Sequence[Sample],
+    results: ResultsFile,
+    unreadable: set[str],
+) -> None:
+    """:func:`_infer` on Ray workers: shards of samples, each line appended as its shard comes back.
+
+    Lines come in shard completion order; the summary is built in the split's order, so it is the
+    single-machine one. An interrupt keeps every shard already back.
+    """
+    from tqdm import tqdm
+
+    ray = ray_cluster.connect(ray_cluster.ray_address(args), PROG)
+    ray_cluster.check_nodes(ray, args.model, [args.data_root], [])
+    open_kwargs = {
+        "model_path": str(args.model.resolve()), "tokenizer_path": args.tokenizer, "device": args.device,
+        "params": postprocess_params(args),
+    }
+    workers = ray_cluster.start_workers(ray, args.workers, open_kwargs, f"{PROG}-{id(args):x}")
+    shards = [list(todo[i : i + SHARD_SAMPLES]) for i in range(0, len(todo), SHARD_SAMPLES)]
+    idle = list(workers)
+    pending: dict[Any, Any] = {}
+    try:
+        with tqdm(
+            total=len(samples), initial=len(samples) - len(todo), desc=f"{DISPLAY_NAMES[split.dataset]} "
+            f"{split.split}", unit="sample", dynamic_ncols=True, disable=None,
+        ) as bar:
+            while shards or pending:
+                while shards and idle:
+                    worker = idle.pop(0)
+                    pending[worker.call.remote(evaluate_shard, shards.pop(0))] = worker
+                done, _ = ray.wait(list(pending), num_returns=1)
+                idle.append(pending.pop(done[0]))
+                try:
+                    answers = ray.get(done[0])
+                except Exception as error:  # a RayError: the worker's exception or Ray's account of it
+                    raise EvalError(ray_cluster.failure_message(error)) from None
+                with cli.deferred_signals():  # a shard's lines are written whole
+                    for image, record in answers:
+                        if record is None:
+                            if image not in unreadable:
+                                LOG.warning("image %s cannot be read; its expressions are skipped", image)
+                            unreadable.add(image)
+                        else:
+                            results.append(record)
+                bar.update(len(answers))
+    finally:
+        for worker in workers:
+            ray.kill(worker)
 
 
 def _read_image(sample: Sample) -> np.ndarray | None:

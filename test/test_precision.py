@@ -333,6 +333,7 @@ def test_nan_and_a_lost_detection_set_are_problems_whatever_the_tolerance(
 # --- command-line tools ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_cli_prints_the_table_and_fails_beyond_tolerance(
     tiny_model_files: TinyModel, fp16_path: Path, vocab_path: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from test_bag import IMAGE_TOPIC, _write_input_bag
+from tool_faults import run
 
 from gdino_ros.errors import EXIT_INPUT, EXIT_USAGE, InputError
 from gdino_ros.tools.bag import main
@@ -202,6 +203,13 @@ def test_bad_input_is_refused_before_any_work(
     unseen = r"Ray node 127\.0\.0\.1 cannot see .*nowhere\.mcap.*every node mounts"
     with pytest.raises(InputError, match=unseen):
         check_nodes(connect(None, "test"), tiny_model_files.onnx, [tmp_path / "nowhere.mcap"], [tmp_path])
+    # An address nothing listens at: one line before anything starts (in a child: this one joined Ray).
+    outcome = run("gdino_ros.tools.bag", ["--input", bags[2], "--output", tmp_path, "--ray", "127.0.0.1:9",
+                                         *_args(tiny_model_files.onnx, vocab_path)], tmp_path)
+    assert outcome.returncode == EXIT_USAGE
+    assert outcome.stderr.strip() == ("gdino-bag: error: no Ray cluster answers at 127.0.0.1:9 (Connection "
+                                      "refused); start one with `ray start --head` and give its address, or "
+                                      "drop the address to run locally")
     with pytest.raises(SystemExit) as exited:  # several inputs without --ray: argparse's usage error
         main(["--input", str(bags[0]), str(bags[1]), "--output", str(tmp_path / "out"),
               *_args(tiny_model_files.onnx, vocab_path)])

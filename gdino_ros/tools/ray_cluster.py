@@ -39,14 +39,31 @@ def connect(address: str | None, prog: str) -> Any:
             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
         )
         return ray
+    hint = "start one with `ray start --head` and give its address, or drop the address to run locally"
+    refused = _refused(address)  # Ray itself retries a dead address for minutes
+    if refused:
+        raise UsageError(f"no Ray cluster answers at {address} ({refused}); {hint}")
     try:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     except Exception as error:  # ConnectionError, TimeoutError, ValueError: whichever way it fails
-        raise UsageError(
-            f"no Ray cluster answers at {address} ({type(error).__name__}: {str(error).splitlines()[0]}); "
-            f"start one with `ray start --head` and give its address, or drop the address to run locally"
-        ) from None
+        first = str(error).splitlines()[0] if str(error) else ""
+        why = f"{type(error).__name__}: {first}"
+        raise UsageError(f"no Ray cluster answers at {address} ({why}); {hint}") from None
     return ray
+
+
+def _refused(address: str, timeout_s: float = 5.0) -> str:
+    """Return why nothing listens at ``HOST:PORT`` or ``ray://HOST:PORT`` ("" if it answers, or ``auto``)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return "" if address == "auto" else "expected auto, HOST:PORT or ray://HOST:PORT"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return ""
 
 
 def _missing(paths: Sequence[str], writable: Sequence[str]) -> tuple[str, list[str], list[str]]:

@@ -367,12 +367,19 @@ def test_label_image_equals_painting_every_full_size_mask(image_hw: tuple[int, i
         planes = np.stack([cv2.resize(c, mask_hw[::-1], interpolation=cv2.INTER_CUBIC) for c in coarse])
         planes += rng.normal(-2.0, 3.0, (n, 1, 1)).astype(np.float32)  # from small blobs to most of the image
         planes[3] = np.round(planes[3])  # samples exactly at the threshold 0
-        labels = np.full(image_hw, 7, np.uint16)  # every pixel is written
+        labels = np.zeros(image_hw, np.uint16)
         MaskUpsampler(mask_hw, image_hw).paint_labels(planes, threshold, labels)
         np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
+        blobs = np.full((3, *mask_hw), -8.0, np.float32)  # small masks: painted window by window
+        for k, blob in enumerate(blobs):
+            blob[k : k + 2, 2 * k : 2 * k + 3] = 3.0 - k
+        labels[...] = 0
+        MaskUpsampler(mask_hw, image_hw).paint_labels(blobs, threshold, labels)
+        np.testing.assert_array_equal(labels, reference_labels(blobs, image_hw, threshold))
         planes[0, :2] = np.inf  # non-finite logits take OpenCV's own resize
         planes[-1, -2:] = -np.inf
         planes[1, 1, 1] = np.nan
+        labels[...] = 0
         MaskUpsampler(mask_hw, image_hw).paint_labels(planes, threshold, labels)
         np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
 

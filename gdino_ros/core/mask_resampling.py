@@ -189,7 +189,7 @@ class MaskUpsampler:
         """Write the label image of ``planes`` (float [N, h, w], best first) into ``out`` (uint16 [H, W]).
 
         A pixel gets ``k + 1`` for the first plane k whose upsampled logit is above ``threshold`` (exactly
-        as :meth:`paint` decides it), 0 when there is none; every pixel of ``out`` is written.
+        as :meth:`paint` decides it); ``out`` must be zeros, and pixels of no plane are left 0.
 
         Why per cell: an output pixel is a weighted mean of the 2×2 samples of its cell, so when all four
         are above the threshold (by a margin far above float32 rounding) the whole cell is inside, and
@@ -197,12 +197,15 @@ class MaskUpsampler:
         values, and only until the first plane that surely covers the cell: with hundreds of overlapping
         masks that is a small part of the image, and no full-size mask is ever written.
         """
+        if self._paint_windows(planes, threshold, out):
+            return
         h, w = self.src_hw
         margin = 1e-4 * (1.0 + abs(threshold))  # as in paint(): at threshold 0 "outside" is exact by sign
         outside_below = threshold if threshold == 0 else threshold - margin
         winner = np.zeros((h, w), dtype=np.uint16)  # per cell: 1 + the first plane that covers it all
         open_cells = np.ones((h, w), dtype=np.bool_)  # no plane has covered the cell yet
         crossed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (plane, cell rows, cell columns)
+        won: list[tuple[int, int, int, int]] = []  # cell rectangles holding the cells each plane won
         for k in range(planes.shape[0]):
             plane = np.asarray(planes[k], dtype=np.float32)
             c0, r0, n_cols, n_rows = cv2.boundingRect((plane > outside_below).view(np.uint8))
@@ -223,13 +226,54 @@ class MaskUpsampler:
                 rows, cols = np.nonzero(mixed)
                 crossed.append((k, rows + ra, cols + ca))
             newly = inside & still_open
-            winner[ra:rb, ca:cb][newly] = k + 1
+            if newly.any():
+                winner[ra:rb, ca:cb][newly] = k + 1
+                won_rows, won_cols = np.flatnonzero(newly.any(axis=1)), np.flatnonzero(newly.any(axis=0))
+                won.append((ra + won_rows[0], ra + won_rows[-1] + 1, ca + won_cols[0], ca + won_cols[-1] + 1))
             still_open &= ~inside
             if not open_cells.any():
                 break
-        np.take(np.take(winner, self._rows.i0, axis=0), self._cols.i0, axis=1, out=out)
+        self._expand(winner, won, out)
         if crossed:
             self._paint_crossed_cells(planes, threshold, crossed, winner, out)
+
+    def _paint_windows(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> bool:
+        """Paint each plane's window, the last plane first, when the windows add up to less than the image.
+
+        Few, small masks (a typical scene) are cheaper to interpolate whole within their windows than
+        cell by cell; returns False, having written nothing, as soon as the windows add up to the image.
+        """
+        height, width = self.dst_hw
+        windows = []
+        area = 0
+        for plane in planes:
+            window = self.window(plane, threshold)
+            if window is not None:
+                area += (window[1] - window[0]) * (window[3] - window[2])
+                if area > height * width:
+                    return False
+            windows.append(window)
+        scratch = np.empty((height, width), dtype=np.bool_)  # paint() writes its whole window
+        for k in range(len(windows) - 1, -1, -1):
+            window = windows[k]
+            if window is not None and self.paint(planes[k], threshold, scratch) is not None:
+                y0, y1, x0, x1 = window
+                np.copyto(out[y0:y1, x0:x1], np.uint16(k + 1), where=scratch[y0:y1, x0:x1])
+        return True
+
+    def _expand(self, winner: np.ndarray, won: list[tuple[int, int, int, int]], out: np.ndarray) -> None:
+        """Write the cells' labels to their output pixels, within the rectangles of cells that were won.
+
+        Writing only there leaves the rest of a fresh zero image untouched (its pages are never written);
+        when the rectangles add up to more than the image, the whole image is written at once.
+        """
+        rows, cols = self._rows.i0, self._cols.i0
+        if sum((rb - ra) * (cb - ca) for ra, rb, ca, cb in won) >= winner.size:
+            won = [(0, winner.shape[0], 0, winner.shape[1])]
+        for ra, rb, ca, cb in won:
+            y0, y1 = np.searchsorted(rows, ra, "left"), np.searchsorted(rows, rb - 1, "right")
+            x0, x1 = np.searchsorted(cols, ca, "left"), np.searchsorted(cols, cb - 1, "right")
+            out[y0:y1, x0:x1] = np.take(np.take(winner, rows[y0:y1], axis=0), cols[x0:x1], axis=1)
 
     def _paint_labels_by_resize(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> None:
         """paint_labels() for planes with infinite or NaN logits: OpenCV's full resize of every plane.
@@ -347,7 +391,8 @@ class _Cells:
     def indices(self, tiles: np.ndarray) -> np.ndarray:
         """Output indices of ``tiles`` [T], int64 [T, size]: a shorter tile repeats its last index."""
         steps = np.minimum(np.arange(self.size), self.count[tiles][:, None] - 1)
-        return self.start[tiles][:, None] + steps
+        indices: np.ndarray = self.start[tiles][:, None] + steps
+        return indices
 
 
 def _edge_extended(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
@@ -365,10 +410,12 @@ def _edge_extended(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:
 def _all_corners(samples: np.ndarray) -> np.ndarray:
     """Per cell, all four corner samples true: bool [n+1, m+1] -> [n, m]."""
     vertical = samples[:-1] & samples[1:]
-    return vertical[:, :-1] & vertical[:, 1:]
+    cells: np.ndarray = vertical[:, :-1] & vertical[:, 1:]
+    return cells
 
 
 def _any_corner(samples: np.ndarray) -> np.ndarray:
     """Per cell, any of the four corner samples true: bool [n+1, m+1] -> [n, m]."""
     vertical = samples[:-1] | samples[1:]
-    return vertical[:, :-1] | vertical[:, 1:]
+    cells: np.ndarray = vertical[:, :-1] | vertical[:, 1:]
+    return cells

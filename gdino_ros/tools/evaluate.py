@@ -529,7 +529,7 @@ def _infer_on_ray(
         "model_path": str(args.model.resolve()), "tokenizer_path": args.tokenizer, "device": args.device,
         "params": postprocess_params(args),
     }
-    workers = ray_cluster.start_workers(ray, args.workers, open_kwargs, f"{PROG}-{id(args):x}")
+    workers = ray_cluster.start_workers(ray, args.workers, open_kwargs, PROG)
     shards = [list(todo[i : i + SHARD_SAMPLES]) for i in range(0, len(todo), SHARD_SAMPLES)]
     idle = list(workers)
     pending: dict[Any, Any] = {}

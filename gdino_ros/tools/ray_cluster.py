@@ -10,6 +10,7 @@ A worker that dies (its node lost, the process killed) is restarted by Ray and i
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,7 @@ class SegmenterHost:
 def start_workers(ray: Any, count: int | None, open_kwargs: dict[str, Any], name: str) -> list[Any]:
     """Start ``count`` SegmenterHost actors (default: one per GPU, else one per CPU of the cluster).
 
-    Actors are named ``<name>-<i>`` in the default namespace so an operator can find them in
+    Actors are named ``<name>-<run>-<i>`` in the default namespace so an operator can find them in
     ``ray list actors``.
     """
     resources = ray.cluster_resources()
@@ -136,7 +137,8 @@ def start_workers(ray: Any, count: int | None, open_kwargs: dict[str, Any], name
     per_worker = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     count = count or gpus or max(int(resources.get("CPU", 1)), 1)
     host = ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES, **per_worker)(SegmenterHost)
-    return [host.options(name=f"{name}-{i}").remote(open_kwargs) for i in range(count)]
+    run_id = uuid.uuid4().hex[:8]
+    return [host.options(name=f"{name}-{run_id}-{i}").remote(open_kwargs) for i in range(count)]
 
 
 def add_ray_arguments(parser: Any) -> None:

@@ -44,6 +44,7 @@ class Bag:
     ranges: list[tuple[float | None, float | None]] = field(default_factory=list)
     frames_estimate: int = 0
     results: dict[int, Any] = field(default_factory=dict)  # range index -> ObjectRef of its Results
+    ranges_done: int = 0
     state: str = "todo"  # todo, skipped (complete already), done, failed
     message: str = ""
     frames: int = 0
@@ -137,8 +138,8 @@ def _ranges(source: BagSource, args: argparse.Namespace) -> list[tuple[float | N
 def segment_range(
     segmenter: Any, args: argparse.Namespace, schedule: list[ScheduleEntry], path: Path,
     window: tuple[float | None, float | None],
-) -> list[Any]:
-    """On a worker: the Results of every frame the model takes in one range, in log-time order."""
+) -> tuple[int, list[Any]]:
+    """On a worker: the number and Results of the frames the model takes in one range, in log-time order."""
     from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
     from gdino_ros.conversions.typestore import project_typestore
     from gdino_ros.core.preprocess import check_image
@@ -175,7 +176,7 @@ def segment_range(
             results.append(segmenter(pixels, bgr=bgr))
     finally:
         source.close()
-    return results
+    return len(results), results
 
 
 class _Replay:
@@ -272,41 +273,56 @@ def _execute(ray: Any, args: argparse.Namespace, schedule: list[ScheduleEntry], 
         "model_path": str(args.model.resolve()), "tokenizer_path": args.tokenizer, "device": args.device,
         "prompt": prompt, "mode": mode, "params": postprocess_params(args),
     }
-    workers = ray_cluster.start_workers(ray, args.workers, open_kwargs, f"gdino-bag-{id(args):x}")
+    workers = ray_cluster.start_workers(ray, args.workers, open_kwargs, "gdino-bag")
     queue: list[tuple[str, Bag, int]] = [("range", b, i) for b in bags for i in range(len(b.ranges))]
     idle = list(workers)
     pending: dict[Any, tuple[Any, str, Bag, int]] = {}
     progress = _Progress(sum(b.frames_estimate for b in bags))
     while queue or pending:
+        if not idle and not pending:  # every worker is gone for good
+            lost = "no Ray worker is left (each died more often than Ray restarts it)"
+            for _, bag, _ in queue:
+                if bag.state != "failed":
+                    bag.state, bag.message = "failed", lost
+            break
         while queue and idle:
             kind, bag, index = queue.pop(0)
             if bag.state == "failed":
                 continue
             worker = idle.pop(0)
             bag.started = bag.started or time.monotonic()
-            if kind == "range":
-                ref = worker.call.remote(segment_range, args, schedule, bag.input, bag.ranges[index])
+            if kind == "range":  # the frame count comes to this process, the Results stay in the cluster
+                ref, bag.results[index] = worker.call.options(num_returns=2).remote(
+                    segment_range, args, schedule, bag.input, bag.ranges[index]
+                )
             else:
                 bag_args = replace_args(args, bag)
                 parts = [bag.results[i] for i in range(len(bag.ranges))]
                 ref = worker.call.remote(write_output, bag_args, *parts)
             pending[ref] = (worker, kind, bag, index)
+        if not pending:
+            continue
         done, _ = ray.wait(list(pending), num_returns=1)
         worker, kind, bag, index = pending.pop(done[0])
-        idle.append(worker)
         try:
             value = ray.get(done[0])
-        except Exception as error:  # a RayError: the worker's exception or Ray's account of the loss
+        except ray.exceptions.RayActorError as error:  # the worker died more often than Ray restarts it
+            bag.state, bag.message = "failed", ray_cluster.failure_message(error)
+            bag.results.clear()
+            continue
+        except Exception as error:  # the call raised on the worker: the worker itself is fine
+            idle.append(worker)
             if bag.state != "failed":
                 bag.state, bag.message = "failed", ray_cluster.failure_message(error)
                 bag.results.clear()
             continue
+        idle.append(worker)
         if bag.state == "failed":
             continue
         if kind == "range":
-            bag.results[index] = done[0]
-            progress.add(len(value))
-            if len(bag.results) == len(bag.ranges):
+            bag.ranges_done += 1
+            progress.add(value)
+            if bag.ranges_done == len(bag.ranges):
                 queue.insert(0, ("write", bag, 0))
         else:
             bag.frames, bag.detections = value

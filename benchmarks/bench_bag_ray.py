@@ -45,6 +45,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="default: the tiny random-weight export")
     options = parser.parse_args()
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         model = options.model

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_harness import local_ray
 from test_bag import IMAGE_TOPIC, _write_input_bag
 from tool_faults import run
 
@@ -27,19 +28,8 @@ pytestmark = pytest.mark.slow  # a Ray instance and the tiny model end to end
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[Any]:
-    """Two CPUs, no dashboard, a small object store, every socket on 127.0.0.1."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node address from loopback, no probing
-    import ray
-
-    ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
-        _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-    )
-    try:
-        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    with local_ray() as ray:
         yield ray
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")

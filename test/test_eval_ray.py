@@ -5,12 +5,12 @@ missing."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_harness import local_ray
 from refer_fixtures import write_photo_datasets
 
 from gdino_ros.tools.evaluate import main
@@ -20,19 +20,8 @@ pytestmark = pytest.mark.slow  # a Ray instance and the tiny model end to end
 
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[Any]:
-    """Two CPUs, no dashboard, a small object store, every socket on 127.0.0.1."""
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # node address from loopback, no probing
-    import ray
-
-    ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
-        _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,
-    )
-    try:
-        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    with local_ray() as ray:
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def _records(out: Path) -> dict[str, dict[str, Any]]:

@@ -35,6 +35,7 @@ def connect(address: str | None, prog: str) -> Any:
     if address is None:
         # Loopback only: a local instance needs no other interface and must not offer itself on one.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing is reported to Ray's servers
         ray.init(
             include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False,

@@ -18,7 +18,7 @@ from ray_harness import local_ray
 from test_bag import IMAGE_TOPIC, _write_input_bag
 from tool_faults import run
 
-from gdino_ros.errors import EXIT_INPUT, EXIT_USAGE, InputError
+from gdino_ros.errors import EXIT_INPUT, EXIT_USAGE, InputError, ModelError
 from gdino_ros.tools.bag import main
 
 PROMPT = "person . cup . cat ."
@@ -92,6 +92,7 @@ def test_bags_and_ranges_equal_the_single_machine_outputs(
     _assert_equal(out, sequential, ["mcap", "sqlite3", "bare"])
     assert "3 bags written (12 frames), 0 complete already, 0 failed" in captured.out
     assert "12/12 frames" in captured.err  # progress aggregated over the workers
+    assert captured.err.count(" frames/s") == 9  # one progress line per range: three per bag
 
     # A rerun finds all complete and writes nothing; an output cut short, one that says it stopped early
     # and one missing are redone, and only they.
@@ -190,6 +191,8 @@ def test_bad_input_is_refused_before_any_work(
 ) -> None:
     from gdino_ros.tools.ray_cluster import check_nodes, connect
 
+    with pytest.raises(ModelError, match=r"Ray node 127\.0\.0\.1 has no model file .*none\.onnx"):
+        check_nodes(connect(None, "test"), tmp_path / "none.onnx", [bags[0]], [tmp_path])
     unseen = r"Ray node 127\.0\.0\.1 cannot see .*nowhere\.mcap.*every node mounts"
     with pytest.raises(InputError, match=unseen):
         check_nodes(connect(None, "test"), tiny_model_files.onnx, [tmp_path / "nowhere.mcap"], [tmp_path])

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from ray_harness import local_ray
 from test_bag import IMAGE_TOPIC, _write_input_bag
+from test_bag_depth import COLOUR, DEPTH, INFO, _write_bag
 from tool_faults import run
 
 from gdino_ros.errors import EXIT_INPUT, EXIT_USAGE, InputError, ModelError
@@ -113,6 +114,26 @@ def test_bags_and_ranges_equal_the_single_machine_outputs(
     assert main(["--input", str(bags[2]), "--output", str(out), "--ray",
                  *_args(tiny_model_files.onnx, vocab_path)]) == 0
     assert (out / "bare").stat().st_mtime_ns == untouched
+
+
+def test_depth_and_a_prompt_schedule_across_ranges_equal_the_single_machine_output(
+    ray_local: Any, tiny_model_files: Any, vocab_path: Path, tmp_path: Path,
+) -> None:
+    # Depth logged just before or after its colour frame, one depth image missing, the prompt switched
+    # at 2 s: all of it must come out as on one machine when the bag is cut every second.
+    _write_bag(tmp_path / "in")
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text('- at: 2.0\n  prompt: "flag"\n')
+    args = ["--image-topic", COLOUR, "--model", str(tiny_model_files.onnx), "--tokenizer", str(vocab_path),
+            "--device", "cpu", "--prompt", "person . flag", "--prompt-schedule", str(schedule),
+            "--box-threshold", "0.2", "--depth-topic", DEPTH, "--camera-info-topic", INFO]
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "single"), *args]) == 0
+    (tmp_path / "spread").mkdir()
+    assert main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "spread"), "--ray",
+                 "--range-s", "1", *args]) == 0
+    got, expected = _messages(tmp_path / "spread" / "in"), _messages(tmp_path / "single")
+    assert any(topic == "/gdino/detections_3d" for topic, _, _ in got)
+    assert got == expected
 
 
 def test_a_damaged_bag_fails_alone(

@@ -16,6 +16,9 @@ Outputs, named after ``--out PATH`` (default ``eval_<dataset>_<split_by>_<split>
 * ``.md``: the summary as a markdown table, also printed;
 * ``.png``: a histogram of per-sample IoU and the precision at IoU thresholds 0.5 ... 0.95.
 
+``--ray [ADDRESS]`` runs the samples in shards on Ray workers (:mod:`gdino_ros.tools.ray_cluster`); the
+files and summary are those of a single-machine run.
+
 The summary, table and plot are written through a temporary file and a rename, and replace only an
 earlier gdino-eval summary (a JSON file it marked); any other file at those paths is refused. Exit codes
 are those of :mod:`gdino_ros.errors`.

@@ -7,6 +7,11 @@ Examples::
     gdino-bag --input run_03.mcap --output out --image-topic /camera/image_raw/compressed \
         --model m.engine --prompt "the red mug" --mode expression --overlay --start 10 --end 25
     gdino-bag ... --prompt-schedule prompts.yaml
+    gdino-bag --input /shared/bags/ /shared/x.mcap --output /shared/out ... --ray HEAD:6379
+
+``--ray`` (:mod:`.fleet`) takes several inputs, folders of bags or quoted globs and writes one output per
+input into the ``--output`` folder, the same bag as this command alone, on a Ray cluster (a local one
+without an address); without ``--ray`` exactly one input is taken.
 
 The input is a rosbag2 directory (MCAP or sqlite3 storage), a bare ``.mcap`` or ``.db3`` file, read
 with rosbags. The image topic may be ``sensor_msgs/Image`` or ``sensor_msgs/CompressedImage``. The

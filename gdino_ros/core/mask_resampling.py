@@ -107,8 +107,8 @@ class MaskUpsampler:
         self._cols = _opencv_linear_axis(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
         self._scratch: np.ndarray | None = None  # float32 [3, H * W], allocated on first use
         # Cell r of an axis: the output indices whose first source index is r (they read samples r, r+1).
-        self._row_cells = _Cells.of(self._rows.i0, self.src_hw[0])
-        self._col_cells = _Cells.of(self._cols.i0, self.src_hw[1])
+        self._row_cells = _cells(self.src_hw[0], self.dst_hw[0], edge_weight_one=False)
+        self._col_cells = _cells(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
 
     def paint(
         self, logits: np.ndarray, threshold: float, out: np.ndarray
@@ -393,6 +393,12 @@ class _Cells:
         steps = np.minimum(np.arange(self.size), self.count[tiles][:, None] - 1)
         indices: np.ndarray = self.start[tiles][:, None] + steps
         return indices
+
+
+@lru_cache(maxsize=16)
+def _cells(n_src: int, n_dst: int, edge_weight_one: bool) -> _Cells:
+    """Return the cells of one axis (cached: every deferred mask makes its own upsampler)."""
+    return _Cells.of(_opencv_linear_axis(n_src, n_dst, edge_weight_one).i0, n_src)
 
 
 def _edge_extended(samples: np.ndarray, rows: int, cols: int) -> np.ndarray:

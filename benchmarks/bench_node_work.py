@@ -34,6 +34,7 @@ from gdino_ros.core.prompt import encode_prompt  # noqa: E402
 from gdino_ros.core.tokenizer import load_tokenizer  # noqa: E402
 
 IMAGE_HW = (1080, 1920)
+STAGES = ("preprocess", "postprocess", "messages", "serialise")
 
 
 def main() -> int:
@@ -56,7 +57,7 @@ def main() -> int:
         outputs = make_outputs("realistic", prompt)
         if scenario == "no target":
             outputs[contract.NO_TARGETS] = np.array([[-2.0, 2.0]], np.float32)
-        stages: dict[str, list[float]] = {name: [] for name in ("preprocess", "postprocess", "messages", "serialise")}
+        stages: dict[str, list[float]] = {name: [] for name in STAGES}
         for frame in range(5 + args.frames):
             t0 = time.process_time()
             preprocess(image, ENGINE_HW)

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 import pytest
 import trt_bindings
+from fakes import cuda_modules
+from fakes.cuda_runtime import FakeGpu
 from fakes.trt_builder import BuildState, make_tensorrt
 from model_fixtures import make_contract_onnx
 
@@ -331,6 +333,8 @@ class FakeBuild:
     def use(self, version: str, gpu: GpuInfo) -> BuildState:
         module, self.state = make_tensorrt(version)
         self.monkeypatch.setitem(sys.modules, "tensorrt", module)
+        for name, fake_cuda in cuda_modules(FakeGpu()).items():  # require_tensorrt imports cuda-python
+            self.monkeypatch.setitem(sys.modules, name, fake_cuda)
         self.monkeypatch.setattr(build_engine, "select_gpu", lambda index: gpu)
         return self.state
 
@@ -641,6 +645,8 @@ import json, sys, types
 from pathlib import Path
 import tensorrt as real
 sys.path[:0] = [sys.argv[1], sys.argv[1] + "/test"]
+from fakes import cuda_modules
+from fakes.cuda_runtime import FakeGpu
 from fakes.trt_builder import make_tensorrt
 from gdino_ros.backends.cuda import GpuInfo
 from gdino_ros.tools import build_engine
@@ -663,6 +669,7 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         return Members(value, name) if hasattr(value, "__members__") else value
 
+sys.modules.update(cuda_modules(FakeGpu()))  # cuda-python need not be installed
 proxy = Proxy("tensorrt")
 proxy.__spec__ = real.__spec__  # importlib.util.find_spec("tensorrt") (transformers asks) needs one
 sys.modules["tensorrt"] = proxy

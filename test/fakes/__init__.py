@@ -24,17 +24,23 @@ class Fakes:
 
     def reinstall(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """Put the modules in ``sys.modules`` again (after changing ``trt.version``)."""
-        cuda = types.ModuleType("cuda")
-        cuda.__path__ = []  # a package
-        bindings = types.ModuleType("cuda.bindings")
-        bindings.__path__ = []
-        runtime = self.gpu.module()
-        cuda.bindings = bindings  # type: ignore[attr-defined]
-        bindings.runtime = runtime  # type: ignore[attr-defined]
-        modules = {"tensorrt": self.trt.module(), "cuda": cuda, "cuda.bindings": bindings,
-                   "cuda.bindings.runtime": runtime}
-        for name, module in modules.items():
+        for name, module in {**cuda_modules(self.gpu), "tensorrt": self.trt.module()}.items():
             monkeypatch.setitem(sys.modules, name, module)
+
+
+def cuda_modules(gpu: FakeGpu) -> dict[str, types.ModuleType]:
+    """``cuda``, ``cuda.bindings`` and ``cuda.bindings.runtime`` of the fake GPU, for ``sys.modules``.
+
+    They stand in whether or not cuda-python is installed (CI's environment has none).
+    """
+    cuda = types.ModuleType("cuda")
+    cuda.__path__ = []  # a package
+    bindings = types.ModuleType("cuda.bindings")
+    bindings.__path__ = []
+    runtime = gpu.module()
+    cuda.bindings = bindings  # type: ignore[attr-defined]
+    bindings.runtime = runtime  # type: ignore[attr-defined]
+    return {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": runtime}
 
 
 def install(monkeypatch: pytest.MonkeyPatch) -> Fakes:

@@ -115,7 +115,7 @@ class Bench:
     def _recorder(self, leaf: str) -> Callable[[Any], None]:
         def record(msg: Any) -> None:
             if not self.keep_pixels:  # long runs: keep headers and detections, release the images
-                for image in (msg, getattr(msg, "mask", None)):
+                for image in (msg, getattr(msg, "mask", None), *getattr(msg, "instance_masks", ())):
                     if hasattr(image, "data") and hasattr(image, "encoding"):
                         image.data = array.array("B")
             self.outputs[leaf].append(msg)

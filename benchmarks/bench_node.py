@@ -280,8 +280,11 @@ class Driver:
 
     def close(self) -> None:
         """Destroy the node and shut rclpy down."""
+        import rclpy
+
         self.node.destroy_node()
-        self.node.context.try_shutdown()  # (Humble's rclpy has no rclpy.try_shutdown)
+        if rclpy.ok():  # rclpy.shutdown (Humble has no try_shutdown) also lets the next Driver init again
+            rclpy.shutdown()
 
 
 def deserialize_ms(msg: Any, repeat: int = 20) -> float:

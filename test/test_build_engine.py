@@ -689,6 +689,7 @@ print(json.dumps({
 
 
 @pytest.mark.parametrize("label", trt_bindings.LABELS)
+@pytest.mark.slow
 def test_build_uses_only_api_the_real_tensorrt_module_has(label: str, tmp_path: Path) -> None:
     trt_bindings.require(label)
     onnx_path = make_contract_onnx(tmp_path / "m.onnx")

@@ -261,6 +261,7 @@ def _in_range(value: object) -> bool:
 
 
 @pytest.mark.parametrize("dataset", ["refcoco", "refcoco+", "refcocog", "grefcoco"])
+@pytest.mark.slow
 def test_end_to_end_on_each_release_format(
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,

@@ -76,6 +76,7 @@ def test_model_and_prompt_errors_are_one_line(
     assert code == EXIT_INPUT and len(lines) == 1 and "no letters or digits" in lines[0]
 
 
+@pytest.mark.slow
 def test_full_size_untrained_export_end_to_end(
     full_random_onnx: Path, vocab_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

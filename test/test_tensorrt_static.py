@@ -148,6 +148,7 @@ MISTAKES = (
 
 
 @pytest.mark.parametrize(("trt_label", "cuda_label"), COMBOS)
+@pytest.mark.slow
 def test_mistakes_in_tensorrt_and_cuda_calls_are_rejected(
     stubs: StubMaker, cache: Path, trt_label: str, cuda_label: str, tmp_path: Path
 ) -> None:

@@ -173,6 +173,7 @@ WEAK_TYPING = (
 
 
 @pytest.mark.parametrize("trt_label", trt_bindings.LABELS)
+@pytest.mark.slow
 def test_weak_typing_api_is_caught_where_it_was_removed(
     stubs: StubMaker, cache: Path, trt_label: str, tmp_path: Path
 ) -> None:

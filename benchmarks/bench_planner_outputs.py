@@ -21,7 +21,7 @@ import numpy as np
 from gdino_ros.conversions.messages import detection_3d_msg, point_cloud_msg, rosbags_message_types
 from gdino_ros.conversions.typestore import project_typestore
 from gdino_ros.core.depth_lifting import DEPTH_MM, CameraModel, DepthLifter, Lifted
-from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
+from gdino_ros.core.instance_crop import InstanceCrop
 from gdino_ros.core.result import Detection
 from gdino_ros.core.tracking import Tracker, TrackInput
 
@@ -62,7 +62,7 @@ def make_frame(frame: int, rng: np.random.Generator, sizes: np.ndarray) -> tuple
 
 
 def crops_of(detections: list[Detection]) -> list[InstanceCrop]:
-    return [instance_crop(d) for d in detections]
+    return [d.crop for d in detections]
 
 
 def messages_3d(lifted: list[Lifted], detections: list[Detection], ids: list[str], types: Any) -> None:

@@ -26,7 +26,7 @@ from gdino_ros.core.depth_lifting import (
     LiftingParams,
     depth_metres,
 )
-from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
+from gdino_ros.core.instance_crop import InstanceCrop
 from gdino_ros.core.result import Detection
 
 TOLERANCE = 0.01  # of the range to the true centroid
@@ -36,7 +36,7 @@ def _crops(rendering: Rendering) -> list[InstanceCrop]:
     crops = []
     for name, mask in rendering.masks.items():
         assert mask.sum() > 500, name  # the scene shows every object
-        crops.append(instance_crop(Detection(1, name, 0, 0.9, (0.0, 0.0, 1.0, 1.0), mask)))
+        crops.append(Detection(1, name, 0, 0.9, (0.0, 0.0, 1.0, 1.0), mask).crop)
     return crops
 
 
@@ -176,8 +176,8 @@ def test_instance_crop_is_tight_and_complete() -> None:
     mask[5:9, 30:33] = True
     mask[20, 12] = True
     for window in (None, (0, 40, 0, 50), (4, 25, 10, 34)):
-        crop = instance_crop(Detection(1, "a", 0, 0.5, (0, 0, 1, 1), mask, window))
+        crop = Detection(1, "a", 0, 0.5, (0, 0, 1, 1), mask, window).crop
         assert (crop.x0, crop.y0, crop.mask.shape) == (12, 5, (16, 21))
         assert crop.mask.sum() == mask.sum()
-    empty = instance_crop(Detection(1, "a", 0, 0.5, (0, 0, 1, 1), np.zeros((4, 4), bool), (0, 0, 0, 0)))
+    empty = Detection(1, "a", 0, 0.5, (0, 0, 1, 1), np.zeros((4, 4), bool), (0, 0, 0, 0)).crop
     assert empty.mask.shape == (0, 0)

@@ -28,7 +28,6 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.conversions.typestore import project_typestore
 from gdino_ros.core.depth_lifting import DEPTH_MM, CameraModel, DepthLifter, Lifted
-from gdino_ros.core.instance_crop import instance_crop
 from gdino_ros.core.postprocess import postprocess
 from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.result import Detection, Result
@@ -181,7 +180,7 @@ def _scene_result() -> tuple[Result, list[Any]]:
     result = Result("box . crate . can", "phrases", detections, label_image, False, 0.25,
                     phrases=tuple(OBJECTS))
     model = CameraModel.from_camera_info(CAMERA.camera_info())
-    lifted = DepthLifter().lift([instance_crop(d) for d in detections], scene.z.shape,
+    lifted = DepthLifter().lift([d.crop for d in detections], scene.z.shape,
                                 scene.depth_16uc1(), DEPTH_MM, model)
     return result, lifted
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gdino_ros.contract import NO_TARGETS, PRED_BOXES, PRED_LOGITS, PRED_MASKS, UNION_MASK_LOGITS
+from gdino_ros.core.instance_crop import InstanceCrop, crop_from_logits
 from gdino_ros.core.mask_resampling import MaskUpsampler
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
 from gdino_ros.core.prompt import EncodedPrompt, encode_prompt
@@ -315,6 +316,51 @@ def test_masks_equal_the_full_image_resize(image_hw: tuple[int, int], mask_thres
         np.testing.assert_array_equal(painted, reference_mask(logits, image_hw, mask_threshold))
 
 
+def assert_tight_crop(crop: InstanceCrop, full: np.ndarray) -> None:
+    """``crop`` is ``full`` cut to the smallest rectangle holding its pixels."""
+    rows, cols = np.nonzero(full)
+    assert (crop.y0, crop.x0) == (rows.min(), cols.min())
+    np.testing.assert_array_equal(crop.mask, full[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1])
+
+
+def _edge_maps(mask_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Small masks touching each image edge, some with infinite logits there (the one-sample columns)."""
+    maps = []
+    for top, left, value in ((0, 0, np.inf), (60, mask_hw[1] - 6, np.inf), (mask_hw[0] - 4, 100, 5.0),
+                             (20, 0, 5.0), (30, mask_hw[1] - 3, -np.inf)):
+        plane = np.full(mask_hw, -8.0, np.float32)
+        plane[top : top + 4, left : left + 6] = 2.0
+        plane[top + 1, left] = value
+        plane[top + 1, min(left + 5, mask_hw[1] - 1)] = value
+        maps.append(plane)
+    return maps
+
+
+@pytest.mark.parametrize("image_hw", [(720, 1280), (37, 61)])
+def test_windows_and_crops_equal_the_full_image_resize(image_hw: tuple[int, int],
+                                                       generic_resize: None) -> None:
+    mask_hw = (136, 240)
+    rng = np.random.default_rng(3)
+    big = cv2.resize(rng.normal(0.0, 6.0, (9, 16)).astype(np.float32), mask_hw[::-1],
+                     interpolation=cv2.INTER_CUBIC)  # windows above OpenCV's share of the image
+    upsampler = MaskUpsampler(mask_hw, image_hw)
+    threshold = logit(0.5)
+    for logits in [*_edge_maps(mask_hw), big, np.full(mask_hw, -3.0, np.float32)]:
+        with np.errstate(invalid="ignore"):
+            expected = reference_mask(logits, image_hw)
+        painted = np.zeros(image_hw, dtype=bool)
+        upsampler.paint(logits, threshold, painted)
+        np.testing.assert_array_equal(painted, expected)
+        crop = crop_from_logits(logits, threshold, image_hw)
+        if not expected.any():
+            assert crop.mask.shape == (0, 0)
+        y0, x0, inside = upsampler.paint_window(logits, threshold) or (0, 0, np.zeros((0, 0), bool))
+        np.testing.assert_array_equal(inside, expected[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]])
+        assert inside.sum() == expected.sum()
+        if expected.any():
+            assert_tight_crop(crop, expected)
+
+
 def test_half_precision_outputs(tokenizer) -> None:
     prompt = encode_prompt("red cup . cup", "phrases", tokenizer)
     out = blank(prompt)
@@ -398,3 +444,6 @@ def test_full_size_masks_are_computed_when_read(tokenizer, generic_resize: None)
     assert detection.mask is detection.mask  # computed once
     y0, y1, x0, x1 = detection.mask_window or (0, 0, 0, 0)
     assert expected[y0:y1, x0:x1].sum() == expected.sum() > 0
+    crop = result.detections[0].crop  # from the logits: no full-size mask is made for it
+    assert callable(detection.crop_source)
+    assert_tight_crop(crop, expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
+from gdino_ros.core.instance_crop import InstanceCrop
 from gdino_ros.core.result import Detection, Result
 from gdino_ros.core.tracking import Tracker, TrackingParams, TrackInput, track_inputs
 
@@ -149,7 +149,7 @@ def test_expression_mode_tracks_the_expression_not_the_matched_words() -> None:
         detection = Detection(1, words, -1, 0.8, (50.0, 40.0, 90.0, 80.0), mask)
         result = Result("the red mug", "expression", [detection], mask.astype(np.uint16), False, 0.1,
                         phrases=("the red mug",))
-        inputs = track_inputs(result, [instance_crop(detection)])
+        inputs = track_inputs(result, [detection.crop])
         assert inputs[0].label == "the red mug"
         ids += tracker.update(inputs, HW, (result.prompt, result.mode))
     assert ids == ["1"] * 4

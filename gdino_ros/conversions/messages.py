@@ -43,7 +43,6 @@ import numpy as np
 from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
 from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.depth_lifting import Lifted
-from gdino_ros.core.instance_crop import instance_crop
 from gdino_ros.core.result import Detection, Result
 
 # MessageTypes attribute -> ROS type name.
@@ -291,7 +290,7 @@ def instance_mask_msgs(
     """
     rois, images = [], []
     for detection in detections:
-        crop = instance_crop(detection)
+        crop = detection.crop
         height, width = crop.mask.shape
         rois.append(types.RegionOfInterest(x_offset=crop.x0, y_offset=crop.y0, height=height, width=width,
                                            do_rectify=False))

@@ -15,7 +15,7 @@ from typing import Any
 
 from gdino_ros.conversions.depth_image import depth_to_pixels
 from gdino_ros.core.depth_lifting import CameraModel, DepthInputError, DepthLifter, Lifted, LiftingParams
-from gdino_ros.core.instance_crop import InstanceCrop, instance_crop
+from gdino_ros.core.instance_crop import InstanceCrop
 from gdino_ros.core.result import Result
 from gdino_ros.core.tracking import Tracker, TrackingParams, track_inputs
 
@@ -74,7 +74,7 @@ class PlannerFrames:
 
     def frame(self, result: Result, header: Any) -> tuple[dict[str, Any], Problem | None]:
         """Return result_to_messages' ``track_ids`` and ``lifted`` for one frame, and why 3-D is missing."""
-        crops = [instance_crop(d) for d in result.detections]
+        crops = [d.crop for d in result.detections]
         track_ids = None
         if self.tracker is not None:
             track_ids = self.tracker.update(track_inputs(result, crops), result.label_image.shape,

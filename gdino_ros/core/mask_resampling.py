@@ -60,6 +60,7 @@ class _LinearAxis:
     i1: np.ndarray  # int64 [n_dst]
     w0: np.ndarray  # float32 [n_dst]
     w1: np.ndarray  # float32 [n_dst]
+    paired: np.ndarray  # bool [n_dst]: False where OpenCV reads the one sample i0 with weight 1
 
 
 @lru_cache(maxsize=16)
@@ -73,13 +74,14 @@ def _opencv_linear_axis(n_src: int, n_dst: int, edge_weight_one: bool) -> _Linea
     position = ((np.arange(n_dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     start = np.floor(position).astype(np.int64)
     fraction = position - start.astype(np.float32)
+    outside = np.zeros(n_dst, dtype=np.bool_)
     if edge_weight_one:
         outside = (start < 0) | (start >= n_src - 1)
         fraction[outside] = 0
         start = np.clip(start, 0, n_src - 1)
     i0 = np.clip(start, 0, n_src - 1)
     i1 = np.clip(start + 1, 0, n_src - 1)
-    return _LinearAxis(i0, i1, np.float32(1) - fraction, fraction)
+    return _LinearAxis(i0, i1, np.float32(1) - fraction, fraction, ~outside)
 
 
 class MaskUpsampler:
@@ -93,8 +95,8 @@ class MaskUpsampler:
     here with OpenCV's float32 arithmetic (horizontal pass, then vertical); a large one comes from OpenCV's
     full-image resize, which is then the faster of the two.
 
-    One instance serves one thread: it keeps scratch buffers between calls, so that a frame's masks do not
-    each pay for fresh memory.
+    One instance serves one thread: it keeps a full-size scratch image between calls, so that a frame's
+    large masks do not each pay for fresh memory.
     """
 
     #: Above this fraction of the output image, resize the whole map with OpenCV instead.
@@ -105,7 +107,7 @@ class MaskUpsampler:
         self.dst_hw = (int(dst_hw[0]), int(dst_hw[1]))
         self._rows = _opencv_linear_axis(self.src_hw[0], self.dst_hw[0], edge_weight_one=False)
         self._cols = _opencv_linear_axis(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
-        self._scratch: np.ndarray | None = None  # float32 [3, H * W], allocated on first use
+        self._scratch: np.ndarray | None = None  # float32 [H, W] for OpenCV's resize, allocated on first use
         # Cell r of an axis: the output indices whose first source index is r (they read samples r, r+1).
         self._row_cells = _cells(self.src_hw[0], self.dst_hw[0], edge_weight_one=False)
         self._col_cells = _cells(self.src_hw[1], self.dst_hw[1], edge_weight_one=True)
@@ -117,29 +119,44 @@ class MaskUpsampler:
 
         ``logits`` is one float [h, w] map; ``out`` is bool [H, W] and False everywhere (only the returned
         rectangle ``(y0, y1, x0, x1)`` is written; no output pixel outside it is above the threshold).
-        Returns None when no pixel is above the threshold.
+        Returns None when no pixel can be above the threshold (see :meth:`window`).
         """
         logits = np.ascontiguousarray(logits, dtype=np.float32)
         window = self.window(logits, threshold)
         if window is None:
             return None
         y0, y1, x0, x1 = window
+        np.greater(self._values(logits, window), threshold, out=out[y0:y1, x0:x1])
+        return window
+
+    def paint_window(self, logits: np.ndarray, threshold: float) -> tuple[int, int, np.ndarray] | None:
+        """``(y0, x0, inside)``: :meth:`paint`'s pixels within its rectangle only, without a full-size image.
+
+        ``inside`` is bool [y1 - y0, x1 - x0] with its top-left corner at output row ``y0``, column ``x0``;
+        None when no pixel can be above the threshold (see :meth:`window`).
+        """
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
+        window = self.window(logits, threshold)
+        if window is None:
+            return None
+        inside: np.ndarray = self._values(logits, window) > threshold
+        return window[0], window[2], inside
+
+    def _values(self, logits: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Return the upsampled float32 logits inside ``window``, valid until the next call here."""
+        y0, y1, x0, x1 = window
         height, width = self.dst_hw
+        if (y1 - y0) * (x1 - x0) <= self.OPENCV_FRACTION * height * width:
+            return self._interpolate(logits, y0, y1, x0, x1)
         if self._scratch is None:
-            self._scratch = np.empty((3, height * width), dtype=np.float32)
-        target = out[y0:y1, x0:x1]
-        if (y1 - y0) * (x1 - x0) > self.OPENCV_FRACTION * height * width:
-            full = self._scratch[0].reshape(height, width)
-            previous = cv2.ipp.useIPP()  # a per-thread switch: other threads are not affected
-            cv2.ipp.setUseIPP(False)
-            try:
-                full = cv2.resize(logits, (width, height), dst=full, interpolation=cv2.INTER_LINEAR)
-            finally:
-                cv2.ipp.setUseIPP(previous)
-            np.greater(full[y0:y1, x0:x1], threshold, out=target)
-        else:
-            np.greater(self._interpolate(logits, y0, y1, x0, x1), threshold, out=target)
-        return y0, y1, x0, x1
+            self._scratch = np.empty((height, width), dtype=np.float32)
+        previous = cv2.ipp.useIPP()  # a per-thread switch: other threads are not affected
+        cv2.ipp.setUseIPP(False)
+        try:
+            full = cv2.resize(logits, (width, height), dst=self._scratch, interpolation=cv2.INTER_LINEAR)
+        finally:
+            cv2.ipp.setUseIPP(previous)
+        return full[y0:y1, x0:x1]
 
     def window(self, logits: np.ndarray, threshold: float) -> tuple[int, int, int, int] | None:
         """Return the output rectangle ``(y0, y1, x0, x1)`` outside which ``logits`` upsample to <= threshold.
@@ -166,21 +183,23 @@ class MaskUpsampler:
         """OpenCV's float32 bilinear values in output rows y0:y1, columns x0:x1, float32 [y1-y0, x1-x0].
 
         A horizontal pass over the source rows involved, then a vertical pass, in OpenCV's order of
-        operations; the results live in the scratch buffer until the next call.
+        operations. Columns where OpenCV reads one sample get that sample alone (an infinite logit there
+        stays infinite instead of becoming inf * 0 = NaN).
         """
-        assert self._scratch is not None
         rows, cols = self._rows, self._cols
         i0, i1 = rows.i0[y0:y1], rows.i1[y0:y1]
         first = int(i0[0])
         source = logits[first : int(i1[-1]) + 1]
-        shape = (y1 - y0, x1 - x0)
-        size = shape[0] * shape[1]
         across = np.take(source, cols.i0[x0:x1], axis=1)
         across *= cols.w0[x0:x1]
-        across += np.take(source, cols.i1[x0:x1], axis=1) * cols.w1[x0:x1]
-        top = np.take(across, i0 - first, axis=0, out=self._scratch[1, :size].reshape(shape))
+        paired = cols.paired[x0:x1]
+        if paired.all():
+            across += np.take(source, cols.i1[x0:x1], axis=1) * cols.w1[x0:x1]
+        else:
+            across[:, paired] += np.take(source, cols.i1[x0:x1][paired], axis=1) * cols.w1[x0:x1][paired]
+        top = np.take(across, i0 - first, axis=0)
         top *= rows.w0[y0:y1, None]
-        bottom = np.take(across, i1 - first, axis=0, out=self._scratch[2, :size].reshape(shape))
+        bottom = np.take(across, i1 - first, axis=0)
         bottom *= rows.w1[y0:y1, None]
         top += bottom
         return top
@@ -253,12 +272,12 @@ class MaskUpsampler:
                 if area > height * width:
                     return False
             windows.append(window)
-        scratch = np.empty((height, width), dtype=np.bool_)  # paint() writes its whole window
         for k in range(len(windows) - 1, -1, -1):
             window = windows[k]
-            if window is not None and self.paint(planes[k], threshold, scratch) is not None:
+            if window is not None:
                 y0, y1, x0, x1 = window
-                np.copyto(out[y0:y1, x0:x1], np.uint16(k + 1), where=scratch[y0:y1, x0:x1])
+                inside = self._values(np.ascontiguousarray(planes[k], dtype=np.float32), window) > threshold
+                np.copyto(out[y0:y1, x0:x1], np.uint16(k + 1), where=inside)
         return True
 
     def _expand(self, winner: np.ndarray, won: list[tuple[int, int, int, int]], out: np.ndarray) -> None:

@@ -49,6 +49,7 @@ from gdino_ros.contract import (
     TEXT_THRESHOLD,
     UNION_MASK_LOGITS,
 )
+from gdino_ros.core.instance_crop import crop_from_logits
 from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground, upsampled_mask
 from gdino_ros.core.prompt import EncodedPrompt
 from gdino_ros.core.result import PHRASES, Detection, Result
@@ -180,6 +181,7 @@ def postprocess(
                       float(boxes_xyxy[k, 2]), float(boxes_xyxy[k, 3])),
             mask_source=partial(upsampled_mask, kept_masks[k], threshold, (height, width)),
             mask_window=upsampler.window(kept_masks[k], threshold) or (0, 0, 0, 0),
+            crop_source=partial(crop_from_logits, kept_masks[k], threshold, (height, width)),
         )
         for k in range(len(queries))
     ]

@@ -8,6 +8,8 @@ from typing import Literal
 
 import numpy as np
 
+from gdino_ros.core.instance_crop import InstanceCrop, tight_crop
+
 PromptMode = Literal["phrases", "expression"]
 PHRASES: PromptMode = "phrases"
 EXPRESSION: PromptMode = "expression"
@@ -27,6 +29,8 @@ class Detection:
     full-size masks cost more than everything else post-processing does).
     ``mask_window`` (y0, y1, x0, x1), when known, is a rectangle outside which ``mask`` is all False, so
     consumers crop without scanning the whole image; None means the whole image.
+    :attr:`crop` is the mask cropped to its pixels; ``crop_source``, when given, computes it without a
+    full-size mask (post-processing gives one: the node's messages need only crops).
     """
 
     instance_id: int
@@ -36,12 +40,22 @@ class Detection:
     box_xyxy: tuple[float, float, float, float]
     mask_source: np.ndarray | Callable[[], np.ndarray] = field(repr=False)
     mask_window: tuple[int, int, int, int] | None = None
+    crop_source: Callable[[], InstanceCrop] | None = field(default=None, repr=False)
 
     @cached_property
     def mask(self) -> np.ndarray:
         """The instance mask, bool [H0, W0]; computed on first access when post-processing deferred it."""
         source = self.mask_source
         return source if isinstance(source, np.ndarray) else source()
+
+    @cached_property
+    def crop(self) -> InstanceCrop:
+        """:attr:`mask` cropped to the smallest rectangle holding its pixels; computed on first access."""
+        if self.crop_source is not None:
+            return self.crop_source()
+        full = self.mask
+        y0, y1, x0, x1 = self.mask_window or (0, full.shape[0], 0, full.shape[1])
+        return tight_crop(full[y0:y1, x0:x1], y0, x0)
 
 
 @dataclass

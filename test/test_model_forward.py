@@ -197,7 +197,7 @@ def test_real_and_random_images_give_different_outputs(
         (contract.INPUT_IMAGE, torch.zeros(2, 3, 128, 224), r"inputs must be float32 \[1, 3, H, W\]"),
         (contract.INPUT_IMAGE, torch.zeros(1, 4, 128, 224), r"inputs must be float32 \[1, 3, H, W\]"),
         (contract.ATTENTION_MASK, torch.ones(1, 256, dtype=torch.int64), "attention_mask must be torch.bool"),
-        (contract.INPUT_IDS, torch.zeros(1, 128, dtype=torch.int64), r"input_ids must be torch.int64 \[1, "),
+        (contract.INPUT_IDS, torch.zeros(1, 300, dtype=torch.int64), r"input_ids must be torch.int64 \[1, "),
         (contract.TEXT_TOKEN_MASK, torch.ones(1, 256, 255, dtype=torch.bool), "text_token_mask must be"),
     ],
 )

@@ -1,7 +1,9 @@
 """ONNX export of Mask Grounding DINO with TAO's exact engine interface (docs/engine_contract.md).
 
-The graph has TAO's input and output names, dtypes and batch-1 shapes, opset 17, and metadata that
-records where its weights came from. Multi-scale deformable attention is emitted either as
+The graph has TAO's input and output names and dtypes, batch-1 static shapes except the text inputs'
+token axis (``tokens``: any length up to 256, so a short prompt does not pay for 256 tokens; the outputs
+keep their static shapes), opset 17, and metadata that records where its weights came from. Multi-scale
+deformable attention is emitted either as
 ``grid-sample`` (pure ONNX GridSample; runs in ONNX Runtime) or as ``plugin``: one
 ``MultiscaleDeformableAttnPlugin_TRT`` node per attention (domain ``nvidia``, attributes
 ``name``/``version="1"``/``namespace=""``, INT32 ``spatial_shapes``/``level_start_index`` constants),
@@ -50,6 +52,11 @@ PLUGIN_DOMAIN = "nvidia"
 PLUGIN_VERSION = "1"
 # TAO's dummy caption "the running dog ." in bert-base-uncased ids: [CLS] the running dog . [SEP].
 _EXAMPLE_IDS = (contract.CLS_ID, 1996, 2770, 3899, contract.PERIOD_ID, contract.SEP_ID)
+# The text length the graph is traced at. Sizes equal to it in tensors computed from the text stay
+# symbolic in the graph, so it must differ from every other size of those tensors (hidden widths, heads,
+# points, levels, queries, the feature-map sides of the usual input sizes).
+_TRACE_TEXT_LEN = 13
+TEXT_AXIS = "tokens"  # the dim_param of the text inputs' token axis
 _HEARTBEAT_S = 15.0
 
 Progress = Callable[[str], None]
@@ -60,14 +67,16 @@ def default_msda_mode() -> str:
     return MSDA_PLUGIN if torch.cuda.is_available() else MSDA_GRID_SAMPLE
 
 
-def example_inputs(config: MaskGDINOConfig, seed: int = 0) -> dict[str, torch.Tensor]:
+def example_inputs(
+    config: MaskGDINOConfig, seed: int = 0, length: int = contract.MAX_TEXT_LEN
+) -> dict[str, torch.Tensor]:
     """Batch-1 inputs with the engine's names and dtypes: a random image and TAO's dummy caption.
 
     ``position_ids``/``text_token_mask`` follow docs/engine_contract.md#text-inputs for
-    ``[CLS] the running dog . [SEP]``: blocks {0}, {1..4}, {5}, and every pad token on its own.
+    ``[CLS] the running dog . [SEP]`` padded to ``length`` tokens: blocks {0}, {1..4}, {5}, and every pad
+    token on its own.
     """
     generator = torch.Generator().manual_seed(seed)
-    length = contract.MAX_TEXT_LEN
     input_ids = torch.zeros(1, length, dtype=torch.int64)
     input_ids[0, : len(_EXAMPLE_IDS)] = torch.tensor(_EXAMPLE_IDS)
     position_ids = torch.zeros(1, length, dtype=torch.int64)
@@ -114,11 +123,14 @@ def export_onnx(
         raise ValueError("FP32 layers only apply to an FP16 export (--precision fp16)")
     say = progress or (lambda _message: None)
     output = Path(output)
-    inputs = example_inputs(config)
+    inputs = example_inputs(config, length=_TRACE_TEXT_LEN)
     model.eval()
     buffer = io.BytesIO()
     converting = _heartbeat(say, "tracing and converting")
-    with _msda_cores(model, msda), _static_shapes(), torch.no_grad(), converting, _expected_warnings_hidden():
+    text_axes = {name: {1: TEXT_AXIS} for name in contract.TEXT_INPUT_NAMES}
+    text_axes[contract.TEXT_TOKEN_MASK] = {1: TEXT_AXIS, 2: TEXT_AXIS}
+    shapes = _static_shapes(_TRACE_TEXT_LEN)
+    with _msda_cores(model, msda), shapes, torch.no_grad(), converting, _expected_warnings_hidden():
         torch.onnx.export(
             model,
             tuple(inputs.values()),
@@ -127,6 +139,7 @@ def export_onnx(
             opset_version=contract.ONNX_OPSET,
             input_names=list(contract.INPUT_NAMES),
             output_names=list(config.output_names),
+            dynamic_axes=text_axes,
             do_constant_folding=True,
             custom_opsets={PLUGIN_DOMAIN: contract.ONNX_OPSET} if msda == MSDA_PLUGIN else None,
         )
@@ -259,15 +272,17 @@ def _msda_cores(model: torch.nn.Module, msda: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _static_shapes() -> Iterator[None]:
-    """Fold every traced tensor size into a constant before the graph is converted to ONNX.
+def _static_shapes(text_length: int) -> Iterator[None]:
+    """Fold every traced tensor size into a constant before the graph is converted to ONNX, except the text's.
 
     The tracer records ``x.shape[i]`` as a graph computation even though export shapes are fixed. ONNX
     shape inference loses track of such sizes at ops like ``Range`` and ``Pad``, and the exporter then
     refuses the mask head's convolutions with computed weights ("kernel of unknown shape"). Running
-    TorchScript's shape peephole (which turns sizes of fully typed tensors into constants) and constant
-    propagation on the traced graph gives a graph whose every shape is static, as the engine's are.
-    The hook wraps the exporter's private tracing step of the pinned torch (2.13).
+    TorchScript's shape peephole (which turns sizes of typed tensor dimensions into constants) and
+    constant propagation on the traced graph gives a graph whose shapes are static, as the engine's are,
+    except the token axis: in every tensor computed from the text inputs, a dimension of the traced
+    ``text_length`` is made unknown first, so its sizes stay computed from the input and the graph runs at
+    any text length. The hook wraps the exporter's private tracing step of the pinned torch (2.13).
     """
     from torch.onnx._internal.torchscript_exporter import utils as exporter
 
@@ -275,6 +290,8 @@ def _static_shapes() -> Iterator[None]:
 
     def trace_static(model: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Graph, object]:
         graph, outputs = trace(model, args)
+        text_inputs = list(graph.inputs())[1 : len(contract.INPUT_NAMES)]  # after the image
+        _unknown_text_axis(text_inputs, text_length)
         torch._C._jit_pass_peephole(graph, False)  # False: shape peepholes enabled
         torch._C._jit_pass_constant_propagation(graph)
         return graph, outputs
@@ -284,6 +301,23 @@ def _static_shapes() -> Iterator[None]:
         yield
     finally:
         exporter._trace_and_get_graph_from_model = trace
+
+
+def _unknown_text_axis(text_inputs: list[torch.Value], text_length: int) -> None:
+    """Mark every ``text_length`` dimension of the tensors computed from ``text_inputs`` as unknown."""
+    seen: set[str] = set()
+    pending = list(text_inputs)
+    while pending:
+        value = pending.pop()
+        if value.debugName() in seen:
+            continue
+        seen.add(value.debugName())
+        kind = value.type()
+        sizes = kind.varyingSizes() if isinstance(kind, torch._C.TensorType) else None
+        if sizes is not None:
+            value.setType(kind.with_sizes([None if size == text_length else size for size in sizes]))
+        for use in value.uses():
+            pending.extend(use.user.outputs())
 
 
 @contextlib.contextmanager

@@ -77,7 +77,5 @@ class ContrastiveEmbed(nn.Module):
         if self.bias is not None:
             logits = logits + self.bias
         logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
-        missing = self.max_text_len - logits.shape[-1]
-        if missing > 0:
-            logits = F.pad(logits, (0, missing), value=float("-inf"))
-        return logits
+        # Unconditional, so that a graph traced at one text length pads correctly at every other.
+        return F.pad(logits, (0, self.max_text_len - logits.shape[-1]), value=float("-inf"))

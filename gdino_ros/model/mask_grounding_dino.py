@@ -110,12 +110,22 @@ class MaskGroundingDINO(nn.Module):
         token_type_ids: torch.Tensor,
         text_token_mask: torch.Tensor,
     ) -> None:
-        """Raise ValueError naming the first input whose shape or dtype breaks the engine contract."""
+        """Raise ValueError naming the first input whose shape or dtype breaks the engine contract.
+
+        The text inputs may have any length T from 1 to ``max_text_len`` (the same for all five): the
+        network is length-generic, and a prompt shorter than ``max_text_len`` tokens runs on its real
+        tokens plus one padding token (docs/engine_contract.md#text-length).
+        """
         if inputs.dim() != 4 or inputs.shape[0] != contract.BATCH_SIZE or inputs.shape[1] != 3:
             raise ValueError(
                 f"{contract.INPUT_IMAGE} must be float32 [1, 3, H, W] (batch 1), got {tuple(inputs.shape)}"
             )
-        t = self.config.max_text_len
+        t, longest = int(input_ids.shape[-1]), self.config.max_text_len
+        if not 1 <= t <= longest:
+            raise ValueError(
+                f"{contract.INPUT_IDS} must be {torch.int64} [1, T] with T from 1 to {longest} tokens, got "
+                f"{list(input_ids.shape)}; build the text inputs with gdino_ros.core.prompt"
+            )
         expected = {
             contract.INPUT_IDS: (input_ids, (1, t), torch.int64),
             contract.ATTENTION_MASK: (attention_mask, (1, t), torch.bool),
@@ -126,8 +136,8 @@ class MaskGroundingDINO(nn.Module):
         for name, (tensor, shape, dtype) in expected.items():
             if tuple(tensor.shape) != shape or tensor.dtype != dtype:
                 raise ValueError(
-                    f"{name} must be {dtype} {list(shape)}, got {tensor.dtype} {list(tensor.shape)}; "
-                    "build the text inputs with gdino_ros.core.prompt"
+                    f"{name} must be {dtype} {list(shape)} (T = {t} tokens, as {contract.INPUT_IDS}), got "
+                    f"{tensor.dtype} {list(tensor.shape)}; build the text inputs with gdino_ros.core.prompt"
                 )
 
     def forward(
@@ -142,8 +152,9 @@ class MaskGroundingDINO(nn.Module):
         """Run the network on one image and one tokenised prompt (names and dtypes as in ``contract``).
 
         ``inputs`` is float32 [1, 3, H, W] normalised RGB; ``input_ids``, ``position_ids`` and
-        ``token_type_ids`` are int64 [1, 256]; ``attention_mask`` is bool [1, 256], True for real tokens;
-        ``text_token_mask`` is bool [1, 256, 256] phrase blocks.
+        ``token_type_ids`` are int64 [1, T]; ``attention_mask`` is bool [1, T], True for real tokens;
+        ``text_token_mask`` is bool [1, T, T] phrase blocks. T is 256, or the prompt's real tokens plus
+        one padding token: the outputs are the same.
 
         Returns:
             ``pred_logits`` [1, Q, 256] (-inf at padding), ``pred_boxes`` [1, Q, 4] (cx, cy, w, h) in [0, 1],
@@ -196,6 +207,8 @@ class MaskGroundingDINO(nn.Module):
                 [shapes[i] for i in finest],
                 mask_features,
                 out.text,
+                token_mask,
+                config.max_text_len,
             )
             outputs += (no_targets, union_mask_logits)
         return outputs

@@ -41,7 +41,10 @@ class CrossAttentionLayer(nn.Module):
         pos: torch.Tensor | None = None,
         query_pos: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend from tgt [Q, B, C] to memory [S, B, C]; memory_mask [B*heads, Q, S] is True if blocked."""
+        """Attend from tgt [Q, B, C] to memory [S, B, C].
+
+        ``memory_mask`` [B*heads, Q, S] is bool (True = blocked) or float (added to the attention logits).
+        """
         query = tgt if query_pos is None else tgt + query_pos
         key = memory if pos is None else memory + pos
         out = self.multihead_attn(query, key, memory, attn_mask=memory_mask, need_weights=False)[0]
@@ -76,6 +79,21 @@ class FFNLayer(nn.Module):
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         """[..., C] -> [..., C]."""
         return self.norm(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+def padding_weights(token_mask: torch.Tensor, max_text_len: int) -> torch.Tensor:
+    """Additive attention logits [B, T] that make the padding tokens present count as ``max_text_len``'s.
+
+    TAO's ReLA attends to every one of the 256 text positions, padding included. Padding tokens all have
+    the same features (each attends only to itself in BERT and the text enhancer), so the 256 - n pads of
+    a prompt with n real tokens act as one token whose attention weight is multiplied by 256 - n: adding
+    log((256 - n) / pads) to each of the ``pads`` padding tokens given reproduces that exactly, whatever
+    T the text was cut to (0 for a full 256-long input). ``token_mask`` is True at real tokens.
+    """
+    real = token_mask.sum(-1, keepdim=True).to(torch.float32)
+    pads = token_mask.shape[-1] - real
+    weight = torch.log(max_text_len - real) - torch.log(pads)
+    return torch.where(token_mask, torch.zeros_like(weight), weight)
 
 
 class ReLA(nn.Module):
@@ -121,6 +139,8 @@ class ReLA(nn.Module):
         spatial_shapes: list[tuple[int, int]],
         mask_features: torch.Tensor,
         lang_feat: torch.Tensor,
+        token_mask: torch.Tensor,
+        max_text_len: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the region decoder.
 
@@ -129,7 +149,10 @@ class ReLA(nn.Module):
             pos_embeds: their sine position embeddings, each [B, h*w, C] (no level embedding).
             spatial_shapes: their (h, w).
             mask_features: [B, C, H/8, W/8] from the mask pixel decoder.
-            lang_feat: [B, T, C] enhanced text; all T tokens are attended, padding included (as TAO).
+            lang_feat: [B, T, C] enhanced text; padding is attended as TAO's 256 positions are, padding
+                included, also when the text was cut shorter (:func:`padding_weights`).
+            token_mask: [B, T] bool, True at real tokens.
+            max_text_len: the text length TAO's network attends over (256).
 
         Returns:
             (no_targets [B, 2], union_mask_logits [B, 2, H/8, W/8]).
@@ -142,6 +165,9 @@ class ReLA(nn.Module):
         query_pos = self.query_embed.weight.unsqueeze(1).expand(-1, batch, -1)
         output = self.query_feat.weight.unsqueeze(1).expand(-1, batch, -1)
         lang = lang_feat.transpose(0, 1)
+        # One additive row per query and head: [B*heads, Q, T].
+        lang_weights = padding_weights(token_mask, max_text_len)[:, None, :].expand(-1, output.shape[0], -1)
+        lang_weights = lang_weights.repeat_interleave(self.num_heads, dim=0)
         blocked = self._blocked(self.decoder_norm(output).transpose(0, 1), mask_features, spatial_shapes[0])
         num_layers = len(self.RIA_layers)
         for i in range(num_layers):
@@ -149,7 +175,7 @@ class ReLA(nn.Module):
             output = self.RIA_layers[i](output, memories[level], blocked, positions[level], query_pos)
             if i == 0:
                 # RLA_lang_att already adds its input back (post-norm), and that sum is added again here.
-                lang_att = self.RLA_lang_att(output, lang)
+                lang_att = self.RLA_lang_att(output, lang, lang_weights)
                 output = output + lang_att * torch.sigmoid(self.lang_weight) * RLA_WEIGHT
             output = self.RLA_vision[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)

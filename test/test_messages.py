@@ -129,10 +129,15 @@ def test_detections_mask_and_result_match_the_result_in_both_frameworks(store: A
         assert (seg.prompt, seg.prompt_mode, seg.no_target) == ("red cup . bottle .", "phrases", False)
         assert seg.no_target_probability == 0.125
         assert plain(seg.detections) == plain(out.detections.detections)
-        assert plain(seg.mask) == plain(mask)
+        # Streamed, the label image goes out once (gdino/mask); the result's is empty, with the header.
+        _assert_header(seg.mask.header)
+        assert (seg.mask.height, seg.mask.width, len(seg.mask.data)) == (0, 0, 0)
         assert out.overlay is None and out.dropped_instances == 0
     for name, _ in ros.items():
         assert plain(getattr(ros, name)) == plain(getattr(bags, name)), name
+    for out in _both(result, store, standalone=True):  # a service answer carries the label image itself
+        assert plain(out.result.mask) == plain(out.mask)
+        np.testing.assert_array_equal(_pixels(out.result.mask, np.dtype("<u2")), result.label_image)
 
 
 @pytest.mark.usefixtures("ros_context")

@@ -106,7 +106,7 @@ def test_concurrent_requests_get_their_own_prompt_on_a_later_frame_while_the_str
         assert result.header.stamp.sec - BASE_SEC >= sent_after, "a frame older than the request"
         assert result.header.frame_id == camera.msg.header.frame_id
         reference.set_prompt(prompt, "auto")
-        _assert_matches(result, reference(photo))
+        _assert_matches(result, reference(photo), standalone=True)
     assert {r.prompt for r in bench.outputs["result"]} == {STREAM_PROMPT}, "requests leaked into the stream"
     assert bench.outputs["active_prompt"][-1].data == STREAM_PROMPT
 
@@ -265,5 +265,5 @@ def test_the_segment_action_answers_like_the_service_and_a_waiting_goal_can_be_c
     result = outcome.result().result.result
     assert result.prompt == EXPRESSION and result.header.stamp.sec == BASE_SEC + 3
     reference.set_prompt(EXPRESSION, "auto")
-    _assert_matches(result, reference(photo))
+    _assert_matches(result, reference(photo), standalone=True)
     assert [r.prompt for r in bench.outputs["result"]] == [STREAM_PROMPT]

@@ -10,11 +10,12 @@ API::
     types = rosbags_message_types(project_typestore())  # rosbags: dataclasses (no ROS needed)
 
     out = result_to_messages(result, image_msg.header, types, mask_encoding=MONO16, overlay_rgb=None,
-                             track_ids=None, lifted=None, with_points=False)
+                             track_ids=None, lifted=None, with_points=False, standalone=False)
     out.detections     # vision_msgs/Detection2DArray (id = track id, "" untracked)
     out.mask           # sensor_msgs/Image, instance label image (mono16, or mono8)
     out.no_target      # std_msgs/Bool
-    out.result         # gdino_ros/SegmentationResult (all of these plus each instance's own mask)
+    out.result         # gdino_ros/SegmentationResult (all of these plus each instance's own mask; its
+                       # label image only when ``standalone``: a stream has it once, in ``out.mask``)
     out.overlay        # sensor_msgs/Image rgb8, or None when no overlay_rgb was given
     out.detections_3d  # vision_msgs/Detection3DArray, or None without ``lifted``
     out.points         # sensor_msgs/PointCloud2, or None unless ``lifted`` and ``with_points``
@@ -367,8 +368,13 @@ def result_to_messages(
     track_ids: Sequence[str] | None = None,
     lifted: Sequence[Lifted] | None = None,
     with_points: bool = False,
+    standalone: bool = False,
 ) -> ResultMessages:
     """All outputs of one frame, each stamped with ``header`` (the input image's header).
+
+    The label image goes into ``mask``; the SegmentationResult carries it too only when ``standalone``
+    (a service answer, which has no gdino/mask beside it). Streamed, it would be the same megabytes a
+    second time per frame; there the result's ``mask`` is an empty image with the frame's header.
 
     ``mask_encoding`` is MONO16 or MONO8 (see the module docstring for mono8's 255-instance cap);
     ``overlay_rgb`` (uint8 [H, W, 3]) becomes the rgb8 overlay image when given. ``track_ids`` and
@@ -402,7 +408,7 @@ def result_to_messages(
         prompt_mode=result.mode,
         phrases=list(result.phrases),
         detections=detections,
-        mask=mask,
+        mask=mask if standalone else _image_msg(label_image[:0, :0], header, mask_encoding, types),
         no_target=bool(result.no_target),
         no_target_probability=float(result.no_target_probability),
         label_values=np.array([d.instance_id for d in shown], dtype=np.uint16),

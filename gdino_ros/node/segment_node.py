@@ -574,7 +574,8 @@ class SegmentNode(Node):
             pixels, bgr = self._to_pixels(msg)
             segmenter.set_params(request.params)
             result = segmenter(pixels, bgr=bgr)
-            messages = result_to_messages(result, msg.header, self._types, mask_encoding=self._mask_encoding)
+            messages = result_to_messages(result, msg.header, self._types, mask_encoding=self._mask_encoding,
+                                          standalone=True)
         except ImageConversionError as error:
             return Outcome(False, f"the frame cannot be used: {error}")
         except Exception as error:  # noqa: BLE001 - the caller is told; the node goes on

@@ -207,13 +207,21 @@ def test_a_missing_wait_or_upload_makes_the_results_differ(
     method, replacement = MUTATIONS[mutation]
     monkeypatch.setattr(TensorRTBackend, method, replacement)
     expected = reference(variants["rela"], tokenizer)
+    failure = None
     with Segmenter(open_engine(fakes, variants["rela"], tmp_path), tokenizer, params=PARAMS) as segmenter:
         try:
             got = streamed(segmenter)
-        except BackendError as error:  # unset memory may read as NaN, which the backend reports
-            assert "NaN" in str(error)
-            return
-    assert got != expected
+        except BackendError as error:
+            failure = str(error)
+    if failure is None:
+        assert got != expected
+    elif "cudaErrorLaunchFailure" in failure:
+        # A longer prompt read from never-written device memory: garbage token ids make the engine fail.
+        # The context is then lost (a sticky error on a real GPU), so the frees after it are not checked.
+        assert any("indices element out of data bounds" in f for f in fakes.gpu.launch_failures)
+        fakes.gpu.violations.clear()
+    else:
+        assert "NaN" in failure  # unset memory may read as NaN, which the backend reports
 
 
 def test_the_next_frame_is_queued_before_the_previous_one_is_post_processed(

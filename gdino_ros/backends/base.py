@@ -70,6 +70,7 @@ class ModelIO:
     input_hw: tuple[int, int]
     input_dtypes: dict[str, np.dtype]
     output_names: tuple[str, ...]
+    dynamic_text: bool  # the text inputs' token axis takes any length (our exports), not only 256 (TAO's)
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -80,13 +81,49 @@ def parse_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-def expected_input_shape(name: str, input_hw: tuple[int, int]) -> tuple[int, ...]:
-    """Return the contract's batch-1 shape of input ``name`` for an ``input_hw`` image tensor."""
+def expected_input_shape(
+    name: str, input_hw: tuple[int, int], text_length: int = contract.MAX_TEXT_LEN
+) -> tuple[int, ...]:
+    """Return the contract's batch-1 shape of input ``name`` for an ``input_hw`` image tensor.
+
+    ``text_length`` is the text inputs' token axis: the contract's 256, or a shorter length that a model
+    with a dynamic token axis takes.
+    """
     if name == contract.INPUT_IMAGE:
         return (contract.BATCH_SIZE, 3, *input_hw)
     if name == contract.TEXT_TOKEN_MASK:
-        return (contract.BATCH_SIZE, contract.MAX_TEXT_LEN, contract.MAX_TEXT_LEN)
-    return (contract.BATCH_SIZE, contract.MAX_TEXT_LEN)
+        return (contract.BATCH_SIZE, text_length, text_length)
+    return (contract.BATCH_SIZE, text_length)
+
+
+def text_length(attention_mask: np.ndarray) -> int:
+    """Return how many tokens a length-generic model needs: up to the last real one, plus one padding token.
+
+    ``attention_mask`` is the prompt's contract array (True at real tokens, ``[CLS]`` and ``[SEP]``
+    included). The padding token stays (when there is room) because ReLA attends to padding as TAO's
+    network does: the graph counts the padding tokens it gets as the 256 - n of a 256-long input
+    (``gdino_ros.model.rela.padding_weights``), so the outputs are those of the 256-long run. No rounding
+    up to a few bucket lengths: the text is set once per prompt, ONNX Runtime and a TensorRT profile take
+    any length, and every extra token would be computed against every image token in each fusion layer.
+    """
+    real = np.flatnonzero(np.asarray(attention_mask).reshape(-1))
+    used = int(real[-1]) + 1 if real.size else 0
+    return min(used + 1, contract.MAX_TEXT_LEN)
+
+
+def model_text(text_inputs: Mapping[str, np.ndarray], dynamic: bool) -> dict[str, np.ndarray]:
+    """Return the contract's 256-long text tensors as the model takes them: cut to :func:`text_length`.
+
+    Only a ``dynamic`` model's (a dynamic token axis); a static model (TAO's ONNX, older exports, engines
+    built from them) gets the 256 tokens unchanged.
+    """
+    if not dynamic:
+        return dict(text_inputs)
+    length = text_length(text_inputs[contract.ATTENTION_MASK])
+    return {
+        name: value[:, :length, :length] if name == contract.TEXT_TOKEN_MASK else value[:, :length]
+        for name, value in text_inputs.items()
+    }
 
 
 def _expected_output_shape(name: str, input_hw: tuple[int, int]) -> tuple[int | None, ...]:
@@ -122,7 +159,8 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
     """Compare a model's declared I/O with the contract; raise :class:`BackendError` naming every difference.
 
     Accepts 3-output models and 5-output (ReLA) models. The image input must have a static H and W,
-    because preprocessing resizes to it; every other dynamic dimension is taken to be the contract's.
+    because preprocessing resizes to it; a dynamic token axis of all five text inputs makes the model take
+    shorter text (:func:`model_text`); every other dynamic dimension is taken to be the contract's.
     """
     problems: list[str] = []
     missing = [name for name in contract.INPUT_NAMES if name not in inputs]
@@ -183,7 +221,8 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
             + "; ".join(problems)
             + ". Export the model with gdino-export (or TAO's mask_grounding_dino export) and use that file."
         )
-    return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs))
+    dynamic_text = all(None in inputs[name].shape[1:] for name in contract.TEXT_INPUT_NAMES)
+    return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs), dynamic_text)
 
 
 class _Slots:
@@ -218,7 +257,8 @@ class Backend(ABC):
     Attributes every implementation sets: ``name`` (``"onnxruntime"``, ``"torch"``, ``"tensorrt"``),
     ``device`` (``"cpu"``, ``"cuda:0"``), ``precision`` (what really runs: ``"fp32"``, ``"fp16"``, or a
     mixed description), ``input_hw`` (the image tensor's H, W), ``input_dtype`` (the image tensor's dtype,
-    to pass to preprocessing) and ``output_names`` (3 names, or 5 with the no-target head).
+    to pass to preprocessing), ``output_names`` (3 names, or 5 with the no-target head) and
+    ``dynamic_text`` (True: the model runs on a prompt's own tokens, :func:`model_text`).
 
     :meth:`infer` and :meth:`submit` are thread-safe. The text tensors are sent to the model only when
     ``text_inputs`` is a different object from the previous call's, so a caller encodes a prompt once,
@@ -237,12 +277,14 @@ class Backend(ABC):
         input_hw: tuple[int, int],
         input_dtypes: Mapping[str, np.dtype],
         output_names: tuple[str, ...],
+        dynamic_text: bool = False,
     ) -> None:
         self.device = device
         self.precision = precision
         self.input_hw = input_hw
         self.input_dtype = np.dtype(input_dtypes[contract.INPUT_IMAGE])
         self.output_names = output_names
+        self.dynamic_text = dynamic_text
         self._input_dtypes = dict(input_dtypes)
         self._lock = threading.Lock()
         self._text_inputs: Mapping[str, np.ndarray] | None = None
@@ -291,19 +333,26 @@ class Backend(ABC):
             raise
 
     def _checked_text(self, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Check names and shapes of the text tensors; return copies in the model's dtypes."""
+        """Check names and shapes of the text tensors; return them as the model takes them, copied.
+
+        Copies in the model's dtypes, cut to the prompt's length for a model with a dynamic token axis.
+        """
         missing = [name for name in contract.TEXT_INPUT_NAMES if name not in text_inputs]
         if missing:
             raise BackendError(f"text inputs lack {', '.join(missing)}; pass EncodedPrompt.text_inputs()")
-        checked = {}
+        values = {}
         for name in contract.TEXT_INPUT_NAMES:
-            value = np.asarray(text_inputs[name])
+            values[name] = np.asarray(text_inputs[name])
             expected = expected_input_shape(name, self.input_hw)
-            if value.shape != expected:
-                raise BackendError(f"text input '{name}' has shape {value.shape}, the model needs {expected}")
-            # A copy: the model keeps exactly the prompt it was given, whatever the caller does later.
-            checked[name] = np.array(value, dtype=self._input_dtypes[name], order="C", copy=True)
-        return checked
+            if values[name].shape != expected:
+                raise BackendError(
+                    f"text input '{name}' has shape {values[name].shape}, the model needs {expected}"
+                )
+        # Copies: the model keeps exactly the prompt it was given, whatever the caller does later.
+        return {
+            name: np.array(value, dtype=self._input_dtypes[name], order="C", copy=True)
+            for name, value in model_text(values, self.dynamic_text).items()
+        }
 
     @abstractmethod
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:

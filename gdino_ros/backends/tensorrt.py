@@ -3,8 +3,9 @@
 Importable without TensorRT: ``tensorrt`` and ``cuda.bindings`` are imported only after
 :func:`require_tensorrt` has checked them, so a missing package is one clear :class:`BackendError`.
 
-Buffers, allocated once: device buffers for the inputs (the image and the five text tensors) and
-page-locked host buffers for the text; and two *output sets* of device buffers for every output, each
+Buffers, allocated once: device buffers for the inputs (the image and the five text tensors, sized for
+256 tokens; an engine with a dynamic token axis gets each prompt's own length with ``set_input_shape``)
+and page-locked host buffers for the text; and two *output sets* of device buffers for every output, each
 with page-locked host buffers for the small outputs (logits, boxes, no-target head, union map), for the
 image waiting for upload, and for the mask planes read back. One execution context and one compute stream
 run the frames in order; a second stream copies mask planes.
@@ -179,7 +180,11 @@ def _engine_io(engine: trt.ICudaEngine) -> tuple[dict[str, TensorSpec], dict[str
 def _create_context(
     engine: trt.ICudaEngine, path: Path, inputs: dict[str, TensorSpec], input_hw: tuple[int, int]
 ) -> trt.IExecutionContext:
-    """Create an execution context; set every dynamic input shape to the contract's batch-1 shape."""
+    """Create an execution context; set every dynamic input shape to the contract's batch-1 shape.
+
+    For a dynamic token axis that is the longest text, 256 tokens, so the buffers sized from these
+    shapes hold every prompt; :meth:`TensorRTBackend._set_text` sets each prompt's own length.
+    """
     context = engine.create_execution_context()
     if context is None:
         raise BackendError(
@@ -256,6 +261,7 @@ class TensorRTBackend(Backend):
             input_hw=io.input_hw,
             input_dtypes=io.input_dtypes,
             output_names=io.output_names,
+            dynamic_text=io.dynamic_text,
         )
         with ExitStack() as resources:
             self._allocate(resources, inputs, outputs)
@@ -328,13 +334,21 @@ class TensorRTBackend(Backend):
 
     def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
         use_gpu(self._gpu_index)
-        # Frames in flight may not have uploaded the previous prompt yet: let them finish first.
+        # Frames in flight may not have uploaded the previous prompt yet (or still run at its length):
+        # let them finish first.
         self._stream.synchronize("frames in flight before a prompt change")
         try:
             for name, value in text_inputs.items():
+                if self.dynamic_text and not self._context.set_input_shape(name, value.shape):
+                    min_shape, _, max_shape = self._engine.get_tensor_profile_shape(name, 0)
+                    raise BackendError(
+                        f"engine {self._path}: input '{name}' cannot take shape {value.shape} (its profile "
+                        f"allows {min_shape} to {max_shape}); build it with gdino-build-engine"
+                    )
+                # The buffers have the 256-token size; a shorter prompt fills their start.
                 host = self._text[name]
-                np.copyto(host.array, value)
-                self._stream.upload(self._inputs[name].ptr, host.ptr, host.nbytes, name)
+                np.copyto(host.array.reshape(-1)[: value.size], value.reshape(-1))
+                self._stream.upload(self._inputs[name].ptr, host.ptr, value.nbytes, name)
         except BaseException:
             self._drain(self._stream)
             raise

@@ -54,6 +54,7 @@ class TorchBackend(Backend):
             input_hw=(config.input_height, config.input_width),
             input_dtypes=input_dtypes,
             output_names=config.output_names,
+            dynamic_text=True,  # the PyTorch network takes any text length
         )
         self._text: dict[str, torch.Tensor] = {}
 

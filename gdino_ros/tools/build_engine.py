@@ -56,6 +56,10 @@ _OUT_OF_MEMORY = re.compile(
     r"out of memory|could not be allocated|OutOfMemory|cudaErrorMemoryAllocation", re.IGNORECASE
 )
 Say = Callable[[str], None]
+# The profile's "opt" length of a dynamic token axis: TensorRT picks its kernels for this length and runs
+# every other one from 1 to 256 with them. A robot's prompt is a few short phrases: "cup . bottle . person ."
+# is 9 tokens with [CLS], [SEP] and the padding token the model keeps; 16 leaves room for a few more.
+OPT_TEXT_LEN = 16
 CONVERSION_META = "gdino_build_engine_fp16_of"  # metadata of a converted ONNX: its source and keep-list
 _LOGGERS: list[object] = []  # every TensorRT logger made here, kept alive (see _Messages)
 
@@ -201,8 +205,11 @@ def _configure(
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # lets the inspector report precisions
     profile = builder.create_optimization_profile()
     for name in io.input_dtypes:
-        shape = trt.Dims(list(expected_input_shape(name, io.input_hw)))
-        profile.set_shape(name, shape, shape, shape)  # TAO's network only runs at batch 1
+        # TAO's network only runs at batch 1; a dynamic token axis takes 1 to 256 tokens.
+        shortest, typical = (1, OPT_TEXT_LEN) if io.dynamic_text else (contract.MAX_TEXT_LEN,) * 2
+        shapes = (expected_input_shape(name, io.input_hw, length) for length in (shortest, typical))
+        longest = expected_input_shape(name, io.input_hw)
+        profile.set_shape(name, *(trt.Dims(list(shape)) for shape in (*shapes, longest)))
     config.add_optimization_profile(profile)
     _use_timing_cache(config, cache_path, say)
     return config
@@ -265,7 +272,10 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def build_engine(
     onnx_path: Path, *, workspace: int, timing_cache: Path, say: Say = _say
 ) -> tuple[bytes, str]:
-    """Build a serialized engine from ``onnx_path`` with a min = opt = max batch-1 profile.
+    """Build a serialized engine from ``onnx_path`` with a batch-1 profile.
+
+    The profile is min = opt = max, except a dynamic token axis of the text inputs (our exports): min 1,
+    opt :data:`OPT_TEXT_LEN`, max 256 tokens.
 
     Returns the engine bytes and the precision the built engine really has (from its inspector), and
     saves TensorRT's timing cache to ``timing_cache``. Raises :class:`BackendError` when the plugin

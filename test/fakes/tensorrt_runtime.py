@@ -2,10 +2,13 @@
 
 A fake engine file (:func:`write_engine`) is the ONNX bytes behind a small JSON header that declares the
 engine's I/O as TensorRT would: dtypes (INT32 for the int64 text inputs when asked, as TensorRT builds
-them), shapes (-1 for a dynamic batch, which then needs ``set_input_shape``), and the TensorRT version
-and GPU it was "built" for (:meth:`FakeTensorRT.deserialize` returns None on any other, as TensorRT does).
+them), shapes (-1 for a dynamic batch and for the ONNX's dynamic token axis, which then need
+``set_input_shape`` within the optimisation profile gdino-build-engine gives: batch 1 to 4, tokens 1 to
+256), and the TensorRT version and GPU it was "built" for (:meth:`FakeTensorRT.deserialize` returns
+None on any other, as TensorRT does).
 ``execute_async_v3`` queues the graph on the fake GPU's stream with the tensor addresses of that moment;
-when the stream runs it, the inputs are read from fake device memory, cast to the graph's dtypes, run
+when the stream runs it, the inputs are read from fake device memory at their set shapes (the start of
+a longer buffer, as TensorRT reads a dense tensor), cast to the graph's dtypes, run
 through ONNX Runtime, and the outputs written back to device memory.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ import onnxruntime as ort
 
 from fakes.cuda_runtime import FakeGpu, Op
 from gdino_ros import contract
+from gdino_ros.tools.build_engine import OPT_TEXT_LEN
 
 MAGIC = b"FAKE-TRT"
 VERSION = "10.3.0"
@@ -81,10 +85,16 @@ def write_engine(
             dtype = _NUMPY_OF_ONNX[value.type.tensor_type.elem_type]
             if int32_ids and dtype == "int64":
                 dtype = "int32"
-            shape = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            shape = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
             if dynamic_batch:
                 shape[0] = -1
-            tensors.append({"name": value.name, "mode": mode, "dtype": dtype, "shape": shape})
+            tensor = {"name": value.name, "mode": mode, "dtype": dtype, "shape": shape}
+            if mode == "input":  # gdino-build-engine's profile: (min, opt, max) of every dimension
+                ranges = [(1, 1, MAX_BATCH) if i == 0 else (1, OPT_TEXT_LEN, contract.MAX_TEXT_LEN)
+                          for i in range(len(shape))]
+                tensor["profile"] = [[r[k] if d < 0 else d for d, r in zip(shape, ranges, strict=True)]
+                                     for k in range(3)]
+            tensors.append(tensor)
     header = json.dumps({"tensorrt_version": tensorrt_version, "gpu_name": gpu_name, "tensors": tensors,
                          "precision": precision}).encode()
     engine_path.write_bytes(MAGIC + struct.pack("<I", len(header)) + header + onnx_path.read_bytes())
@@ -163,8 +173,7 @@ class FakeEngine:
         return TensorIOMode(self.tensors[name]["mode"])
 
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
-        shape = self.get_tensor_shape(name)
-        return tuple(tuple(batch if d < 0 else d for d in shape) for batch in (1, 1, MAX_BATCH))
+        return tuple(tuple(shape) for shape in self.tensors[name]["profile"])
 
     def create_execution_context(self) -> FakeContext | None:
         return None if self.owner.out_of_memory else FakeContext(self)
@@ -203,11 +212,11 @@ class FakeContext:
                    for t in self.engine.tensors.values() if t["mode"] == "input")
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        declared = self.engine.get_tensor_shape(name)
-        fits = len(shape) == len(declared) and all(
-            (1 <= s <= MAX_BATCH) if d < 0 else s == d for s, d in zip(shape, declared, strict=True))
+        low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+        fits = len(shape) == len(low) and all(
+            lo <= s <= hi for s, lo, hi in zip(shape, low, high, strict=True))
         if fits:
-            self.input_shapes[name] = tuple(shape)
+            self.input_shapes[name] = tuple(int(s) for s in shape)
         return fits
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
@@ -217,7 +226,7 @@ class FakeContext:
         if -1 not in declared or self._dynamic_unset():
             return declared
         batch = self.input_shapes[contract.INPUT_IMAGE][0]
-        return tuple(batch if d < 0 else d for d in declared)
+        return tuple(batch if d < 0 else d for d in declared)  # outputs: only the batch is dynamic
 
     def set_tensor_address(self, name: str, address: int) -> bool:
         self.addresses[name] = address

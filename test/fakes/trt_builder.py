@@ -41,7 +41,9 @@ class BuildState:
     network_flags: list[int] = field(default_factory=list)
     flags_set: list[Any] = field(default_factory=list)
     workspace: int | None = None
-    profile_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    input_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)  # the network's, -1 = dynamic
+    profile_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # opt
+    profile_ranges: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)  # min, opt, max
     timing_cache_loaded: bytes | None = None  # what set_timing_cache accepted
     timing_cache_rejected: bool = False
     builds: int = 0
@@ -169,8 +171,14 @@ class _Profile(_Fake):
     _API = "IOptimizationProfile"
 
     def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> bool:
-        assert tuple(min) == tuple(opt) == tuple(max)
+        # As TensorRT checks a profile: min <= opt <= max, and a static dimension of the input's at all three.
+        declared = self._state.input_dims[name]
+        shapes = [tuple(min), tuple(opt), tuple(max)]
+        assert all(len(shape) == len(declared) for shape in shapes), (name, shapes, declared)
+        for d, lo, mid, hi in zip(declared, *shapes, strict=True):
+            assert (lo == mid == hi == d) if d >= 0 else (1 <= lo <= mid <= hi), (name, shapes, declared)
         self._state.profile_shapes[name] = tuple(opt)
+        self._state.profile_ranges[name] = (shapes[0], shapes[1], shapes[2])
         return True
 
 
@@ -253,6 +261,9 @@ def _fill_network(network: _Network, model: onnx.ModelProto, dtypes: dict[int, A
 
     initializers = {i.name for i in model.graph.initializer}
     network._inputs = [tensor(v) for v in model.graph.input if v.name not in initializers]
+    state.input_dims = {v.name: tuple(d.dim_value if d.HasField("dim_value") else -1
+                                      for d in v.type.tensor_type.shape.dim)
+                        for v in model.graph.input if v.name not in initializers}
     network._outputs = [tensor(v) for v in model.graph.output]
     layer_type = _WeakTypedLayer if state.weak_typing else _Layer
     for node in model.graph.node:

@@ -22,6 +22,10 @@ The load average is printed before and after: the machine is shared, so numbers 
 optimisations, ``--threads`` intra-op threads, calls alternating between the files): milliseconds per call
 by stage of the network, from the kernel times of ONNX Runtime's profiler grouped by the node names the
 exporter gives (``/backbone.0/...``: Swin, ``/transformer/encoder/fusion_layers...``: feature fusion, ...).
+Every file gets the same image and ``--prompt`` encoded as the backends pass it: 256 tokens to a graph
+with a static text axis, the prompt's own tokens plus one padding token to one with a dynamic axis
+(``gdino_ros.backends.base.model_text``). Afterwards each file's outputs are compared with the first
+file's: the largest absolute difference per output (finite values; the -inf positions must agree).
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py`` (``--config tiny`` for a quick check);
 ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py --config tiny --stages before.onnx after.onnx``.
@@ -47,11 +51,15 @@ import onnxruntime as ort
 import torch
 
 from gdino_ros import contract
+from gdino_ros.backends.base import model_text
+from gdino_ros.core.prompt import encode_prompt
+from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.export import example_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+PROMPT = "cup . bottle . person ."  # a robot's typical prompt: a few short phrases
 
 
 def _median_ms(call: Callable[[], object], runs: int) -> tuple[float, list[float]]:
@@ -97,17 +105,17 @@ def _tao_style_export(
 
 
 def _interleaved_ms(
-    sessions: dict[str, ort.InferenceSession], feed: dict[str, np.ndarray], runs: int
+    sessions: dict[str, ort.InferenceSession], feeds: dict[str, dict[str, np.ndarray]], runs: int
 ) -> dict:
-    """Median wall and CPU ms per session; calls alternate so both see the same background load."""
-    for session in sessions.values():
-        session.run(None, feed)  # warm-up
+    """Median wall and CPU ms per session (fed ``feeds[name]``); calls alternate so all see the same load."""
+    for name, session in sessions.items():
+        session.run(None, feeds[name])  # warm-up
     wall: dict[str, list[float]] = {name: [] for name in sessions}
     cpu: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(runs):
         for name, session in sessions.items():
             start, start_cpu = time.perf_counter(), time.process_time()
-            session.run(None, feed)
+            session.run(None, feeds[name])
             wall[name].append((time.perf_counter() - start) * 1000)
             cpu[name].append((time.process_time() - start_cpu) * 1000)
     return {
@@ -138,7 +146,39 @@ def _stage(node: str) -> str:
     return next((stage for stage, prefixes in STAGES if node.startswith(prefixes)), "other")
 
 
-def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, threads: int) -> None:
+def _feed(
+    session: ort.InferenceSession, image: np.ndarray, text: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Return the image and the 256-token text as the backends give them to this graph (cut if dynamic)."""
+    dynamic = all(
+        not all(isinstance(size, int) for size in arg.shape[1:])
+        for arg in session.get_inputs() if arg.name in contract.TEXT_INPUT_NAMES
+    )
+    return {contract.INPUT_IMAGE: image, **model_text(text, dynamic)}
+
+
+def _compare_outputs(
+    sessions: dict[Path, ort.InferenceSession], feeds: dict[str, dict[str, np.ndarray]]
+) -> None:
+    """Print each file's largest absolute output difference from the first file's (finite values)."""
+    paths = list(sessions)
+    reference = sessions[paths[0]].run(None, feeds[str(paths[0])])
+    names = [arg.name for arg in sessions[paths[0]].get_outputs()]
+    for path in paths[1:]:
+        got = sessions[path].run(None, feeds[str(path)])
+        cells = []
+        for name, want, have in zip(names, reference, got, strict=True):
+            same_inf = bool((np.isneginf(want) == np.isneginf(have)).all())
+            finite = np.isfinite(want)
+            scale = float(np.abs(want[finite]).max())
+            cells.append(f"{name} {float(np.abs(have[finite] - want[finite]).max()):.2e} of {scale:.2e}"
+                         + ("" if same_inf else " (-inf positions DIFFER)"))
+        print(f"outputs of {path.name} vs {paths[0].name}, max |difference| of largest |value|: "
+              + "; ".join(cells))
+
+
+def _stage_profile(paths: list[Path], image: np.ndarray, text: dict[str, np.ndarray], runs: int,
+                   threads: int) -> None:
     """Print ms per call by stage for each ONNX file (kernel times from ONNX Runtime's profiler).
 
     Per stage the least of the timed calls is shown (on a shared machine the least disturbed), and the
@@ -152,7 +192,10 @@ def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, th
             options.profile_file_prefix = str(Path(folder) / path.stem)
             options.intra_op_num_threads = threads
             sessions[path] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        timings = _interleaved_ms({str(p): s for p, s in sessions.items()}, feed, runs)
+        feeds = {str(p): _feed(s, image, text) for p, s in sessions.items()}
+        for path in paths:
+            print(f"{path.name}: text of {feeds[str(path)][contract.INPUT_IDS].shape[1]} tokens")
+        timings = _interleaved_ms({str(p): s for p, s in sessions.items()}, feeds, runs)
         columns: dict[Path, dict[str, list[float]]] = {}
         for path, session in sessions.items():
             events = json.loads(Path(session.end_profiling()).read_text())
@@ -166,6 +209,8 @@ def _stage_profile(paths: list[Path], feed: dict[str, np.ndarray], runs: int, th
                     stage = _stage(event["name"][: -len("_kernel_time")])
                     per_stage.setdefault(stage, [0.0] * len(calls))[call] += event["dur"] / 1000
             columns[path] = per_stage
+        if len(paths) > 1:
+            _compare_outputs(sessions, feeds)
     names = [path.name for path in paths]
     title = f"stage: ms per call, least (median) of {runs}, {threads} thread(s)"
     print(f"\n| {title} | " + " | ".join(names) + " |")
@@ -187,13 +232,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed calls per engine (after one warm-up)")
     parser.add_argument("--stages", type=Path, nargs="+", help="profile these exports by stage instead")
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for --stages")
+    parser.add_argument("--prompt", default=PROMPT, help=f"the prompt for --stages (default: {PROMPT!r})")
     args = parser.parse_args()
     config = MaskGDINOConfig.full() if args.config == "full" else MaskGDINOConfig.tiny()
     if args.stages:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"onnxruntime {ort.__version__}; load average before: {os.getloadavg()[0]:.2f}")
-        feed = {name: tensor.numpy() for name, tensor in example_inputs(config).items()}
-        _stage_profile(args.stages, feed, args.runs, args.threads)
+        prompt = encode_prompt(args.prompt, "auto", load_tokenizer())  # the local vocabulary search
+        print(f"prompt {args.prompt!r}: {prompt.num_tokens} tokens with [CLS] and [SEP]")
+        image = example_inputs(config)[contract.INPUT_IMAGE].numpy()
+        _stage_profile(args.stages, image, prompt.text_inputs(), args.runs, args.threads)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU")
@@ -236,7 +284,8 @@ def main() -> None:
                 f"{ours_created:.1f} s / {theirs_created:.1f} s",
             )
         )
-        timings = _interleaved_ms({"our export": ours, "TAO-style export": theirs}, feed, args.runs)
+        timings = _interleaved_ms({"our export": ours, "TAO-style export": theirs},
+                                  {"our export": feed, "TAO-style export": feed}, args.runs)
         for name, (wall, cpu, times) in timings.items():
             runs = ", ".join(f"{t:.0f}" for t in times)
             value = f"median {wall:.0f} ms, min {min(times):.0f} ms, CPU {cpu:.0f} ms (runs: {runs})"

@@ -361,6 +361,36 @@ def test_windows_and_crops_equal_the_full_image_resize(image_hw: tuple[int, int]
             assert_tight_crop(crop, expected)
 
 
+@pytest.mark.parametrize("coverage", ["small masks", "large overlapping masks"])
+def test_each_detection_mask_and_crop_equal_the_full_image_resize(coverage: str, tokenizer,
+                                                                  generic_resize: None) -> None:
+    """Both ways of painting (per window, per cell) give every instance its exact own mask and crop."""
+    prompt = encode_prompt("cat . dog", "phrases", tokenizer)
+    mask_hw, image_hw = (34, 60), (61, 83)
+    out = blank(prompt, queries=5, mask_hw=mask_hw)
+    logits, masks = out[PRED_LOGITS][0], out[PRED_MASKS][0, :, 0]
+    rng = np.random.default_rng(11)
+    for q in range(4):
+        logits[q, 1 + 2 * (q % 2)] = logit(0.9 - 0.1 * q)  # "cat" or "dog"
+        if coverage == "small masks":
+            masks[q, 3 + 6 * q : 7 + 6 * q, 5 + 10 * q : 12 + 10 * q] = rng.normal(2.0, 1.0, (4, 7))
+        else:
+            coarse = rng.normal(1.0, 4.0, (4, 6)).astype(np.float32)
+            masks[q] = cv2.resize(coarse, mask_hw[::-1], interpolation=cv2.INTER_CUBIC)
+    per_window = MaskUpsampler(mask_hw, image_hw).paint_labels(
+        masks[:4], logit(0.5), np.zeros(image_hw, np.uint16)) is not None
+    assert per_window == (coverage == "small masks")
+    result = postprocess(out, prompt, image_hw, PostprocessParams(nms_threshold=0.0))
+    assert len(result.detections) == 4
+    for detection in result.detections:
+        query = [q for q in range(4) if detection.score == pytest.approx(0.9 - 0.1 * q, abs=1e-6)][0]
+        expected = reference_mask(masks[query], image_hw)
+        np.testing.assert_array_equal(detection.mask, expected)
+        assert_tight_crop(detection.crop, expected)
+        y0, y1, x0, x1 = detection.mask_window or (0, 0, 0, 0)
+        assert expected[y0:y1, x0:x1].sum() == expected.sum() > 0
+
+
 def test_half_precision_outputs(tokenizer) -> None:
     prompt = encode_prompt("red cup . cup", "phrases", tokenizer)
     out = blank(prompt)

@@ -182,20 +182,27 @@ class ResultMessages:
                 yield f.name, message
 
 
+_NO_BYTES = np.zeros(0, dtype=np.uint8)
+
+
 def _image_msg(pixels: np.ndarray, header: Any, encoding: str, types: MessageTypes) -> Any:
     """sensor_msgs/Image from [H, W] or [H, W, C] pixels already in ``encoding``'s layout."""
     channels, dtype = PIXEL_LAYOUT[encoding]
     height, width = pixels.shape[:2]
     little = np.ascontiguousarray(pixels, dtype=dtype.newbyteorder("<"))
-    return types.Image(
+    message = types.Image(
         header=header,
         height=int(height),
         width=int(width),
         encoding=encoding,
         is_bigendian=0,
         step=int(width * channels * dtype.itemsize),
-        data=types.uint8_sequence(little.reshape(-1).view(np.uint8)),
+        data=types.uint8_sequence(_NO_BYTES),
     )
+    # Assigned, not passed: rclpy's constructor copies its data argument (megabytes per label image),
+    # while its setter keeps an array.array as given on Humble (and copies it once on Jazzy).
+    message.data = types.uint8_sequence(little.reshape(-1).view(np.uint8))
+    return message
 
 
 def label_image_msg(label_image: np.ndarray, header: Any, types: MessageTypes, encoding: str = MONO16) -> Any:

@@ -204,11 +204,17 @@ class MaskUpsampler:
         top += bottom
         return top
 
-    def paint_labels(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> None:
+    def paint_labels(
+        self, planes: np.ndarray, threshold: float, out: np.ndarray
+    ) -> list[tuple[int, int, np.ndarray] | None] | None:
         """Write the label image of ``planes`` (float [N, h, w], best first) into ``out`` (uint16 [H, W]).
 
         A pixel gets ``k + 1`` for the first plane k whose upsampled logit is above ``threshold`` (exactly
         as :meth:`paint` decides it); ``out`` must be zeros, and pixels of no plane are left 0.
+
+        Returns, when it painted plane by plane within each plane's window (few, small masks: a typical
+        scene), every plane's :meth:`paint_window` result, which callers reuse for the instances' own
+        masks; None when it painted cell by cell.
 
         Why per cell: an output pixel is a weighted mean of the 2×2 samples of its cell, so when all four
         are above the threshold (by a margin far above float32 rounding) the whole cell is inside, and
@@ -216,8 +222,9 @@ class MaskUpsampler:
         values, and only until the first plane that surely covers the cell: with hundreds of overlapping
         masks that is a small part of the image, and no full-size mask is ever written.
         """
-        if self._paint_windows(planes, threshold, out):
-            return
+        painted = self._paint_windows(planes, threshold, out)
+        if painted is not None:
+            return painted
         h, w = self.src_hw
         margin = 1e-4 * (1.0 + abs(threshold))  # as in paint(): at threshold 0 "outside" is exact by sign
         outside_below = threshold if threshold == 0 else threshold - margin
@@ -236,7 +243,7 @@ class MaskUpsampler:
             samples = plane[ra : rb + 1, ca : cb + 1]  # the cells' samples, short of one at the far edges
             if not np.isfinite(samples).all():
                 self._paint_labels_by_resize(planes, threshold, out)
-                return
+                return None
             inside = _all_corners(_edge_extended(samples > threshold + margin, rb - ra + 1, cb - ca + 1))
             touched = _any_corner(_edge_extended(samples > outside_below, rb - ra + 1, cb - ca + 1))
             still_open = open_cells[ra:rb, ca:cb]
@@ -255,12 +262,16 @@ class MaskUpsampler:
         self._expand(winner, won, out)
         if crossed:
             self._paint_crossed_cells(planes, threshold, crossed, winner, out)
+        return None
 
-    def _paint_windows(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> bool:
+    def _paint_windows(
+        self, planes: np.ndarray, threshold: float, out: np.ndarray
+    ) -> list[tuple[int, int, np.ndarray] | None] | None:
         """Paint each plane's window, the last plane first, when the windows add up to less than the image.
 
         Few, small masks (a typical scene) are cheaper to interpolate whole within their windows than
-        cell by cell; returns False, having written nothing, as soon as the windows add up to the image.
+        cell by cell; returns None, having written nothing, as soon as the windows add up to the image,
+        else each plane's ``(y0, x0, inside)`` as :meth:`paint_window` gives it.
         """
         height, width = self.dst_hw
         windows = []
@@ -270,15 +281,17 @@ class MaskUpsampler:
             if window is not None:
                 area += (window[1] - window[0]) * (window[3] - window[2])
                 if area > height * width:
-                    return False
+                    return None
             windows.append(window)
+        painted: list[tuple[int, int, np.ndarray] | None] = [None] * len(windows)
         for k in range(len(windows) - 1, -1, -1):
             window = windows[k]
             if window is not None:
                 y0, y1, x0, x1 = window
                 inside = self._values(np.ascontiguousarray(planes[k], dtype=np.float32), window) > threshold
                 np.copyto(out[y0:y1, x0:x1], np.uint16(k + 1), where=inside)
-        return True
+                painted[k] = (y0, x0, inside)
+        return painted
 
     def _expand(self, winner: np.ndarray, won: list[tuple[int, int, int, int]], out: np.ndarray) -> None:
         """Write the cells' labels to their output pixels, within the rectangles of cells that were won.

@@ -49,7 +49,7 @@ from gdino_ros.contract import (
     TEXT_THRESHOLD,
     UNION_MASK_LOGITS,
 )
-from gdino_ros.core.instance_crop import crop_from_logits
+from gdino_ros.core.instance_crop import crop_from_logits, tight_crop
 from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground, upsampled_mask
 from gdino_ros.core.prompt import EncodedPrompt
 from gdino_ros.core.result import PHRASES, Detection, Result
@@ -169,25 +169,39 @@ def postprocess(
 
     threshold = params.mask_logit_threshold
     upsampler = MaskUpsampler(mask_hw, (height, width))
-    if len(queries):
-        upsampler.paint_labels(kept_masks, threshold, label_image)
-    detections = [
-        Detection(
+    painted = upsampler.paint_labels(kept_masks, threshold, label_image) if len(queries) else None
+    detections = []
+    for k in range(len(queries)):
+        if painted is None:  # painted cell by cell: each instance's own mask is computed when read
+            window = upsampler.window(kept_masks[k], threshold) or (0, 0, 0, 0)
+            mask = partial(upsampled_mask, kept_masks[k], threshold, (height, width))
+            crop = partial(crop_from_logits, kept_masks[k], threshold, (height, width))
+        else:  # painted per window: reuse the instance's thresholded window
+            y0, x0, inside = painted[k] or (0, 0, np.zeros((0, 0), np.bool_))
+            window = (y0, y0 + inside.shape[0], x0, x0 + inside.shape[1])
+            mask = partial(_full_size, y0, x0, inside, (height, width))
+            crop = partial(tight_crop, inside, y0, x0)
+        detections.append(Detection(
             instance_id=k + 1,
             label=labels[k],
             phrase_index=phrase_indices[k],
             score=float(scores[k]),
             box_xyxy=(float(boxes_xyxy[k, 0]), float(boxes_xyxy[k, 1]),
                       float(boxes_xyxy[k, 2]), float(boxes_xyxy[k, 3])),
-            mask_source=partial(upsampled_mask, kept_masks[k], threshold, (height, width)),
-            mask_window=upsampler.window(kept_masks[k], threshold) or (0, 0, 0, 0),
-            crop_source=partial(crop_from_logits, kept_masks[k], threshold, (height, width)),
-        )
-        for k in range(len(queries))
-    ]
+            mask_source=mask,
+            mask_window=window,
+            crop_source=crop,
+        ))
     no_target = False if no_targets is not None else not detections
     return Result(prompt.text, prompt.mode, detections, label_image, no_target, no_target_probability,
                   phrases=prompt.vocabulary)
+
+
+def _full_size(y0: int, x0: int, inside: np.ndarray, image_hw: tuple[int, int]) -> np.ndarray:
+    """Place a window's mask ``inside`` (bool) at row ``y0``, column ``x0`` of an empty bool [H, W] image."""
+    mask = np.zeros(image_hw, dtype=np.bool_)
+    mask[y0 : y0 + inside.shape[0], x0 : x0 + inside.shape[1]] = inside
+    return mask
 
 
 def _read_outputs(

@@ -72,7 +72,7 @@ class Bench:
 
     def __init__(
         self, context: Any, model: Path, vocab: Path, *, overlay: bool = True, keep_pixels: bool = True,
-        **parameters: Any,
+        leaves: tuple[str, ...] = tuple(OUTPUT_TYPES), **parameters: Any,
     ) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
@@ -93,7 +93,7 @@ class Bench:
         self.arrival: dict[tuple[int, int], float] = {}
         keep_all = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for leaf, type_name in OUTPUT_TYPES.items():
-            if leaf == "overlay" and not overlay:
+            if (leaf == "overlay" and not overlay) or leaf not in leaves:
                 continue
             package, _, name = type_name.split("/")
             message_class = getattr(importlib.import_module(f"{package}.msg"), name)
@@ -515,3 +515,30 @@ def test_missing_tokenizer_or_bad_parameter_stops_the_node_with_one_message(tmp_
     line = _run_node(tmp_path, f"model:={model}", f"tokenizer:={vocab_path}", "mask_encoding:=mono32")
     assert "mask_encoding must be one of mono16, mono8" in line
 
+
+
+class _PublishSpy:
+    """A node publisher that counts what it publishes; matching stays the real publisher's."""
+
+    def __init__(self, publisher: Any) -> None:
+        self.publisher, self.published = publisher, 0
+
+    def get_subscription_count(self) -> int:
+        return int(self.publisher.get_subscription_count())
+
+    def publish(self, message: Any) -> None:
+        self.published += 1
+        self.publisher.publish(message)
+
+
+def test_outputs_nobody_subscribes_to_are_not_published(bench_factory: Callable[..., Bench]) -> None:
+    bench = bench_factory(initial_prompt=PHRASES, leaves=("result",))
+    spies = {leaf: _PublishSpy(publisher) for leaf, publisher in bench.node._output_publishers.items()}
+    bench.node._output_publishers.update(spies)
+    assert bench.spin_until(lambda: spies["result"].get_subscription_count() == 1, 10.0)
+
+    result = bench.process(_image_msg(skdata.astronaut(), 50))
+    assert result.detections, "the untrained model found nothing here; lower THRESHOLDS"
+    assert spies["result"].published == 1
+    assert {leaf: spy.published for leaf, spy in spies.items() if leaf != "result"} == dict.fromkeys(
+        (leaf for leaf in spies if leaf != "result"), 0)

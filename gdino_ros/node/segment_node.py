@@ -636,7 +636,9 @@ class SegmentNode(Node):
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
             return
         for leaf, message in messages.items():
-            self._output_publishers[leaf].publish(message)
+            publisher = self._output_publishers[leaf]
+            if publisher.get_subscription_count() > 0:  # unheard messages still cost their serialisation
+                publisher.publish(message)
         published = time.monotonic()
         if messages.dropped_instances:
             self.get_logger().warning(

@@ -28,7 +28,7 @@ from gdino_ros.core.tokenizer import load_tokenizer
 from gdino_ros.errors import EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
-from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, export_onnx
+from gdino_ros.model.export import MSDA_GRID_SAMPLE, MSDA_PLUGIN, PLUGIN_DOMAIN, TEXT_AXIS, export_onnx
 from gdino_ros.tools import export as export_cli
 
 REL_TOL = 1e-4
@@ -135,6 +135,49 @@ def test_onnxruntime_matches_pytorch(
     assert np.isfinite(got[0][0, :, :real]).all() and np.isneginf(got[0][0, :, real:]).all()
 
 
+def _cut(text_inputs: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """The first ``length`` tokens of the contract's text inputs (both axes of text_token_mask)."""
+    return {name: value[:, :length, :length] if name == contract.TEXT_TOKEN_MASK else value[:, :length]
+            for name, value in text_inputs.items()}
+
+
+@pytest.mark.slow
+def test_the_graph_is_length_generic(tiny: tuple[MaskGDINOConfig, torch.nn.Module], grid_onnx: Path) -> None:
+    """One export runs at any text length: at T = 7 (the prompt's 6 tokens and one padding token), 32 and
+    256 ONNX Runtime equals PyTorch at the same T, and the 256-long run on every output (the -inf of the
+    padded logits included): cutting the padding changes nothing."""
+    config, model = tiny
+    text = _text_inputs("cup . bottle", "phrases")  # [CLS] cup . bottle . [SEP]
+    assert int(text[contract.ATTENTION_MASK].sum()) == 6
+    session = ort.InferenceSession(str(grid_onnx), providers=["CPUExecutionProvider"])
+    image = _image(config, seed=1)
+    padded = session.run(None, {contract.INPUT_IMAGE: image, **text})
+    for length in (7, 32, 256):
+        feed = {contract.INPUT_IMAGE: image, **_cut(text, length)}
+        got = session.run(None, feed)
+        _assert_outputs_close(contract.RELA_OUTPUT_NAMES, got, _torch_outputs(model, feed))
+        _assert_outputs_close(contract.RELA_OUTPUT_NAMES, got, padded)
+        assert got[0].shape == (1, config.num_queries, contract.MAX_TEXT_LEN)
+        assert np.isfinite(got[0][0, :, :6]).all() and np.isneginf(got[0][0, :, 6:]).all()
+
+
+@pytest.mark.slow
+def test_the_no_target_head_sees_the_padding_as_taos_does(
+    tiny: tuple[MaskGDINOConfig, torch.nn.Module]
+) -> None:
+    """ReLA attends to padding (TAO's network does): cut to the real tokens without the padding token that
+    stands in for the 250 others, its outputs change; with it they are the 256-long run's."""
+    config, model = tiny
+    text = _text_inputs("cup . bottle", "phrases")
+    image = _image(config, seed=1)
+    padded, kept, none = (_torch_outputs(model, {contract.INPUT_IMAGE: image, **_cut(text, length)})
+                          for length in (256, 7, 6))
+    _assert_outputs_close(contract.RELA_OUTPUT_NAMES, kept, padded)
+    union = contract.RELA_OUTPUT_NAMES.index(contract.UNION_MASK_LOGITS)
+    scale = float(np.abs(padded[union]).max())
+    assert float(np.abs(none[union] - padded[union]).max()) > 10 * (ABS_TOL + REL_TOL * scale)
+
+
 @pytest.mark.slow
 def test_interface_and_metadata(grid_onnx: Path, tiny: tuple[MaskGDINOConfig, torch.nn.Module]) -> None:
     config, model = tiny
@@ -152,19 +195,22 @@ def test_interface_and_metadata(grid_onnx: Path, tiny: tuple[MaskGDINOConfig, to
     unique = {
         tensor.data_ptr(): tensor.numel() * tensor.element_size() for tensor in model.state_dict().values()
     }
+    # Slightly less than the parameters is fine: BERT's unused pooler is not stored, and Swin's int64
+    # relative-position indices are folded into the bias they select.
     size = grid_onnx.stat().st_size
-    assert sum(unique.values()) <= size <= 1.05 * sum(unique.values()) + 2**20
+    assert 0.98 * sum(unique.values()) <= size <= 1.05 * sum(unique.values()) + 2**20
 
 
 def _check_io(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
+    """Inputs: static image, the text's token axis dynamic ("tokens"); outputs: all static."""
     h, w = config.input_height, config.input_width
     inputs = {
         contract.INPUT_IMAGE: (TensorProto.FLOAT, [1, 3, h, w]),
-        contract.INPUT_IDS: (TensorProto.INT64, [1, 256]),
-        contract.ATTENTION_MASK: (TensorProto.BOOL, [1, 256]),
-        contract.POSITION_IDS: (TensorProto.INT64, [1, 256]),
-        contract.TOKEN_TYPE_IDS: (TensorProto.INT64, [1, 256]),
-        contract.TEXT_TOKEN_MASK: (TensorProto.BOOL, [1, 256, 256]),
+        contract.INPUT_IDS: (TensorProto.INT64, [1, TEXT_AXIS]),
+        contract.ATTENTION_MASK: (TensorProto.BOOL, [1, TEXT_AXIS]),
+        contract.POSITION_IDS: (TensorProto.INT64, [1, TEXT_AXIS]),
+        contract.TOKEN_TYPE_IDS: (TensorProto.INT64, [1, TEXT_AXIS]),
+        contract.TEXT_TOKEN_MASK: (TensorProto.BOOL, [1, TEXT_AXIS, TEXT_AXIS]),
     }
     outputs = {
         contract.PRED_LOGITS: [1, config.num_queries, 256],
@@ -175,10 +221,11 @@ def _check_io(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
     }
     assert [value.name for value in proto.graph.input] == list(contract.INPUT_NAMES)
     for value in proto.graph.input:
-        dims = [dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        dims = [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
         assert (value.type.tensor_type.elem_type, dims) == inputs[value.name], value.name
     assert [value.name for value in proto.graph.output] == list(config.output_names)
     for value in proto.graph.output:
+        assert not any(dim.dim_param for dim in value.type.tensor_type.shape.dim), value.name
         dims = [dim.dim_value for dim in value.type.tensor_type.shape.dim]
         assert value.type.tensor_type.elem_type == TensorProto.FLOAT, value.name
         assert dims == outputs[value.name], value.name

@@ -32,6 +32,7 @@ from gdino_ros.backends.cuda import read_l4t_release, select_gpu
 from gdino_ros.backends.engine_meta import BuildKey, BuildRecord, file_sha256, write_record
 from gdino_ros.backends.tensorrt import TensorRTBackend
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
+from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.result import Result
 from gdino_ros.core.segmenter import Segmenter
 from gdino_ros.core.tokenizer import load_tokenizer
@@ -159,8 +160,6 @@ def test_infer_returns_every_output_like_onnxruntime(fakes: Fakes, variants: dic
 
 
 def tokenizer_inputs(tokenizer: Any) -> dict[str, np.ndarray]:
-    from gdino_ros.core.prompt import encode_prompt
-
     return encode_prompt(*PROMPTS[0], tokenizer).text_inputs()
 
 
@@ -196,6 +195,39 @@ MUTATIONS = {
     "no wait before a prompt change": (
         "_set_text", mutated(TensorRTBackend._set_text, "self._stream.synchronize(")),
 }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_each_prompt_runs_at_its_own_length_and_a_static_engine_at_256(
+    fakes: Fakes, variants: dict[str, Path], tokenizer: Any, tmp_path: Path, dynamic: bool,
+) -> None:
+    """Prompts of three lengths, longer and shorter in turn: an engine with a dynamic token axis runs each
+    at its own length (the real tokens and one padding token), one built from a static-256 ONNX at 256;
+    both equal ONNX Runtime on the same ONNX bit for bit."""
+    onnx_path = variants["rela"]
+    if not dynamic:
+        model = onnx.load(str(onnx_path))
+        for value in model.graph.input:
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    dim.dim_value = contract.MAX_TEXT_LEN
+        onnx_path = tmp_path / "static.onnx"
+        onnx.save(model, onnx_path)
+    image = np.random.default_rng(3).standard_normal((1, 3, 128, 224)).astype(np.float32)
+    prompts = [encode_prompt(*PROMPTS[i], tokenizer) for i in (0, 1, 2, 0)]
+    with open_backend(onnx_path, "cpu") as ort, open_engine(fakes, onnx_path, tmp_path) as trt:
+        assert trt.dynamic_text is ort.dynamic_text is dynamic
+        lengths = []
+        for prompt in prompts:
+            text = prompt.text_inputs()
+            expected, got = ort.infer(image, text), trt.infer(image, text)
+            for name, value in expected.items():
+                np.testing.assert_array_equal(got[name], value, err_msg=name)
+            lengths.append(trt._context.get_tensor_shape(contract.INPUT_IDS)[1])
+            assert trt._context.get_tensor_shape(contract.TEXT_TOKEN_MASK)[1:] == (lengths[-1],) * 2
+    wanted = [prompt.num_tokens + 1 for prompt in prompts] if dynamic else [contract.MAX_TEXT_LEN] * 4
+    assert lengths == wanted and (len(set(lengths)) == 3 or not dynamic)
 
 
 @pytest.mark.slow

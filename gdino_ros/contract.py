@@ -10,11 +10,14 @@ import numpy as np
 
 # --- Engine inputs, in TAO's binding order ----------------------------------------------------------
 INPUT_IMAGE = "inputs"  # float32 [1, 3, H, W], normalised RGB, NCHW
-INPUT_IDS = "input_ids"  # int64 [1, 256], BERT ids padded with PAD_ID
-ATTENTION_MASK = "attention_mask"  # bool [1, 256], True for real tokens (incl. [CLS]/[SEP])
-POSITION_IDS = "position_ids"  # int64 [1, 256], position inside each phrase
-TOKEN_TYPE_IDS = "token_type_ids"  # int64 [1, 256], all zero
-TEXT_TOKEN_MASK = "text_token_mask"  # bool [1, 256, 256], block-diagonal phrase attention
+# The text inputs have T = MAX_TEXT_LEN tokens (TAO's ONNX, engines built from it), or any T up to it for
+# an export with a dynamic token axis, which the backends give a prompt's real tokens plus one padding
+# token (docs/engine_contract.md#text-length).
+INPUT_IDS = "input_ids"  # int64 [1, T], BERT ids padded with PAD_ID
+ATTENTION_MASK = "attention_mask"  # bool [1, T], True for real tokens (incl. [CLS]/[SEP])
+POSITION_IDS = "position_ids"  # int64 [1, T], position inside each phrase
+TOKEN_TYPE_IDS = "token_type_ids"  # int64 [1, T], all zero
+TEXT_TOKEN_MASK = "text_token_mask"  # bool [1, T, T], block-diagonal phrase attention
 
 INPUT_NAMES: tuple[str, ...] = (
     INPUT_IMAGE,
@@ -48,7 +51,7 @@ NO_TARGET_INDEX = 1
 
 # --- Shapes -------------------------------------------------------------------------------------------
 BATCH_SIZE = 1  # TAO's export only runs at batch 1, whatever the ONNX declares
-MAX_TEXT_LEN = 256
+MAX_TEXT_LEN = 256  # the prompt's tokens are padded to this; the outputs' token axis always has it
 NUM_QUERIES = 900
 DEFAULT_INPUT_HEIGHT = 544
 DEFAULT_INPUT_WIDTH = 960

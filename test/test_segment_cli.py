@@ -59,6 +59,31 @@ def test_segments_several_photos_and_reports_a_missing_one(
         assert [d["label"] for d in record["detections"]] == ["cup"]  # type: ignore[union-attr,index]
 
 
+def test_streamed_images_equal_one_call_each(tmp_path: Path, vocab_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Images are streamed (the next one queued before this one is written); outputs are per-image calls'."""
+    from gdino_ros.core.segmenter import Segmenter
+
+    model = make_contract_onnx(tmp_path / "model.onnx", input_hw=(64, 96), rela=False)
+    photos = {"coffee": skimage.data.coffee(), "tiny": skimage.data.coffee()[:16, :16],
+              "chelsea": skimage.data.chelsea(), "astronaut": skimage.data.astronaut()}
+    paths = [write_photo(tmp_path / f"{name}.png", rgb) for name, rgb in photos.items()]
+    out = tmp_path / "out"
+    code = segment.main(["--model", str(model), "--prompt", "cup . cat", "--tokenizer", str(vocab_path),
+                         "--image", *map(str, paths), "--out", str(out)])
+    assert code == EXIT_INPUT and "tiny.png: The image is 16×16 pixels" in capsys.readouterr().err
+    records = read_lines(out)
+    assert [Path(str(r["image"])).stem for r in records] == ["coffee", "chelsea", "astronaut"]
+    with Segmenter.from_model(model, tokenizer_path=vocab_path, prompt="cup . cat") as segmenter:
+        for record in records:
+            bgr = cv2.imread(str(record["image"]))
+            expected = segmenter(bgr, bgr=True)
+            labels = cv2.imread(str(record["label_image"]), cv2.IMREAD_UNCHANGED)
+            np.testing.assert_array_equal(labels, expected.label_image)
+            assert [d["score"] for d in record["detections"]] == pytest.approx(  # type: ignore[union-attr]
+                [d.score for d in expected.detections])
+
+
 def test_model_and_prompt_errors_are_one_line(
     tmp_path: Path, vocab_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

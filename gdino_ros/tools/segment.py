@@ -22,7 +22,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,13 +186,21 @@ def _segment_all(
     args: argparse.Namespace, plan: list[tuple[Path, Path, Path]], segmenter: Any,
     records: list[dict[str, Any]],
 ) -> int:
-    """Segment every image, appending one record per image done; return how many could not be read."""
+    """Segment every image, appending one record per image done; return how many could not be read.
+
+    Images go through :meth:`Segmenter.stream`, so a GPU backend computes the next image while this one
+    is post-processed and written; unreadable images are reported and left out before they reach it.
+    """
     from gdino_ros.conversions.image import read_image_file
     from gdino_ros.core.overlay import draw_overlay
+    from gdino_ros.core.preprocess import check_image
 
     failures = 0
     backend = segmenter.backend
-    with cli.deferred_signals() as signals:  # an interrupt stops between images: each has both PNGs
+    readable: deque[tuple[Path, Path, Path, np.ndarray]] = deque()  # streamed, not yet written
+
+    def images(signals: list[int]) -> Iterator[np.ndarray]:
+        nonlocal failures
         for path, overlay_path, labels_path in tqdm(
             plan, desc=PROG, unit="image", disable=len(plan) < 2, file=sys.stderr
         ):
@@ -199,11 +208,17 @@ def _segment_all(
                 raise KeyboardInterrupt
             try:
                 bgr = read_image_file(path)
-                result = segmenter(bgr, bgr=True)
+                check_image(bgr)
             except (InputError, ValueError) as error:
                 failures += 1
                 tqdm.write(f"{PROG}: error: {path}: {error}", file=sys.stderr)
                 continue
+            readable.append((path, overlay_path, labels_path, bgr))
+            yield bgr
+
+    with cli.deferred_signals() as signals:  # an interrupt stops between images: each has both PNGs
+        for result in segmenter.stream(images(signals), bgr=True):
+            path, overlay_path, labels_path, bgr = readable.popleft()
             overlay = draw_overlay(np.ascontiguousarray(bgr[..., ::-1]), result)
             _write_png(overlay_path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             _write_png(labels_path, result.label_image)

@@ -20,7 +20,7 @@ from rosharness import spin_until
 from scene3d import CAMERA, OBJECTS, PLUMB_BOB, Rendering, render
 
 from gdino_ros.core.result import Detection, Result
-from gdino_ros.core.segmenter import Segmenter
+from gdino_ros.core.segmenter import Segmenter, Submitted
 
 FRAME_ID = "camera_color_optical_frame"
 PROMPT = "box . crate . can"
@@ -34,9 +34,9 @@ class SceneSegmenter(Segmenter):
 
     scene: Rendering
 
-    def __call__(self, image: np.ndarray, *, bgr: bool = False) -> Result:
-        real = super().__call__(image, bgr=bgr)
-        label_image = np.zeros(image.shape[:2], np.uint16)
+    def finish(self, job: Submitted) -> Result:
+        real = super().finish(job)
+        label_image = np.zeros(job.image_hw, np.uint16)
         detections = []
         for k, (phrase, name) in enumerate(zip(real.phrases, OBJECTS, strict=True)):
             mask = self.scene.masks[name]

@@ -51,6 +51,10 @@ class Frame(ABC):
     buffers of a closed frame.
     """
 
+    #: The outputs may still be computing after :meth:`Backend.submit` returned (a GPU backend), so a
+    #: caller gains by submitting the next image before reading this one.
+    asynchronous: bool = True
+
     def __init__(self, masks: MaskPlanes, release: Callable[[], None]) -> None:
         self.masks = masks
         self._release_slot: Callable[[], None] | None = release
@@ -83,6 +87,8 @@ class Frame(ABC):
 
 class EagerFrame(Frame):
     """A frame whose outputs were computed before it was returned (the CPU backends)."""
+
+    asynchronous = False
 
     def __init__(self, arrays: dict[str, np.ndarray], release: Callable[[], None]) -> None:
         super().__init__(ArrayMasks(arrays[contract.PRED_MASKS]), release)

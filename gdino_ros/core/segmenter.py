@@ -35,8 +35,11 @@ class _ActivePrompt:
 
 
 @dataclass(frozen=True)
-class _Submitted:
-    """A frame whose inference is queued, with the prompt and thresholds it was started with."""
+class Submitted:
+    """A frame whose inference is queued (:meth:`Segmenter.submit`), with its prompt and thresholds.
+
+    Give it to :meth:`Segmenter.finish`, or :meth:`close` it to abandon it.
+    """
 
     frame: Frame
     active: _ActivePrompt
@@ -45,6 +48,15 @@ class _Submitted:
     started: float
     submit_started: float
     submitted: float
+
+    @property
+    def computing(self) -> bool:
+        """True when the backend may still be computing it (a GPU backend), False when it is done."""
+        return self.frame.asynchronous
+
+    def close(self) -> None:
+        """Abandon the frame and give its buffers back to the backend. Safe to repeat."""
+        self.frame.close()
 
 
 
@@ -173,7 +185,7 @@ class Segmenter:
         Raises :class:`~gdino_ros.core.prompt.PromptError` when no prompt has been set and
         ``ValueError`` for an unusable image.
         """
-        return self._finish(self._submit(image, bgr))
+        return self.finish(self.submit(image, bgr=bgr))
 
     def stream(self, images: Iterable[np.ndarray], *, bgr: bool = False) -> Iterator[Result]:
         """Segment ``images`` in order, one :class:`Result` each, as calling the segmenter on each would.
@@ -182,22 +194,26 @@ class Segmenter:
         backend computes frame N+1 while the CPU post-processes frame N. A prompt set meanwhile applies
         from the next image taken from ``images``.
         """
-        pending: _Submitted | None = None
+        pending: Submitted | None = None
         try:
             for image in images:
-                submitted = self._submit(image, bgr)
+                submitted = self.submit(image, bgr=bgr)
                 previous, pending = pending, submitted
                 if previous is not None:
-                    yield self._finish(previous)
+                    yield self.finish(previous)
             last, pending = pending, None
             if last is not None:
-                yield self._finish(last)
+                yield self.finish(last)
         finally:
             if pending is not None:
-                pending.frame.close()
+                pending.close()
 
-    def _submit(self, image: np.ndarray, bgr: bool) -> _Submitted:
-        """Preprocess ``image`` and queue its inference with a snapshot of the prompt and thresholds."""
+    def submit(self, image: np.ndarray, *, bgr: bool = False) -> Submitted:
+        """Preprocess ``image`` and queue its inference with a snapshot of the prompt and thresholds.
+
+        The first half of :meth:`__call__`, for callers that overlap frames themselves (the node): the
+        backend keeps at most ``FRAMES_IN_FLIGHT`` frames; :meth:`finish` or close each one.
+        """
         with self._state_lock:
             active, params = self._active, self._params
         if active is None:
@@ -208,9 +224,9 @@ class Segmenter:
         frame = self._backend.submit(tensor, active.text_inputs)
         submitted = time.perf_counter()
         image_hw = (image.shape[0], image.shape[1])
-        return _Submitted(frame, active, params, image_hw, started, submit_started, submitted)
+        return Submitted(frame, active, params, image_hw, started, submit_started, submitted)
 
-    def _finish(self, job: _Submitted) -> Result:
+    def finish(self, job: Submitted) -> Result:
         """Wait for ``job``'s outputs and post-process them (reading only the mask planes it keeps)."""
         with job.frame as frame:
             waited = time.perf_counter()

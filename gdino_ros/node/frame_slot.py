@@ -10,7 +10,7 @@ from typing import Any
 
 
 class FrameSlot:
-    """One-frame buffer: :meth:`put` never blocks and replaces, :meth:`take` blocks.
+    """One-frame buffer: :meth:`put` never blocks and replaces, :meth:`take` blocks (unless told not to).
 
     :meth:`put` returns True when it replaced a frame the worker had not taken yet (that frame is
     dropped). :meth:`take` blocks until a frame arrives, :meth:`poke` asks the worker to look at staged
@@ -37,10 +37,13 @@ class FrameSlot:
             self._poked = True
             self._condition.notify()
 
-    def take(self) -> tuple[Any, float] | None:
-        """Wait for a frame, a poke or :meth:`close`; return the newest frame and its receive time, if any."""
+    def take(self, *, wait: bool = True) -> tuple[Any, float] | None:
+        """Wait for a frame, a poke or :meth:`close`; return the newest frame and its receive time, if any.
+
+        ``wait=False`` returns at once: the waiting frame, or None.
+        """
         with self._condition:
-            while self._item is None and not self._poked and not self.closed:
+            while wait and self._item is None and not self._poked and not self.closed:
                 self._condition.wait()
             item, self._item, self._poked = self._item, None, False
             return item

@@ -7,9 +7,12 @@ buffer (replacing, and counting as dropped, a frame that was still waiting) and 
 parameter changes are validated, staged, and the worker is woken. One worker thread applies staged
 changes between frames (a new prompt is encoded and acknowledged on gdino/active_prompt at once, even
 with no camera running, and takes effect from the next frame, never inside one), takes the newest
-frame, converts it, runs the segmenter and publishes. Latency is therefore bounded by one frame in flight plus
-one waiting, whatever the camera rate, and memory by three frames (those two and the newest frame
-received, kept for gdino/segment requests).
+frame, converts it, runs the segmenter and publishes. With a GPU backend, whose inference runs after
+``submit`` returns, a frame already waiting when the previous one is to be finished is queued first, so
+the GPU computes it while the CPU post-processes and publishes the previous one; no frame waits for a
+later one to arrive. Latency is therefore bounded by one frame in flight (two while they overlap) plus
+one waiting, whatever the camera rate, and memory by four frames (those and the newest frame received,
+kept for gdino/segment requests).
 
 Topics (relative names, so a namespace per camera works; in the root namespace they are /gdino/...):
 subscribes ``image`` (sensor_msgs/Image) or, with ``compressed_input``, ``image/compressed``
@@ -48,6 +51,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -78,7 +82,7 @@ from gdino_ros.conversions.messages import (
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES, PromptError
-from gdino_ros.core.segmenter import ModelAccessError, Segmenter
+from gdino_ros.core.segmenter import ModelAccessError, Segmenter, Submitted
 from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.node.diagnostics import NodeState, segmentation_status
 from gdino_ros.node.frame_slot import FrameSlot
@@ -112,6 +116,29 @@ PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/prompt"
 ACTIVE_PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/active_prompt"
 SEGMENT_SERVICE = f"{OUTPUT_NAMESPACE}/segment"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+
+
+@dataclass(frozen=True)
+class _FrameTimes:
+    """Monotonic times of a streaming frame: received, processing started, converted, inference queued."""
+
+    received: float
+    started: float
+    converted: float
+    submitted: float
+
+
+@dataclass(frozen=True)
+class _Started:
+    """A streaming frame whose inference is queued, with the output settings in force when it started."""
+
+    msg: Any
+    pixels: np.ndarray
+    bgr: bool
+    job: Submitted
+    times: _FrameTimes
+    mask_encoding: str
+    overlay: bool
 
 
 class StartupError(RuntimeError):
@@ -488,21 +515,28 @@ class SegmentNode(Node):
     # --- worker thread -------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        computing: _Started | None = None  # a streaming frame the GPU may still be computing
         try:
             while not self._stopping():
-                item = self._slot.take()
+                # Block for a frame only when none is computing. While one computes (a GPU backend), a
+                # frame already waiting is queued before that one is finished and published, so the GPU
+                # runs it meanwhile; with none waiting, the computing frame is finished at once.
+                item = self._slot.take(wait=computing is None)
                 if self._stopping():
                     break
                 self._apply_staged()
                 self._serve_requests()
-                if item is None or not self._enabled:
-                    continue
-                if self._segmenter.prompt is None:
-                    with self._stats.lock:
-                        self._stats.waiting_for_prompt += 1
-                    continue
-                self._stream(*item)
+                started = None if item is None else self._start(*item)
+                if computing is not None:
+                    self._finish_frame(computing)
+                    computing = None
+                if started is not None and started.job.computing:
+                    computing = started
+                elif started is not None:
+                    self._finish_frame(started)
         finally:
+            if computing is not None:
+                computing.job.close()
             if self._owns_segmenter:
                 self._segmenter.close()
 
@@ -510,23 +544,47 @@ class SegmentNode(Node):
         """Shutdown has begun (the node is being destroyed, or Ctrl-C shut the context down)."""
         return self._slot.closed or not self.context.ok()
 
-    def _stream(self, msg: Any, received: float) -> None:
-        """Process one streaming frame; a bad or failing frame is counted and warned about, not fatal."""
+    def _start(self, msg: Any, received: float) -> _Started | None:
+        """Convert a streaming frame and queue its inference; None when it is not run (disabled, bad...)."""
+        if not self._enabled:
+            return None
+        if self._segmenter.prompt is None:
+            with self._stats.lock:
+                self._stats.waiting_for_prompt += 1
+            return None
+        started = time.monotonic()
         try:
-            self._process(msg, received)
-        except ImageConversionError as error:
+            pixels, bgr = self._to_pixels(msg)
+            converted = time.monotonic()
+            job = self._segmenter.submit(pixels, bgr=bgr)
+        except Exception as error:  # noqa: BLE001 - one failing frame must not stop the node
+            self._frame_failed(error)
+            return None
+        times = _FrameTimes(received, started, converted, time.monotonic())
+        return _Started(msg, pixels, bgr, job, times, self._mask_encoding, self._overlay_enabled)
+
+    def _finish_frame(self, frame: _Started) -> None:
+        """Post-process a started frame and publish its outputs; a failure is counted, not fatal."""
+        try:
+            self._publish_frame(frame)
+        except Exception as error:  # noqa: BLE001 - one failing frame must not stop the node
+            self._frame_failed(error)
+
+    def _frame_failed(self, error: Exception) -> None:
+        """Count and report a streaming frame that could not be processed; the node goes on."""
+        if isinstance(error, ImageConversionError):
             self._count_problem(REJECTED, f"bad image: {error}")
             self.get_logger().warning(
                 f"skipped a frame from {self._image_topic}: {error}", throttle_duration_sec=WARN_PERIOD_S
             )
-        except Exception as error:  # noqa: BLE001 - one failing frame must not stop the node
-            if self._stopping():  # publishing raced the shutdown: nothing failed
-                return
-            self._count_problem(FAILED, f"{type(error).__name__}: {error}")
-            self.get_logger().error(
-                f"frame failed ({type(error).__name__}: {error}); continuing with the next one",
-                throttle_duration_sec=WARN_PERIOD_S,
-            )
+            return
+        if self._stopping():  # publishing raced the shutdown: nothing failed
+            return
+        self._count_problem(FAILED, f"{type(error).__name__}: {error}")
+        self.get_logger().error(
+            f"frame failed ({type(error).__name__}: {error}); continuing with the next one",
+            throttle_duration_sec=WARN_PERIOD_S,
+        )
 
     def _count_problem(self, outcome: str, text: str) -> None:
         with self._stats.lock:
@@ -619,19 +677,19 @@ class SegmentNode(Node):
                     )
             self._publish_active_prompt()
 
-    def _process(self, msg: Any, received: float) -> None:
-        started = time.monotonic()
-        pixels, bgr = self._to_pixels(msg)
-        converted = time.monotonic()
-        result = self._segmenter(pixels, bgr=bgr)
+    def _publish_frame(self, frame: _Started) -> None:
+        """Post-process ``frame``, publish its outputs (to topics with subscribers) and record its timings."""
+        msg, times = frame.msg, frame.times
+        finishing = time.monotonic()
+        result = self._segmenter.finish(frame.job)
         segmented = time.monotonic()
         overlay = None
-        if self._overlay_enabled and self._output_publishers["overlay"].get_subscription_count() > 0:
-            overlay = draw_overlay(pixels[..., ::-1] if bgr else pixels, result)
+        if frame.overlay and self._output_publishers["overlay"].get_subscription_count() > 0:
+            overlay = draw_overlay(frame.pixels[..., ::-1] if frame.bgr else frame.pixels, result)
         drawn = time.monotonic()
         messages = result_to_messages(
-            result, msg.header, self._types, mask_encoding=self._mask_encoding, overlay_rgb=overlay,
-            **self._planner.frame_outputs(result, msg.header, self._segmenter.params.box_threshold),
+            result, msg.header, self._types, mask_encoding=frame.mask_encoding, overlay_rgb=overlay,
+            **self._planner.frame_outputs(result, msg.header, frame.job.params.box_threshold),
         )
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more
             return
@@ -647,20 +705,19 @@ class SegmentNode(Node):
                 throttle_duration_sec=WARN_PERIOD_S,
             )
         stages = {
-            "queue": (started - received) * 1e3,
-            "convert": (converted - started) * 1e3,
+            "queue": (times.started - times.received) * 1e3,
+            "convert": (times.converted - times.started) * 1e3,
             **{name: float(ms) for name, ms in result.timings_ms.items()},
-            "segmenter": (segmented - converted) * 1e3,
+            # Queueing and finishing, without the time the frame computed while the one before was finished.
+            "segmenter": ((times.submitted - times.converted) + (segmented - finishing)) * 1e3,
             "overlay": (drawn - segmented) * 1e3,
             "messages_and_publish": (published - drawn) * 1e3,
-            "total": (published - received) * 1e3,
+            "total": (published - times.received) * 1e3,
         }
         with self._stats.lock:
             self._stats.record(published, PROCESSED)
             self._stats.published_at.append(published)
             self._stats.stage_ms.append(stages)
-
-    # --- status ----------------------------------------------------------------------------------------
 
     def _publish_active_prompt(self) -> None:
         self._active_prompt_publisher.publish(String(data=self._active_prompt))

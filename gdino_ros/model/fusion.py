@@ -31,17 +31,6 @@ class BiMultiHeadAttention(nn.Module):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, N, E] -> [B*heads, N, E/heads]."""
-        b, n, _ = x.shape
-        x = x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
-        return x.reshape(b * self.num_heads, n, self.head_dim)
-
-    def _merge(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """[B*heads, N, E/heads] -> [B, N, E]."""
-        n = x.shape[1]
-        return x.view(batch, self.num_heads, n, self.head_dim).transpose(1, 2).reshape(batch, n, -1)
-
     def forward(
         self, vis: torch.Tensor, lang: torch.Tensor, text_padding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,25 +38,39 @@ class BiMultiHeadAttention(nn.Module):
 
         ``text_padding`` is True at padding tokens. The image side has no padding: the exported graph
         always sees a full, unpadded image.
+
+        TAO projects the ~10,845 image tokens three times to ``embed_dim`` (queries, values, and back
+        from the attended values). Each of those products is linear, so it is regrouped here to act on
+        the few text positions instead: the query weights are multiplied into the keys, the output
+        projection into the text values, and the image values are projected after the text side's
+        attention has averaged them (its probabilities sum to 1 over the image). Same values up to float
+        rounding; the image tokens meet only ``heads x Nl`` columns per product instead of 1024.
         """
-        batch = vis.shape[0]
-        query = self._heads(self.v_proj(vis) * self.scale)
-        key = self._heads(self.l_proj(lang))
-        value_v = self._heads(self.values_v_proj(vis))
-        value_l = self._heads(self.values_l_proj(lang))
-        logits = torch.bmm(query, key.transpose(1, 2))  # B*h, Nv, Nl
+        batch, tokens = lang.shape[0], lang.shape[1]
+        heads, dim = self.num_heads, self.head_dim
+        columns = heads * tokens
+        key = self.l_proj(lang).view(batch, tokens, heads, dim).transpose(1, 2)  # B, h, Nl, d
+        value_l = self.values_l_proj(lang).view(batch, tokens, heads, dim).transpose(1, 2)
+        # logits[b, n, h, t] = scale * v_proj(vis)[b, n, h, :] . key[b, h, t, :]
+        query_weight = self.v_proj.weight.view(heads, dim, -1) * self.scale  # h, d, Cv
+        query_key = (key @ query_weight).permute(0, 3, 1, 2).reshape(batch, -1, columns)  # B, Cv, h*Nl
+        query_bias = (key @ (self.v_proj.bias.view(heads, dim, 1) * self.scale)).view(batch, 1, columns)
+        logits = (vis @ query_key + query_bias).view(batch, -1, heads, tokens)  # B, Nv, h, Nl
         # Stabilise with the global maximum, then clamp (TAO's order of operations).
         logits = (logits - logits.max()).clamp(min=-LOGIT_CLAMP, max=LOGIT_CLAMP)
         # TAO also subtracts each row's maximum here and clamps again; softmax subtracts the row maximum
         # itself, and the clamp only maps exp() values that are already 0 to 0, so both are left out (three
         # passes over the largest tensor of the encoder, for the same probabilities).
-        logits_l = logits.transpose(1, 2)
-        pad = text_padding[:, None, None, :].expand(-1, self.num_heads, -1, -1).flatten(0, 1)
-        probs_v = logits.masked_fill(pad, float("-inf")).softmax(dim=-1)
-        probs_l = logits_l.softmax(dim=-1)
-        out_v = self._merge(torch.bmm(probs_v, value_l), batch)
-        out_l = self._merge(torch.bmm(probs_l, value_v), batch)
-        return self.out_v_proj(out_v), self.out_l_proj(out_l)
+        probs_v = logits.masked_fill(text_padding[:, None, None, :], float("-inf")).softmax(dim=-1)
+        probs_l = logits.softmax(dim=1)  # each text token's distribution over the image
+        out_weight = self.out_v_proj.weight.view(-1, heads, dim).permute(1, 2, 0)  # h, d, Cv
+        value_out = (value_l @ out_weight).reshape(batch, columns, -1)  # B, h*Nl, Cv
+        delta_v = probs_v.reshape(batch, -1, columns) @ value_out + self.out_v_proj.bias
+        pooled = (probs_l.reshape(batch, -1, columns).transpose(1, 2) @ vis).view(batch, heads, tokens, -1)
+        value_weight = self.values_v_proj.weight.view(heads, dim, -1).transpose(1, 2)  # h, Cv, d
+        value_v = pooled @ value_weight + self.values_v_proj.bias.view(heads, 1, dim)  # B, h, Nl, d
+        delta_l = self.out_l_proj(value_v.transpose(1, 2).reshape(batch, tokens, -1))
+        return delta_v, delta_l
 
 
 class BiAttentionBlock(nn.Module):

@@ -32,6 +32,8 @@ PROMPT = "person . rocket . flag"
 IMAGES = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea()]
 FRAMES = 6
 
+pytestmark = pytest.mark.slow  # real DDS, a node in process, the tiny model exported
+
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:

@@ -161,7 +161,6 @@ def test_the_graph_is_length_generic(tiny: tuple[MaskGDINOConfig, torch.nn.Modul
         assert np.isfinite(got[0][0, :, :6]).all() and np.isneginf(got[0][0, :, 6:]).all()
 
 
-@pytest.mark.slow
 def test_the_no_target_head_sees_the_padding_as_taos_does(
     tiny: tuple[MaskGDINOConfig, torch.nn.Module]
 ) -> None:

@@ -3,7 +3,8 @@
 ``state_dict()`` keys equal TAO's checkpoint keys without the Lightning prefix ``model.model.``. The
 forward is the one TAO exports (batch 1, unpadded image, no auxiliary outputs), including its quirk of
 refining the final box from the reference *before* the last decoder layer's input (``references[-3]``),
-and it is traceable by ``torch.onnx.export``: all shapes are static Python ints.
+and it is traceable by ``torch.onnx.export``: all shapes are static Python ints except the text length,
+which the graph computes from its inputs (any length up to 256 runs, with the same outputs).
 """
 from __future__ import annotations
 

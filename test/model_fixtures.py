@@ -46,6 +46,18 @@ def contract_shapes(input_hw: tuple[int, int], queries: int) -> dict[str, list[i
     }
 
 
+def static_text_copy(path: Path, folder: Path) -> Path:
+    """Write ``path``'s graph declaring 256 tokens, as an export without a dynamic text axis does."""
+    model = onnx.load(str(path))
+    for value in model.graph.input:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_value = contract.MAX_TEXT_LEN
+    static = folder / "static.onnx"
+    onnx.save(model, static)
+    return static
+
+
 def make_contract_onnx(
     path: Path,
     *,

@@ -24,7 +24,7 @@ import skimage.data
 from fakes import Fakes, install
 from fakes.cuda_runtime import Properties, cudaError_t
 from fakes.tensorrt_runtime import VERSION, write_engine
-from model_fixtures import TinyModel
+from model_fixtures import TinyModel, static_text_copy
 
 from gdino_ros import contract
 from gdino_ros.backends import BackendError, open_backend
@@ -205,15 +205,7 @@ def test_each_prompt_runs_at_its_own_length_and_a_static_engine_at_256(
     """Prompts of three lengths, longer and shorter in turn: an engine with a dynamic token axis runs each
     at its own length (the real tokens and one padding token), one built from a static-256 ONNX at 256;
     both equal ONNX Runtime on the same ONNX bit for bit."""
-    onnx_path = variants["rela"]
-    if not dynamic:
-        model = onnx.load(str(onnx_path))
-        for value in model.graph.input:
-            for dim in value.type.tensor_type.shape.dim:
-                if dim.dim_param:
-                    dim.dim_value = contract.MAX_TEXT_LEN
-        onnx_path = tmp_path / "static.onnx"
-        onnx.save(model, onnx_path)
+    onnx_path = variants["rela"] if dynamic else static_text_copy(variants["rela"], tmp_path)
     image = np.random.default_rng(3).standard_normal((1, 3, 128, 224)).astype(np.float32)
     prompts = [encode_prompt(*PROMPTS[i], tokenizer) for i in (0, 1, 2, 0)]
     with open_backend(onnx_path, "cpu") as ort, open_engine(fakes, onnx_path, tmp_path) as trt:

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 from fakes import cuda_modules
 from fakes.cuda_runtime import FakeGpu
 from fakes.trt_builder import make_tensorrt
-from model_fixtures import TinyModel, contract_shapes, make_contract_onnx
+from model_fixtures import TinyModel, contract_shapes, make_contract_onnx, static_text_copy
 from test_export import _assert_outputs_close
 
 from gdino_ros import contract
@@ -101,23 +100,11 @@ def test_check_io_reads_the_token_axis(dims: dict[str, list[int | str]], dynamic
     assert check_io(*_specs(dims), "model").dynamic_text is dynamic
 
 
-def _static_copy(path: Path, folder: Path) -> Path:
-    """The same graph declaring 256 tokens, as an export without a dynamic text axis does."""
-    model = onnx.load(str(path))
-    for value in model.graph.input:
-        for dim in value.type.tensor_type.shape.dim:
-            if dim.dim_param:
-                dim.dim_value = contract.MAX_TEXT_LEN
-    static = folder / "static.onnx"
-    onnx.save(model, static)
-    return static
-
-
 @pytest.mark.slow
 def test_a_static_256_graph_runs_through_onnxruntime_like_the_dynamic_one(
     tiny_model_files: TinyModel, tokenizer: Any, tmp_path: Path
 ) -> None:
-    static = _static_copy(tiny_model_files.onnx, tmp_path)
+    static = static_text_copy(tiny_model_files.onnx, tmp_path)
     text = encode_prompt("person . rocket . flag", "phrases", tokenizer).text_inputs()
     image = np.random.default_rng(2).standard_normal((1, 3, 128, 224)).astype(np.float32)
     with open_backend(tiny_model_files.onnx, "cpu") as dynamic, open_backend(static, "cpu") as fixed:

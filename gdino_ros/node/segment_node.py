@@ -81,7 +81,7 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
-from gdino_ros.core.prompt import PROMPT_MODES, PromptError
+from gdino_ros.core.prompt import PromptError
 from gdino_ros.core.segmenter import ModelAccessError, Segmenter, Submitted
 from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.node.diagnostics import NodeState, segmentation_status
@@ -90,13 +90,13 @@ from gdino_ros.node.frame_stats import FAILED, PROCESSED, REJECTED, FrameStats
 from gdino_ros.node.hardware import device_name
 from gdino_ros.node.parameters import (
     PARAMETERS,
-    THRESHOLDS,
     descriptor,
     parameter_problems,
     thresholds_from,
 )
 from gdino_ros.node.planner_outputs import PlannerOutputs
 from gdino_ros.node.prompt_cache import PromptCache
+from gdino_ros.node.request_checks import REQUEST_TIMEOUT_S, request_problem
 from gdino_ros.node.requests import Outcome, RequestQueue, SegmentRequest
 from gdino_ros.node.shown import shown
 from gdino_ros.srv import Segment
@@ -107,7 +107,6 @@ DIAGNOSTICS_PERIOD_S = 1.0
 # Shutdown waits this long for the worker, well inside the 2 s a user (or ros2 launch's SIGKILL after
 # 10 s) will wait; a frame that takes longer is not waited for.
 WORKER_STOP_TIMEOUT_S = 1.0
-REQUEST_TIMEOUT_S = 5.0  # gdino/segment requests that give timeout_s 0
 REQUEST_CHECK_PERIOD_S = 0.05  # how often the deadlines of pending requests are checked
 
 # detections, mask, no_target, result, overlay
@@ -443,7 +442,10 @@ class SegmentNode(Node):
             on_done=future.set_result,
         )
         self._requests.add(queued)
-        problem, thresholds = self._request_problem(request)
+        problem, thresholds = request_problem(
+            request, enabled=self._enabled, node_name=self.get_fully_qualified_name(),
+            default_mode=self._prompt_mode, thresholds=self._requested_thresholds,
+        )
         if problem:
             self._requests.finish(queued, Outcome(False, problem))
         else:
@@ -452,44 +454,6 @@ class SegmentNode(Node):
                 self._request_timer.reset()
             self._slot.poke()
         return queued, future
-
-    def _request_problem(self, request: Any) -> tuple[str, PostprocessParams]:
-        """Why ``request`` cannot be served (one sentence, empty if it can) and its thresholds."""
-        thresholds = self._requested_thresholds
-        if not self._enabled:
-            return (
-                "segment_node is disabled (parameter enabled is false); enable it with "
-                f"'ros2 param set {self.get_fully_qualified_name()} enabled true'",
-                thresholds,
-            )
-        if not request.prompt.strip():
-            return "empty prompt: say what to find, e.g. 'cup . bottle' or 'the mug left of the plate'", (
-                thresholds
-            )
-        if request.prompt_mode and request.prompt_mode not in PROMPT_MODES:
-            return (
-                f"prompt_mode must be one of {', '.join(PROMPT_MODES)} (or empty for the node's "
-                f"'{self._prompt_mode}'), got '{shown(request.prompt_mode)}'",
-                thresholds,
-            )
-        if request.frame not in (Segment.Request.FRAME_LATEST, Segment.Request.FRAME_NEXT):
-            return f"frame must be FRAME_LATEST (0) or FRAME_NEXT (1), got {request.frame}", thresholds
-        if not request.timeout_s >= 0:
-            return f"timeout_s must be 0 (for {REQUEST_TIMEOUT_S:g} s) or more, got {request.timeout_s}", (
-                thresholds
-            )
-        given = {}  # negative (and 0 for an integer) leaves the node's value
-        for setting in THRESHOLDS:
-            value = getattr(request, setting.name)
-            if value > 0 or (value == 0 and setting.kind is float):
-                given[setting.name] = value
-        problems = parameter_problems(given)
-        if problems:
-            return "; ".join(problems), thresholds
-        try:
-            return "", thresholds_from(given, thresholds)
-        except ValueError as error:
-            return str(error), thresholds
 
     def _expire_requests(self) -> None:
         """Fail the requests whose timeout ran out (steady-clock timer, while requests are pending)."""

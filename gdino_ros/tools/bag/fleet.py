@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gdino_ros.errors import EXIT_INPUT, GdinoError, ModelError, UsageError
 from gdino_ros.tools import ray_cluster
@@ -31,6 +31,9 @@ from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
 from gdino_ros.tools.bag.reader import BagSource
 from gdino_ros.tools.bag.schedule import ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import COMPLETE, END_KEY, MARKER_KEY
+
+if TYPE_CHECKING:
+    from gdino_ros.core.segmenter import Submitted
 
 BAG_SUFFIXES = (".mcap", ".db3")
 
@@ -139,7 +142,11 @@ def segment_range(
     segmenter: Any, args: argparse.Namespace, schedule: list[ScheduleEntry], path: Path,
     window: tuple[float | None, float | None],
 ) -> tuple[int, list[Any]]:
-    """On a worker: the number and Results of the frames the model takes in one range, in log-time order."""
+    """On a worker: the number and Results of the frames the model takes in one range, in log-time order.
+
+    Each frame's inference is queued before the previous frame is post-processed, so a GPU worker
+    computes the next frame meanwhile (each frame keeps the prompt it was queued with).
+    """
     from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
     from gdino_ros.conversions.typestore import project_typestore
     from gdino_ros.core.preprocess import check_image
@@ -149,6 +156,7 @@ def segment_range(
     store = project_typestore()
     source = BagSource(path)
     results = []
+    pending: Submitted | None = None
     try:
         plan = None if source.start_ns is None else _prompt_plan(args, schedule, source.start_ns)
         applied = _first_prompt(args, schedule)
@@ -173,8 +181,16 @@ def segment_range(
             if (wanted := plan.at(log_time)) != applied:
                 segmenter.set_prompt(*wanted)
                 applied = wanted
-            results.append(segmenter(pixels, bgr=bgr))
+            queued = segmenter.submit(pixels, bgr=bgr)
+            previous, pending = pending, queued
+            if previous is not None:
+                results.append(segmenter.finish(previous))
+        last, pending = pending, None
+        if last is not None:
+            results.append(segmenter.finish(last))
     finally:
+        if pending is not None:
+            pending.close()
         source.close()
     return len(results), results
 

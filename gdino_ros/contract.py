@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 # --- Engine inputs, in TAO's binding order ----------------------------------------------------------
-INPUT_IMAGE = "inputs"  # float32 [1, 3, H, W], normalised RGB, NCHW
+INPUT_IMAGE = "inputs"  # float32 [1, 3, H, W], normalised RGB, NCHW (a camera-input export: see below)
 # The text inputs have T = MAX_TEXT_LEN tokens (TAO's ONNX, engines built from it), or any T up to it for
 # an export with a dynamic token axis, which the backends give a prompt's real tokens plus one padding
 # token (docs/engine_contract.md#text-length).
@@ -60,6 +60,14 @@ UNION_MASK_STRIDE = 8  # union_mask_logits resolution relative to the input tens
 MIN_IMAGE_SIDE = 32  # smaller camera images are rejected
 MAX_IMAGE_PIXELS = 40_000_000  # larger camera images are rejected before decoding (8K UHD is 33.2 MP)
 ONNX_OPSET = 17
+# A camera-input export (gdino-export --camera-input) takes the camera's pixels instead: uint8
+# [1, CAMERA_HEIGHT_AXIS, CAMERA_WIDTH_AXIS, 3] RGB, resized and normalised inside the graph
+# (docs/engine_contract.md#camera-input). A TensorRT engine takes camera sizes from MIN_IMAGE_SIDE up to
+# MAX_CAMERA_SIDE on each side (its optimisation profile, tuned for CAMERA_OPT_HW).
+CAMERA_HEIGHT_AXIS = "image_height"
+CAMERA_WIDTH_AXIS = "image_width"
+CAMERA_OPT_HW = (1080, 1920)
+MAX_CAMERA_SIDE = 4096
 MSDA_PLUGIN_OP = "MultiscaleDeformableAttnPlugin_TRT"  # TensorRT's deformable attention plugin
 
 # --- ONNX metadata_props written by gdino-export (all values are strings) ---------------------------------
@@ -75,6 +83,9 @@ META_LOG_SCALE = "log_scale"  # the class head's scaling: "auto", "none" or the 
 META_CLASS_EMBED_BIAS = "class_embed_bias"  # "True" or "False"
 META_VOCAB = "bert_vocab"  # the tokenizer's vocab.txt, so a model file needs nothing beside it
 META_VERSION = "gdino_ros_version"
+META_IMAGE_INPUT = "image_input"  # IMAGE_INPUT_TENSOR (TAO's interface) or IMAGE_INPUT_CAMERA
+IMAGE_INPUT_TENSOR = "tensor"  # float32 [1, 3, H, W], preprocessed by the caller
+IMAGE_INPUT_CAMERA = "camera"  # uint8 [1, h, w, 3] RGB of any camera size, preprocessed in the graph
 
 # --- Image normalisation (training values; TAO Deploy's std 0.224 on every channel is a bug) --------------
 IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

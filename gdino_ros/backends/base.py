@@ -71,6 +71,16 @@ class ModelIO:
     input_dtypes: dict[str, np.dtype]
     output_names: tuple[str, ...]
     dynamic_text: bool  # the text inputs' token axis takes any length (our exports), not only 256 (TAO's)
+    camera_input: bool = False  # the image input takes the camera's uint8 pixels (:func:`is_camera_input`)
+
+
+def is_camera_input(image: TensorSpec) -> bool:
+    """Tell a camera-input export's image input: uint8, it takes the camera's RGB pixels.
+
+    Such a model (``gdino-export --camera-input``) resizes and normalises inside the graph; its input is
+    [1, h, w, 3] with a dynamic h and w (docs/engine_contract.md#camera-input).
+    """
+    return image.dtype == np.uint8
 
 
 def parse_device(device: str) -> tuple[str, int]:
@@ -159,8 +169,10 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
     """Compare a model's declared I/O with the contract; raise :class:`BackendError` naming every difference.
 
     Accepts 3-output models and 5-output (ReLA) models. The image input must have a static H and W,
-    because preprocessing resizes to it; a dynamic token axis of all five text inputs makes the model take
-    shorter text (:func:`model_text`); every other dynamic dimension is taken to be the contract's.
+    because preprocessing resizes to it, unless it is a camera input (:func:`is_camera_input`), whose
+    network size is then the one its static ``pred_masks`` output is computed at; a dynamic token axis of
+    all five text inputs makes the model take shorter text (:func:`model_text`); every other dynamic
+    dimension is taken to be the contract's.
     """
     problems: list[str] = []
     missing = [name for name in contract.INPUT_NAMES if name not in inputs]
@@ -180,7 +192,20 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
 
     input_hw = (0, 0)
     image = inputs.get(contract.INPUT_IMAGE)
-    if image is not None:
+    camera = image is not None and is_camera_input(image)
+    if image is not None and camera:
+        masks = outputs.get(contract.PRED_MASKS)
+        if len(image.shape) != 4 or image.shape[3] not in (3, None):
+            problems.append(f"input '{image.name}' is uint8 with shape {image.shape}; a camera-input "
+                            "model's is 1xHxWx3 (gdino-export --camera-input)")
+        else:
+            mask_hw = masks.shape[3:] if masks is not None and len(masks.shape) == 5 else (None, None)
+            if mask_hw[0] is None or mask_hw[1] is None:
+                problems.append(f"camera-input model: output '{contract.PRED_MASKS}' has no static height "
+                                "and width to give the network's input size")
+            else:
+                input_hw = (mask_hw[0] * contract.MASK_STRIDE, mask_hw[1] * contract.MASK_STRIDE)
+    elif image is not None:
         if len(image.shape) != 4 or image.shape[1] not in (3, None):
             problems.append(f"input '{image.name}' has shape {image.shape}, the contract has 1x3xHxW")
         elif image.shape[2] is None or image.shape[3] is None:
@@ -195,7 +220,7 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
         if name not in contract.INPUT_DTYPES:
             continue
         want = contract.INPUT_DTYPES[name]
-        if spec.dtype not in _COMPATIBLE_INPUT_DTYPES[want]:
+        if not (name == contract.INPUT_IMAGE and camera) and spec.dtype not in _COMPATIBLE_INPUT_DTYPES[want]:
             problems.append(f"input '{name}' is {spec.dtype}, the contract has {want}")
         input_dtypes[name] = spec.dtype
         if name != contract.INPUT_IMAGE:
@@ -222,7 +247,8 @@ def check_io(inputs: Mapping[str, TensorSpec], outputs: Mapping[str, TensorSpec]
             + ". Export the model with gdino-export (or TAO's mask_grounding_dino export) and use that file."
         )
     dynamic_text = all(None in inputs[name].shape[1:] for name in contract.TEXT_INPUT_NAMES)
-    return ModelIO(input_hw, input_dtypes, tuple(n for n in wanted_outputs if n in outputs), dynamic_text)
+    names = tuple(n for n in wanted_outputs if n in outputs)
+    return ModelIO(input_hw, input_dtypes, names, dynamic_text, camera)
 
 
 class _Slots:
@@ -257,8 +283,10 @@ class Backend(ABC):
     Attributes every implementation sets: ``name`` (``"onnxruntime"``, ``"torch"``, ``"tensorrt"``),
     ``device`` (``"cpu"``, ``"cuda:0"``), ``precision`` (what really runs: ``"fp32"``, ``"fp16"``, or a
     mixed description), ``input_hw`` (the image tensor's H, W), ``input_dtype`` (the image tensor's dtype,
-    to pass to preprocessing), ``output_names`` (3 names, or 5 with the no-target head) and
-    ``dynamic_text`` (True: the model runs on a prompt's own tokens, :func:`model_text`).
+    to pass to preprocessing), ``output_names`` (3 names, or 5 with the no-target head),
+    ``dynamic_text`` (True: the model runs on a prompt's own tokens, :func:`model_text`) and
+    ``camera_input`` (True: the model takes the camera's uint8 RGB pixels as [1, h, w, 3] and preprocesses
+    them itself, up to ``max_camera_hw`` when the runtime has a limit).
 
     :meth:`infer` and :meth:`submit` are thread-safe. The text tensors are sent to the model only when
     ``text_inputs`` is a different object from the previous call's, so a caller encodes a prompt once,
@@ -278,6 +306,8 @@ class Backend(ABC):
         input_dtypes: Mapping[str, np.dtype],
         output_names: tuple[str, ...],
         dynamic_text: bool = False,
+        camera_input: bool = False,
+        max_camera_hw: tuple[int, int] | None = None,
     ) -> None:
         self.device = device
         self.precision = precision
@@ -285,6 +315,8 @@ class Backend(ABC):
         self.input_dtype = np.dtype(input_dtypes[contract.INPUT_IMAGE])
         self.output_names = output_names
         self.dynamic_text = dynamic_text
+        self.camera_input = camera_input
+        self.max_camera_hw = max_camera_hw
         self._input_dtypes = dict(input_dtypes)
         self._lock = threading.Lock()
         self._text_inputs: Mapping[str, np.ndarray] | None = None
@@ -299,7 +331,8 @@ class Backend(ABC):
     def infer(self, image: np.ndarray, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the network on one image with one prompt and return every output in full.
 
-        ``image`` is ``input_dtype`` [1, 3, H, W] with (H, W) = ``input_hw``; ``text_inputs`` maps the
+        ``image`` is ``input_dtype`` [1, 3, H, W] with (H, W) = ``input_hw`` (a camera-input model's:
+        uint8 RGB [1, h, w, 3] of the camera's size); ``text_inputs`` maps the
         contract's five text input names to their batch-1 arrays (``EncodedPrompt.text_inputs()``).
         Returns ``output_names`` -> float arrays with the contract's shapes. The arrays may be reused by
         later calls and are invalid after :meth:`close`; copy anything that must outlive them.
@@ -313,12 +346,7 @@ class Backend(ABC):
         A GPU backend returns as soon as the work is queued, so the caller can post-process the previous
         frame meanwhile. Waits while :attr:`FRAMES_IN_FLIGHT` frames are open; close each frame.
         """
-        expected = expected_input_shape(contract.INPUT_IMAGE, self.input_hw)
-        if image.shape != expected or image.dtype != self.input_dtype:
-            raise BackendError(
-                f"image tensor is {image.dtype} {image.shape}, the model needs {self.input_dtype} "
-                f"{expected}; preprocess with input_hw={self.input_hw} and dtype={self.input_dtype}"
-            )
+        self._check_image(image)
         slot = self._slots.take(self.name)
         try:
             with self._lock:
@@ -331,6 +359,30 @@ class Backend(ABC):
         except BaseException:
             self._slots.give(slot)
             raise
+
+    def _check_image(self, image: np.ndarray) -> None:
+        """Raise :class:`BackendError` unless ``image`` is what the model's image input takes."""
+        if not self.camera_input:
+            expected = expected_input_shape(contract.INPUT_IMAGE, self.input_hw)
+            if image.shape != expected or image.dtype != self.input_dtype:
+                raise BackendError(
+                    f"image tensor is {image.dtype} {image.shape}, the model needs {self.input_dtype} "
+                    f"{expected}; preprocess with input_hw={self.input_hw} and dtype={self.input_dtype}"
+                )
+            return
+        if image.dtype != np.uint8 or image.ndim != 4 or image.shape[0] != 1 or image.shape[3] != 3:
+            raise BackendError(
+                f"image is {image.dtype} {image.shape}; this camera-input model takes the camera's uint8 RGB "
+                "pixels as [1, height, width, 3] (Segmenter does that)"
+            )
+        height, width = image.shape[1:3]
+        limit = self.max_camera_hw
+        too_large = limit is not None and (height > limit[0] or width > limit[1])
+        if min(height, width) < contract.MIN_IMAGE_SIDE or too_large:
+            side = contract.MIN_IMAGE_SIDE
+            largest = f" and at most {limit[1]}x{limit[0]}" if limit else ""
+            raise BackendError(f"the camera image is {width}x{height}; this model takes at least "
+                               f"{side}x{side}{largest} (width x height)")
 
     def _checked_text(self, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names and shapes of the text tensors; return them as the model takes them, copied.

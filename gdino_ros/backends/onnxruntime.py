@@ -72,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
             input_dtypes=io.input_dtypes,
             output_names=io.output_names,
             dynamic_text=io.dynamic_text,
+            camera_input=io.camera_input,
         )
         self._ort_device = ("cuda", index) if on_gpu else ("cpu", 0)
         self._binding = self._session.io_binding()

@@ -17,6 +17,11 @@ then copies just their planes of ``pred_masks`` on the copy stream. Meanwhile th
 compute stream into the other output set. A prompt change synchronises the compute stream before the
 text is rewritten, so a frame never mixes two prompts. Every error path synchronises before it frees or
 raises, so no queued GPU work refers to freed memory.
+
+A camera-input engine (from ``gdino-export --camera-input``) takes the camera's uint8 pixels at any size
+its optimisation profile allows: the image buffers are sized for the profile's largest image, each frame
+uploads only its own bytes, and ``set_input_shape`` follows the camera size when it changes (the shape is
+taken when a frame is enqueued, so frames in flight keep theirs).
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from gdino_ros import contract
 from gdino_ros.backends.base import (
     Backend,
     BackendError,
+    ModelIO,
     TensorSpec,
     check_io,
     expected_input_shape,
@@ -178,12 +184,13 @@ def _engine_io(engine: trt.ICudaEngine) -> tuple[dict[str, TensorSpec], dict[str
 
 
 def _create_context(
-    engine: trt.ICudaEngine, path: Path, inputs: dict[str, TensorSpec], input_hw: tuple[int, int]
+    engine: trt.ICudaEngine, path: Path, inputs: dict[str, TensorSpec], io: ModelIO
 ) -> trt.IExecutionContext:
     """Create an execution context; set every dynamic input shape to the contract's batch-1 shape.
 
-    For a dynamic token axis that is the longest text, 256 tokens, so the buffers sized from these
-    shapes hold every prompt; :meth:`TensorRTBackend._set_text` sets each prompt's own length.
+    For a dynamic token axis that is the longest text, 256 tokens, and for a camera-input image the
+    profile's largest, so the buffers sized from these shapes hold every prompt and every camera image;
+    :meth:`TensorRTBackend._set_text` sets each prompt's own length, each frame its image's size.
     """
     context = engine.create_execution_context()
     if context is None:
@@ -193,7 +200,9 @@ def _create_context(
             "engine at a smaller input size"
         )
     for name in contract.INPUT_NAMES:
-        shape = expected_input_shape(name, input_hw)
+        shape = expected_input_shape(name, io.input_hw)
+        if name == contract.INPUT_IMAGE and io.camera_input:
+            shape = _camera_max_shape(engine)
         if None in inputs[name].shape and not context.set_input_shape(name, shape):
             min_shape, _, max_shape = engine.get_tensor_profile_shape(name, 0)
             raise BackendError(
@@ -201,6 +210,12 @@ def _create_context(
                 f"{min_shape} to {max_shape}); build it with gdino-build-engine"
             )
     return context
+
+
+def _camera_max_shape(engine: trt.ICudaEngine) -> tuple[int, ...]:
+    """Return the largest camera image the engine's optimisation profile takes, [1, H, W, 3]."""
+    dims = engine.get_tensor_profile_shape(contract.INPUT_IMAGE, 0)[2]
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 def _runtime_shape(context: trt.IExecutionContext, name: str, path: Path) -> tuple[int, ...]:
@@ -254,7 +269,8 @@ class TensorRTBackend(Backend):
         self._runtime, self._engine = _load_engine(path, data, version, record)
         inputs, outputs = _engine_io(self._engine)
         io = check_io(inputs, outputs, f"engine {path}")
-        self._context = _create_context(self._engine, path, inputs, io.input_hw)
+        self._context = _create_context(self._engine, path, inputs, io)
+        largest = _camera_max_shape(self._engine)[1:3] if io.camera_input else None
         super().__init__(
             device=f"cuda:{index}",
             precision=self._precision(record),
@@ -262,7 +278,10 @@ class TensorRTBackend(Backend):
             input_dtypes=io.input_dtypes,
             output_names=io.output_names,
             dynamic_text=io.dynamic_text,
+            camera_input=io.camera_input,
+            max_camera_hw=(largest[0], largest[1]) if largest else None,
         )
+        self._image_shape = _runtime_shape(self._context, contract.INPUT_IMAGE, path)
         with ExitStack() as resources:
             self._allocate(resources, inputs, outputs)
             self._resources = resources.pop_all()
@@ -357,18 +376,24 @@ class TensorRTBackend(Backend):
         use_gpu(self._gpu_index)
         out = self._sets[slot]
         out.ready.synchronize("the previous frame of this output set")  # its image may await upload
-        np.copyto(out.image.array, image)
+        # A camera image fills the start of the buffers sized for the largest one.
+        np.copyto(out.image.array.reshape(-1)[: image.size], image.reshape(-1))
         try:
-            self._enqueue(out)
+            if self.camera_input and image.shape != self._image_shape:
+                if not self._context.set_input_shape(contract.INPUT_IMAGE, image.shape):
+                    raise BackendError(f"engine {self._path}: TensorRT refused the camera image shape "
+                                       f"{image.shape}")
+                self._image_shape = image.shape
+            self._enqueue(out, image.nbytes)
         except BaseException:
             self._drain(self._stream)
             raise
         return _TensorRTFrame(self, out, release)
 
-    def _enqueue(self, out: _OutputSet) -> None:
+    def _enqueue(self, out: _OutputSet, image_bytes: int) -> None:
         """Queue one frame: image upload, the engine into ``out``, downloads of the small outputs."""
         image = self._inputs[contract.INPUT_IMAGE]
-        self._stream.upload(image.ptr, out.image.ptr, out.image.nbytes, "the image")
+        self._stream.upload(image.ptr, out.image.ptr, image_bytes, "the image")
         for name, buffer in out.device.items():
             if not self._context.set_tensor_address(name, buffer.ptr):
                 raise BackendError(f"engine {self._path}: TensorRT refused the device buffer of '{name}'")

@@ -6,6 +6,9 @@ The resize runs on the uint8 image (a quarter of the bytes of float32) and the n
 multiply-add per channel plane written straight into the output tensor, which keeps a 1080p frame within a
 few milliseconds on one CPU core. TAO Deploy resizes a float32 copy instead; OpenCV's fixed-point uint8
 resize differs from that by less than one grey level (0.2 on average on scikit-image's photos).
+
+A camera-input model (gdino-export --camera-input) does the resize and normalisation in its graph, on
+the GPU under TensorRT; for it :func:`camera_pixels` only hands over the RGB pixels.
 """
 from __future__ import annotations
 
@@ -19,8 +22,12 @@ _SCALE = tuple(1.0 / (255.0 * s) for s in IMAGE_STD)
 _OFFSET = tuple(-m / s for m, s in zip(IMAGE_MEAN, IMAGE_STD, strict=True))
 
 
-def check_image(image: np.ndarray) -> None:
-    """Raise ValueError unless ``image`` is an H×W×3 uint8 array of at least 32×32 pixels."""
+def check_image(image: np.ndarray, max_hw: tuple[int, int] | None = None) -> None:
+    """Raise ValueError unless ``image`` is an H×W×3 uint8 array of at least 32×32 pixels.
+
+    ``max_hw``: the largest (height, width) the model takes, when it has a limit (a camera-input TensorRT
+    engine's optimisation profile).
+    """
     if not isinstance(image, np.ndarray):
         raise ValueError(f"The image must be a numpy array, not {type(image).__name__}.")
     if image.ndim != 3 or image.shape[2] != 3:
@@ -38,6 +45,12 @@ def check_image(image: np.ndarray) -> None:
         raise ValueError(
             f"The image is {width}×{height} pixels; the model needs at least "
             f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}."
+        )
+    if max_hw is not None and (height > max_hw[0] or width > max_hw[1]):
+        raise ValueError(
+            f"The image is {width}×{height} pixels; this camera-input engine takes at most "
+            f"{max_hw[1]}×{max_hw[0]} (its optimisation profile); downscale the camera's images, or use "
+            "a model exported without --camera-input."
         )
 
 
@@ -73,3 +86,21 @@ def preprocess(
     if dtype != np.float32:
         return tensor.astype(dtype)
     return tensor
+
+
+def camera_pixels(
+    image: np.ndarray, *, bgr: bool = False, max_hw: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Turn a uint8 H×W×3 RGB image (BGR if ``bgr``) into a camera-input model's [1, H, W, 3] RGB tensor.
+
+    The model resizes and normalises (docs/engine_contract.md#camera-input), so this is one pass at most:
+    BGR -> RGB, or a copy of a strided view (RGBA or mono channels, padded rows) into contiguous memory;
+    a contiguous RGB image is passed on as it is. ``max_hw`` as in :func:`check_image`.
+    """
+    check_image(image, max_hw)
+    if bgr:
+        rgb = cv2.cvtColor(image if image.flags.c_contiguous else np.ascontiguousarray(image),
+                           cv2.COLOR_BGR2RGB)
+    else:
+        rgb = np.ascontiguousarray(image)
+    return rgb[None]

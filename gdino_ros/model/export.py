@@ -10,7 +10,9 @@ deformable attention is emitted either as
 the node TAO writes, plus ``plugin_version="1"``/``plugin_namespace=""``: the attributes TensorRT's ONNX
 parser reads to pick the plugin, explicit because its default would be the newest version (JetPack 6's
 TensorRT 10.3 has only version 1). ``precision="fp16"`` converts the traced graph to mixed FP16/FP32
-(:mod:`gdino_ros.model.precision`) before it is written.
+(:mod:`gdino_ros.model.precision`) before it is written. ``camera_input=True`` replaces the float image
+input by the camera's uint8 pixels at any size, preprocessed inside the graph
+(:mod:`gdino_ros.model.camera_input`): not TAO's interface, so never the default.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import onnx
 import torch
 
 from gdino_ros import __version__, contract
+from gdino_ros.model.camera_input import add_camera_input
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.ms_deform_attn import MultiScaleDeformableAttention, ms_deform_attn_core
 from gdino_ros.model.precision import (
@@ -103,6 +106,7 @@ def export_onnx(
     precision: str = PRECISION_FP32,
     fp32_layers: Sequence[str] = (),
     vocab: str | None = None,
+    camera_input: bool = False,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
     """Trace ``model`` at ``config``'s input size and write the ONNX graph to ``output``.
@@ -111,9 +115,10 @@ def export_onnx(
     hash), and so does ``vocab``, the tokenizer's ``vocab.txt`` text that makes the file self-contained.
     ``precision="fp16"`` writes the mixed-precision graph, with the node-name patterns
     ``fp32_layers`` kept in FP32 besides :data:`~gdino_ros.model.precision.DEFAULT_FP32_LAYERS` (a
-    pattern that matches no node is a :class:`~gdino_ros.model.precision.KeepListError`). The file is
-    written next to ``output`` and renamed, so a failed export leaves nothing half written. Returns the
-    written model (weights included).
+    pattern that matches no node is a :class:`~gdino_ros.model.precision.KeepListError`).
+    ``camera_input`` makes the image input the camera's uint8 RGB pixels (docs/engine_contract.md). The
+    file is written next to ``output`` and renamed, so a failed export leaves nothing half written.
+    Returns the written model (weights included).
     """
     if msda not in MSDA_MODES:
         raise ValueError(f"msda must be one of {MSDA_MODES}, got {msda!r}")
@@ -150,7 +155,9 @@ def export_onnx(
         check_patterns(proto, fp32_layers)
         say("converting to mixed FP16/FP32")
         proto = convert_to_fp16(proto, (*DEFAULT_FP32_LAYERS, *fp32_layers))
-    _set_metadata(proto, config, source, msda, vocab)
+    if camera_input:  # after the FP16 pass: the preprocessing stays FP32 (gdino_ros.model.camera_input)
+        add_camera_input(proto, (config.input_height, config.input_width))
+    _set_metadata(proto, config, source, msda, vocab, camera_input)
     proto.metadata_props.add(key=META_PRECISION, value=precision)
     proto.metadata_props.add(key=META_FP32_LAYERS, value=json.dumps(
         [*DEFAULT_FP32_LAYERS, *fp32_layers] if precision == PRECISION_FP16 else []))
@@ -173,7 +180,9 @@ def output_shapes(config: MaskGDINOConfig) -> dict[str, tuple[int, ...]]:
     return {name: shapes[name] for name in config.output_names}
 
 
-def metadata_of(config: MaskGDINOConfig, source: str, msda: str, vocab: str | None = None) -> dict[str, str]:
+def metadata_of(
+    config: MaskGDINOConfig, source: str, msda: str, vocab: str | None = None, camera_input: bool = False
+) -> dict[str, str]:
     """Return the ONNX metadata_props for a graph exported from ``config``."""
     return {
         contract.META_SOURCE: source,
@@ -183,6 +192,9 @@ def metadata_of(config: MaskGDINOConfig, source: str, msda: str, vocab: str | No
         contract.META_INPUT_HEIGHT: str(config.input_height),
         contract.META_INPUT_WIDTH: str(config.input_width),
         contract.META_MSDA: msda,
+        contract.META_IMAGE_INPUT: (
+            contract.IMAGE_INPUT_CAMERA if camera_input else contract.IMAGE_INPUT_TENSOR
+        ),
         contract.META_LOG_SCALE: "none" if config.log_scale is None else str(config.log_scale),
         contract.META_CLASS_EMBED_BIAS: str(config.class_embed_bias),
         contract.META_VERSION: __version__,
@@ -366,10 +378,11 @@ def _set_output_shapes(proto: onnx.ModelProto, config: MaskGDINOConfig) -> None:
 
 
 def _set_metadata(
-    proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str, vocab: str | None
+    proto: onnx.ModelProto, config: MaskGDINOConfig, source: str, msda: str, vocab: str | None,
+    camera_input: bool,
 ) -> None:
     del proto.metadata_props[:]
-    for key, value in metadata_of(config, source, msda, vocab).items():
+    for key, value in metadata_of(config, source, msda, vocab, camera_input).items():
         proto.metadata_props.add(key=key, value=value)
     proto.producer_name = "gdino_ros"
     proto.producer_version = __version__

@@ -60,6 +60,13 @@ Say = Callable[[str], None]
 # every other one from 1 to 256 with them. A robot's prompt is a few short phrases: "cup . bottle . person ."
 # is 9 tokens with [CLS], [SEP] and the padding token the model keeps; 16 leaves room for a few more.
 OPT_TEXT_LEN = 16
+# A camera-input model's image profile (min, opt, max), [1, H, W, 3]: any camera from 32x32 to 4096x4096,
+# with the kernels chosen for 1080p.
+CAMERA_PROFILE: tuple[tuple[int, ...], ...] = (
+    (contract.BATCH_SIZE, contract.MIN_IMAGE_SIDE, contract.MIN_IMAGE_SIDE, 3),
+    (contract.BATCH_SIZE, *contract.CAMERA_OPT_HW, 3),
+    (contract.BATCH_SIZE, contract.MAX_CAMERA_SIDE, contract.MAX_CAMERA_SIDE, 3),
+)
 CONVERSION_META = "gdino_build_engine_fp16_of"  # metadata of a converted ONNX: its source and keep-list
 _LOGGERS: list[object] = []  # every TensorRT logger made here, kept alive (see _Messages)
 
@@ -205,6 +212,9 @@ def _configure(
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # lets the inspector report precisions
     profile = builder.create_optimization_profile()
     for name in io.input_dtypes:
+        if name == contract.INPUT_IMAGE and io.camera_input:
+            profile.set_shape(name, *(trt.Dims(list(shape)) for shape in CAMERA_PROFILE))
+            continue
         # TAO's network only runs at batch 1; a dynamic token axis takes 1 to 256 tokens.
         shortest, typical = (1, OPT_TEXT_LEN) if io.dynamic_text else (contract.MAX_TEXT_LEN,) * 2
         shapes = (expected_input_shape(name, io.input_hw, length) for length in (shortest, typical))
@@ -231,8 +241,12 @@ def _build(onnx_path: Path, messages: _Messages, workspace: int, cache_path: Pat
     config = _configure(builder, io, workspace, cache_path, say)
     monitor = _progress_monitor(say)  # referenced here until the build returns
     config.progress_monitor = monitor
+    size = f"{io.input_hw[0]}x{io.input_hw[1]} images"
+    if io.camera_input:
+        largest = contract.MAX_CAMERA_SIDE
+        size = f"camera images up to {largest}x{largest} (resized in the engine to {size})"
     say(
-        f"building a strongly typed engine for {io.input_hw[0]}x{io.input_hw[1]} images with a "
+        f"building a strongly typed engine for {size} with a "
         f"{workspace / GIB:.1f} GiB workspace; this takes several minutes on a desktop GPU and can take "
         "20 minutes or more on Jetson"
     )
@@ -275,7 +289,7 @@ def build_engine(
     """Build a serialized engine from ``onnx_path`` with a batch-1 profile.
 
     The profile is min = opt = max, except a dynamic token axis of the text inputs (our exports): min 1,
-    opt :data:`OPT_TEXT_LEN`, max 256 tokens.
+    opt :data:`OPT_TEXT_LEN`, max 256 tokens, and a camera-input image: :data:`CAMERA_PROFILE`.
 
     Returns the engine bytes and the precision the built engine really has (from its inspector), and
     saves TensorRT's timing cache to ``timing_cache``. Raises :class:`BackendError` when the plugin

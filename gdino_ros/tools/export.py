@@ -5,6 +5,7 @@ Examples::
     gdino-export --checkpoint mask_gdino.pth --output mask_gdino.onnx
     gdino-export --checkpoint mask_gdino.pth --output mask_gdino_trt.onnx --msda plugin
     gdino-export --checkpoint mask_gdino.pth --output mask_gdino_fp16.onnx --msda plugin --precision fp16
+    gdino-export --checkpoint mask_gdino.pth --output mask_gdino_camera.onnx --camera-input
     gdino-export --random-init --config tiny --output tiny.onnx      # untrained, for demos/tests
 """
 from __future__ import annotations
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATTERN",
         help="with --precision fp16: also keep the ONNX nodes whose names match these shell patterns in "
         "FP32, e.g. '/transformer/decoder/*'",
+    )
+    parser.add_argument(
+        "--camera-input",
+        action="store_true",
+        help="the image input takes the camera's uint8 RGB pixels, [1, h, w, 3] of any size, and the graph "
+        "resizes and normalises them (on the GPU under TensorRT). Not TAO's interface: TAO Deploy and "
+        "Triton setups need the default float [1, 3, H, W] input",
     )
     parser.add_argument(
         "--log-scale",
@@ -178,10 +186,13 @@ def _export(args: argparse.Namespace, say: Callable[[str], None]) -> int:
         source = f"checkpoint {checkpoint.metadata['path']} sha256 {checkpoint.metadata['sha256']}"
     height, width = config.input_height, config.input_width
     outputs = ", ".join(config.output_names)
-    say(f"exporting {height}x{width}, msda={msda}, {args.precision}, {config.head_spec}, outputs: {outputs}")
+    image = "camera uint8 image in" if args.camera_input else "float image tensor in"
+    say(f"exporting {height}x{width}, msda={msda}, {args.precision}, {image}, {config.head_spec}, "
+        f"outputs: {outputs}")
     vocab = _vocabulary(args.tokenizer, say)
     export_onnx(model, config, output, source=source, msda=msda, precision=args.precision,
-                fp32_layers=tuple(args.fp32_layers), vocab=vocab, progress=say)
+                fp32_layers=tuple(args.fp32_layers), vocab=vocab, camera_input=args.camera_input,
+                progress=say)
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB)")
     if args.random_init:
         print("NOTE: this ONNX has random, untrained weights; its detections are meaningless.")

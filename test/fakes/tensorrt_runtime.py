@@ -4,8 +4,8 @@ A fake engine file (:func:`write_engine`) is the ONNX bytes behind a small JSON 
 engine's I/O as TensorRT would: dtypes (INT32 for the int64 text inputs when asked, as TensorRT builds
 them), shapes (-1 for a dynamic batch and for the ONNX's dynamic token axis, which then need
 ``set_input_shape`` within the optimisation profile gdino-build-engine gives: batch 1 to 4, tokens 1 to
-256), and the TensorRT version and GPU it was "built" for (:meth:`FakeTensorRT.deserialize` returns
-None on any other, as TensorRT does).
+256, a camera-input image its CAMERA_PROFILE), and the TensorRT version and GPU it was "built" for
+(:meth:`FakeTensorRT.deserialize` returns None on any other, as TensorRT does).
 ``execute_async_v3`` queues the graph on the fake GPU's stream with the tensor addresses of that moment;
 when the stream runs it, the inputs are read from fake device memory at their set shapes (the start of
 a longer buffer, as TensorRT reads a dense tensor), cast to the graph's dtypes, run
@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from fakes.cuda_runtime import FakeGpu, Op
 from gdino_ros import contract
-from gdino_ros.tools.build_engine import OPT_TEXT_LEN
+from gdino_ros.tools.build_engine import CAMERA_PROFILE, OPT_TEXT_LEN
 
 MAGIC = b"FAKE-TRT"
 VERSION = "10.3.0"
@@ -64,7 +64,7 @@ class Logger:
 
 _NUMPY_OF_ONNX = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
                   onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
-                  onnx.TensorProto.BOOL: "bool"}
+                  onnx.TensorProto.BOOL: "bool", onnx.TensorProto.UINT8: "uint8"}
 
 
 def write_engine(
@@ -92,6 +92,8 @@ def write_engine(
             if mode == "input":  # gdino-build-engine's profile: (min, opt, max) of every dimension
                 ranges = [(1, 1, MAX_BATCH) if i == 0 else (1, OPT_TEXT_LEN, contract.MAX_TEXT_LEN)
                           for i in range(len(shape))]
+                if dtype == "uint8":  # a camera-input image
+                    ranges[1:] = list(zip(*(shape[1:] for shape in CAMERA_PROFILE), strict=True))
                 tensor["profile"] = [[r[k] if d < 0 else d for d, r in zip(shape, ranges, strict=True)]
                                      for k in range(3)]
             tensors.append(tensor)
@@ -198,7 +200,7 @@ def _session(onnx_bytes: bytes) -> ort.InferenceSession:
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+               "tensor(int32)": np.int32, "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8}
 
 
 class FakeContext:

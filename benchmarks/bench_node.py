@@ -20,6 +20,10 @@ DDS is Fast DDS with the project's config/fastdds_loopback.xml (UDPv4 on 127.0.0
    /gdino/detections subscribed; and (d) --inprocess-hz into the node with the driver in the same process
    (Fast DDS intra-process delivery, no UDP), which shows what the node itself sustains.
 
+``--camera-input``: the no-op engine declares a camera-input model's image input (uint8 [1, H, W, 3] of
+any size, gdino-export --camera-input), so the node hands over the RGB pixels and does no resize or
+normalisation (the engine would do them).
+
 Run: ``.venv/bin/python benchmarks/bench_node.py`` (about 6 minutes; ``--quick`` for a smoke run).
 """
 from __future__ import annotations
@@ -56,8 +60,11 @@ def _vocab() -> Path:
 # --- the node process ---------------------------------------------------------------------------------
 
 
-def make_node(scenario: str) -> Any:
-    """SegmentNode around a real Segmenter whose backend is the no-op engine (rclpy must be initialised)."""
+def make_node(scenario: str, camera_input: bool) -> Any:
+    """SegmentNode around a real Segmenter whose backend is the no-op engine (rclpy must be initialised).
+
+    ``camera_input``: the engine takes the camera's uint8 pixels (a camera-input export's interface).
+    """
     from rclpy.parameter import Parameter
 
     from gdino_ros import contract
@@ -76,6 +83,10 @@ def make_node(scenario: str) -> Any:
     if scenario == "no target":
         outputs[contract.NO_TARGETS] = np.array([[-2.0, 2.0]], np.float32)
 
+    image_dtypes = dict(contract.INPUT_DTYPES)
+    if camera_input:
+        image_dtypes[contract.INPUT_IMAGE] = np.dtype(np.uint8)
+
     class NoOpBackend(Backend):
         """Returns the precomputed outputs immediately (after Backend.infer's input checks)."""
 
@@ -86,8 +97,9 @@ def make_node(scenario: str) -> Any:
                 device="cpu",
                 precision="none (no-op engine)",
                 input_hw=(contract.DEFAULT_INPUT_HEIGHT, contract.DEFAULT_INPUT_WIDTH),
-                input_dtypes=contract.INPUT_DTYPES,
+                input_dtypes=image_dtypes,
                 output_names=contract.RELA_OUTPUT_NAMES,
+                camera_input=camera_input,
             )
 
         def _set_text(self, text_inputs: dict[str, np.ndarray]) -> None:
@@ -103,14 +115,14 @@ def make_node(scenario: str) -> Any:
     return SegmentNode(segmenter=Segmenter(NoOpBackend(), tokenizer), parameter_overrides=overrides)
 
 
-def run_node(scenario: str) -> int:
+def run_node(scenario: str, camera_input: bool) -> int:
     """Child process: the node with the no-op engine, spinning until it is terminated."""
     import rclpy
 
     from gdino_ros.node.segment_node import spin_until_shutdown
 
     rclpy.init()
-    spin_until_shutdown(make_node(scenario))
+    spin_until_shutdown(make_node(scenario, camera_input))
     return 0
 
 
@@ -135,7 +147,7 @@ def run_relay() -> int:
     return 0
 
 
-def run_inprocess(scenario: str, flood_hz: float, flood_s: float) -> int:
+def run_inprocess(scenario: str, camera_input: bool, flood_hz: float, flood_s: float) -> int:
     """Child process: node and driver in one process (Fast DDS intra-process delivery, no UDP); floods."""
     import json
     import threading
@@ -144,7 +156,7 @@ def run_inprocess(scenario: str, flood_hz: float, flood_s: float) -> int:
     from rclpy.executors import SingleThreadedExecutor
 
     rclpy.init()
-    node = make_node(scenario)
+    node = make_node(scenario, camera_input)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
@@ -301,10 +313,13 @@ def deserialize_ms(msg: Any, repeat: int = 20) -> float:
     return 1e3 * float(np.median(times))
 
 
-def measure(scenario: str, frames: int, flood_hz: float, flood_s: float) -> list[dict[str, Any]]:
-    """Start a node for ``scenario``, measure every resolution, stop the node."""
+def measure(
+    scenario: str, camera: list[str], frames: int, flood_hz: float, flood_s: float
+) -> list[dict[str, Any]]:
+    """Start a node for ``scenario`` (``camera``: the child's --camera-input flag or nothing), measure every
+    resolution, stop the node."""
     child = subprocess.Popen(
-        [sys.executable, __file__, "--role", "node", "--scenario", scenario], env=child_environment()
+        [sys.executable, __file__, "--role", "node", "--scenario", scenario, *camera], env=child_environment()
     )
     driver = Driver()
     rows = []
@@ -384,11 +399,13 @@ def measure_relay(flood_hz: float, flood_s: float) -> dict[str, dict[str, float]
     return floods
 
 
-def measure_inprocess(scenario: str, flood_hz: float, flood_s: float) -> dict[str, dict[str, float]]:
+def measure_inprocess(
+    scenario: str, camera: list[str], flood_hz: float, flood_s: float
+) -> dict[str, dict[str, float]]:
     """The flood with node and driver in one process (no UDP): what the node itself sustains."""
     import json
 
-    command = [sys.executable, __file__, "--role", "inprocess", "--scenario", scenario,
+    command = [sys.executable, __file__, "--role", "inprocess", "--scenario", scenario, *camera,
                "--inprocess-hz", str(flood_hz), "--flood-s", str(flood_s)]
     run = subprocess.run(command, env=child_environment(), capture_output=True, text=True, timeout=600)
     lines = [line for line in run.stdout.splitlines() if line.startswith("INPROCESS ")]
@@ -444,13 +461,15 @@ def main() -> int:
     parser.add_argument("--inprocess-hz", type=float, default=120.0, help="rate of the in-process flood")
     parser.add_argument("--flood-s", type=float, default=8.0, help="length of each flood")
     parser.add_argument("--quick", action="store_true", help="20 frames and 3 s floods (smoke run)")
+    parser.add_argument("--camera-input", action="store_true",
+                        help="the no-op engine is a camera-input model (uint8 pixels in, no CPU resize)")
     args = parser.parse_args()
     if args.role == "node":
-        return run_node(args.scenario)
+        return run_node(args.scenario, args.camera_input)
     if args.role == "relay":
         return run_relay()
     if args.role == "inprocess":
-        return run_inprocess(args.scenario, args.inprocess_hz, args.flood_s)
+        return run_inprocess(args.scenario, args.camera_input, args.inprocess_hz, args.flood_s)
     # DDS on 127.0.0.1 only, in a domain of its own (apart from the test suite's); the children inherit it.
     apply_loopback_environment(own_domain_id(first=101))
     frames, flood_s = (20, 3.0) if args.quick else (100, args.flood_s)
@@ -458,11 +477,13 @@ def main() -> int:
     relay = measure_relay(args.flood_hz, flood_s)
     rows = []
     for scenario in SCENARIOS:
-        scenario_rows = measure(scenario, frames, args.flood_hz, flood_s)
-        inprocess = measure_inprocess(scenario, args.inprocess_hz, flood_s)
+        camera = ["--camera-input"] if args.camera_input else []
+        scenario_rows = measure(scenario, camera, frames, args.flood_hz, flood_s)
+        inprocess = measure_inprocess(scenario, camera, args.inprocess_hz, flood_s)
         for row in scenario_rows:
             row["flood_inprocess"] = inprocess[row["resolution"]]
         rows += scenario_rows
+    print(f"engine: no-op, {'camera-input (uint8 pixels in)' if args.camera_input else 'float tensor in'}\n")
     report(rows, relay, args.flood_hz, args.inprocess_hz)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     print(f"\nload average (1/5/15 min) before: {' '.join(load_before)}, after: {' '.join(load_after)}; "

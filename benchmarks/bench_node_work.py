@@ -5,7 +5,9 @@ preprocessing of a 1080p rgb8 frame, post-processing of ``bench_postprocess.py``
 ("objects": its realistic scene, 20 detections; "no target": the same outputs with the ReLA head saying
 "nothing here"), building the frame's messages (``result_to_messages`` with rclpy's message classes, mono16
 label image, per-instance cropped masks) and rclpy's CDR serialisation of each of them (what ``publish``
-does before DDS). Process CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the
+does before DDS). ``--camera-input``: the preprocessing a camera-input model leaves to the node (the RGB
+pixels as a contiguous [1, H, W, 3] array, :func:`camera_pixels`) instead of the resize and
+normalisation. Process CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the
 frame costs a CPU core, whatever else runs on the machine. Not measured here, unlike bench_node.py: rclpy's
 deserialisation of the incoming frame, the executor and DDS itself.
 
@@ -28,7 +30,7 @@ from bench_postprocess import ENGINE_HW, PROMPT, make_outputs  # noqa: E402
 from gdino_ros import contract  # noqa: E402
 from gdino_ros.conversions.messages import result_to_messages, ros_message_types  # noqa: E402
 from gdino_ros.core.postprocess import PostprocessParams, postprocess  # noqa: E402
-from gdino_ros.core.preprocess import preprocess  # noqa: E402
+from gdino_ros.core.preprocess import camera_pixels, preprocess  # noqa: E402
 from gdino_ros.core.prompt import encode_prompt  # noqa: E402
 from gdino_ros.core.tokenizer import load_tokenizer  # noqa: E402
 
@@ -39,6 +41,8 @@ STAGES = ("preprocess", "postprocess", "messages", "serialise")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=40, help="timed frames per scenario (default 40)")
+    parser.add_argument("--camera-input", action="store_true",
+                        help="preprocess for a camera-input model (pixels handed over, no CPU resize)")
     args = parser.parse_args()
     from rclpy.serialization import serialize_message  # after gdino_ros: the built messages are found
     from std_msgs.msg import Header
@@ -46,7 +50,8 @@ def main() -> int:
     prompt = encode_prompt(PROMPT, "phrases", load_tokenizer())  # the local search
     types, params = ros_message_types(), PostprocessParams()
     image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
-    print(f"# load average {os.getloadavg()[0]:.2f} at start")
+    print(f"# load average {os.getloadavg()[0]:.2f} at start; "
+          f"{'camera-input model' if args.camera_input else 'float-input model'}")
     print("\n| scenario | detections | preprocess | postprocess | messages | serialise | **total CPU ms** |")
     print("|---|---|---|---|---|---|---|")
     for scenario in ("objects", "no target"):
@@ -56,7 +61,10 @@ def main() -> int:
         stages: dict[str, list[float]] = {name: [] for name in STAGES}
         for frame in range(5 + args.frames):
             t0 = time.process_time()
-            preprocess(image, ENGINE_HW)
+            if args.camera_input:
+                camera_pixels(image)
+            else:
+                preprocess(image, ENGINE_HW)
             t1 = time.process_time()
             result = postprocess(outputs, prompt, IMAGE_HW, params)
             t2 = time.process_time()

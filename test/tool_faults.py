@@ -21,12 +21,12 @@ _CHILD = """
 import importlib, sys, time
 from gdino_ros.core.segmenter import Segmenter
 delay = float(sys.argv[1])
-if delay:
-    call = Segmenter.__call__
+if delay:  # submit: the one entry of every way the tools segment (a call, a stream, a queued frame)
+    submit = Segmenter.submit
     def slowed(self, *args, **kwargs):
         time.sleep(delay)
-        return call(self, *args, **kwargs)
-    Segmenter.__call__ = slowed
+        return submit(self, *args, **kwargs)
+    Segmenter.submit = slowed
 sys.exit(importlib.import_module(sys.argv[2]).main(sys.argv[3:]))
 """
 

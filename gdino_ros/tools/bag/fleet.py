@@ -195,6 +195,16 @@ def segment_range(
     return len(results), results
 
 
+@dataclass(frozen=True)
+class _Replayed:
+    """A worker's Result standing in for a queued frame."""
+
+    result: Any
+
+    def close(self) -> None:
+        """Nothing to give back."""
+
+
 class _Replay:
     """Stands in for the Segmenter while the output is written: hands out the workers' Results in order."""
 
@@ -202,11 +212,16 @@ class _Replay:
         self._results: Iterator[Any] = (r for part in parts for r in part)
         self.left_over = 0
 
-    def __call__(self, pixels: Any, bgr: bool = False) -> Any:
+    def submit(self, pixels: Any, *, bgr: bool = False) -> _Replayed:
+        """Hand out the next Result, as the job queues a frame."""
         try:
-            return next(self._results)
+            return _Replayed(next(self._results))
         except StopIteration:
             raise RuntimeError("the output has more frames than the workers segmented") from None
+
+    def finish(self, job: _Replayed) -> Any:
+        """Return the Result that :meth:`submit` handed out."""
+        return job.result
 
     def set_prompt(self, prompt: str, mode: str = "auto") -> None:
         """Do nothing: the Results carry the prompt they were computed with."""

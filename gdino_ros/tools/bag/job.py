@@ -136,6 +136,17 @@ def _first_prompt(args: argparse.Namespace, schedule: list[ScheduleEntry]) -> tu
     return schedule[0].prompt, schedule[0].mode
 
 
+@dataclass(frozen=True)
+class _Queued:
+    """An image frame whose inference is queued (``job``), with what writing its outputs needs."""
+
+    msg: Any
+    pixels: np.ndarray
+    bgr: bool
+    log_time: int
+    job: Any  # Segmenter.submit's Submitted, or what a replaying segmenter hands out
+
+
 class BagJob:
     """One gdino-bag run: reads frames from ``source``, segments them, writes ``sink``."""
 
@@ -153,7 +164,7 @@ class BagJob:
         self.segmenter, self.schedule, self.plan = segmenter, schedule, plan
         self.types = rosbags_message_types(store)
         self.planner = BagPlanner(args, store)  # track ids; 3-D with --depth-topic
-        self._held: tuple[Any, np.ndarray, bool, int] | None = None  # with depth: the frame awaiting it
+        self._queued: _Queued | None = None  # the frame whose inference runs while the next one is read
         self.stats = Stats()
         self.overlay_fn = None
         if args.overlay:
@@ -203,6 +214,7 @@ class BagJob:
             with deferred_signals() as signals:  # stop between two messages, never inside a write
                 for connection, log_time, raw in self.source.messages(args.start, args.end):
                     if signals:
+                        self._write_queued()  # the frame read before the stop keeps its outputs
                         raise KeyboardInterrupt
                     tick = stats.add_stage("read", tick)
                     msg = None
@@ -225,19 +237,25 @@ class BagJob:
                         continue
                     if plan is None:  # an index-free MCAP: the bag start is known only now
                         plan = _prompt_plan(args, self.schedule, log_time)
-                    self._segment_held()  # the frame before, under its own prompt: its depth is in by now
                     if (wanted := plan.at(log_time)) != applied:
-                        self.segmenter.set_prompt(*wanted)
+                        self.segmenter.set_prompt(*wanted)  # frames already queued keep their prompt
                         applied = wanted
                         tick = stats.add_stage("prompt", tick)
-                    if self.planner.depth:
-                        self._held = (msg, *frame, log_time)
-                    else:
-                        self._segment(msg, *frame, log_time)
+                    # Queue this frame, then finish and write the one before (its depth is in by now): a
+                    # GPU computes this frame while the previous one is post-processed and written.
+                    queued = _Queued(msg, *frame, log_time, self.segmenter.submit(frame[0], bgr=frame[1]))
+                    self._write_queued()
+                    self._queued = queued
                     tick = time.perf_counter()
                     bar.update(1)
-                self._segment_held()
+                self._write_queued()
+        except BagToolError:
+            self._write_queued()  # a bad record stops the run after the frames read before it
+            raise
         finally:
+            if self._queued is not None:  # a failed write or a bug: the output is discarded anyway
+                self._queued.job.close()
+                self._queued = None
             if bar.total is not None and bar.n != bar.total:
                 bar.total = bar.n
                 bar.refresh()
@@ -272,18 +290,17 @@ class BagJob:
         return pixels, bgr
 
     def _frame_number(self) -> int:
-        return self.stats.frames + sum(self.stats.skipped.values()) + 1
+        """The number of the frame being read, counting the queued one not yet written."""
+        return self.stats.frames + (self._queued is not None) + sum(self.stats.skipped.values()) + 1
 
-    def _segment_held(self) -> None:
-        """Segment the frame held for its depth image, if any."""
-        if self._held is not None:
-            held, self._held = self._held, None
-            self._segment(*held)
-
-    def _segment(self, msg: Any, pixels: np.ndarray, bgr: bool, log_time: int) -> None:
-        """Run the core on one frame and write its outputs at the frame's log time."""
+    def _write_queued(self) -> None:
+        """Finish the queued frame, if any, and write its outputs at the frame's log time."""
+        if self._queued is None:
+            return
+        queued, self._queued = self._queued, None
+        msg, pixels, bgr, log_time = queued.msg, queued.pixels, queued.bgr, queued.log_time
         stats = self.stats
-        result: Result = self.segmenter(pixels, bgr=bgr)
+        result: Result = self.segmenter.finish(queued.job)
         for stage, ms in result.timings_ms.items():
             stats.stage_ms[stage] += ms
         tick = time.perf_counter()

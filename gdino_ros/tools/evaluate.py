@@ -493,17 +493,34 @@ def _infer(
 
 
 def _evaluate(segmenter: Any, samples: Sequence[Sample]) -> Iterator[tuple[Sample, dict[str, Any] | None]]:
-    """Yield each sample with its record (None: its image cannot be read); an image is read once in a row."""
+    """Yield each sample with its record (None: its image cannot be read), in order.
+
+    An image is read once for consecutive samples of it. Each sample's inference is queued, with its
+    own expression, before the previous sample is post-processed, so a GPU computes the one while the CPU
+    finishes the other.
+    """
     loaded_path: Path | None = None
     image_bgr: np.ndarray | None = None
-    for sample in samples:
-        if sample.image_path != loaded_path:
-            loaded_path, image_bgr = sample.image_path, _read_image(sample)
-        if image_bgr is None:
-            yield sample, None
-        else:
-            segmenter.set_prompt(sample.expression, EXPRESSION)
-            yield sample, sample_record(sample, segmenter(image_bgr, bgr=True))
+    queued: tuple[Sample, Any] | None = None  # a sample and its Segmenter.submit job
+    try:
+        for sample in samples:
+            if sample.image_path != loaded_path:
+                loaded_path, image_bgr = sample.image_path, _read_image(sample)
+            job = None
+            if image_bgr is not None:
+                segmenter.set_prompt(sample.expression, EXPRESSION)
+                job = segmenter.submit(image_bgr, bgr=True)
+            previous, queued = queued, (None if job is None else (sample, job))
+            if previous is not None:
+                yield previous[0], sample_record(previous[0], segmenter.finish(previous[1]))
+            if job is None:
+                yield sample, None
+        last, queued = queued, None
+        if last is not None:
+            yield last[0], sample_record(last[0], segmenter.finish(last[1]))
+    finally:
+        if queued is not None:
+            queued[1].close()
 
 
 def evaluate_shard(segmenter: Any, samples: Sequence[Sample]) -> list[tuple[str, dict[str, Any] | None]]:

@@ -243,9 +243,9 @@ class BagJob:
                         tick = stats.add_stage("prompt", tick)
                     # Queue this frame, then finish and write the one before (its depth is in by now): a
                     # GPU computes this frame while the previous one is post-processed and written.
-                    queued = _Queued(msg, *frame, log_time, self.segmenter.submit(frame[0], bgr=frame[1]))
-                    self._write_queued()
-                    self._queued = queued
+                    job = self.segmenter.submit(frame[0], bgr=frame[1])
+                    previous, self._queued = self._queued, _Queued(msg, *frame, log_time, job)
+                    self._write(previous)
                     tick = time.perf_counter()
                     bar.update(1)
                 self._write_queued()
@@ -290,14 +290,18 @@ class BagJob:
         return pixels, bgr
 
     def _frame_number(self) -> int:
-        """The number of the frame being read, counting the queued one not yet written."""
+        """Return the number of the frame being read, counting the queued one not yet written."""
         return self.stats.frames + (self._queued is not None) + sum(self.stats.skipped.values()) + 1
 
     def _write_queued(self) -> None:
-        """Finish the queued frame, if any, and write its outputs at the frame's log time."""
-        if self._queued is None:
-            return
+        """Finish the queued frame, if any, and write its outputs."""
         queued, self._queued = self._queued, None
+        self._write(queued)
+
+    def _write(self, queued: _Queued | None) -> None:
+        """Finish ``queued`` (if a frame) and write its outputs at the frame's log time."""
+        if queued is None:
+            return
         msg, pixels, bgr, log_time = queued.msg, queued.pixels, queued.bgr, queued.log_time
         stats = self.stats
         result: Result = self.segmenter.finish(queued.job)

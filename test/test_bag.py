@@ -391,3 +391,30 @@ def test_corrupt_sqlite3_record_is_reported_and_earlier_frames_kept(
     assert "frame 3" in err[0] and str(bad.log_time) in err[0] and "2 frames" in err[0]
     got, _ = _read_rosbags(output)
     assert [t for t, _, _ in got["/gdino/result"]] == [f.log_time for f in frames[COMPRESSED_TOPIC][:2]]
+
+
+def test_each_frame_is_queued_before_the_previous_one_is_written(
+    input_bags: dict, tiny_model: Path, vocab_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One frame in flight: a GPU computes frame k + 1 while frame k is post-processed and written."""
+    from gdino_ros.core.segmenter import Segmenter
+
+    events: list[str] = []
+    submit, finish = Segmenter.submit, Segmenter.finish
+
+    def recorded_submit(self: Segmenter, *args: Any, **kwargs: Any) -> Any:
+        events.append("submit")
+        return submit(self, *args, **kwargs)
+
+    def recorded_finish(self: Segmenter, job: Any) -> Any:
+        events.append("finish")
+        return finish(self, job)
+
+    monkeypatch.setattr(Segmenter, "submit", recorded_submit)
+    monkeypatch.setattr(Segmenter, "finish", recorded_finish)
+    bag, _ = input_bags["mcap"]
+    output = tmp_path / "out"
+    assert _gdino_bag(bag, output, IMAGE_TOPIC, tiny_model, vocab_path) == 0
+    frames = len(_read_rosbags(output)[0]["/gdino/result"])
+    assert frames >= 3
+    assert events == ["submit"] + ["submit", "finish"] * (frames - 1) + ["finish"]

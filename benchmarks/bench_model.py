@@ -26,6 +26,9 @@ Every file gets the same image and ``--prompt`` encoded as the backends pass it:
 with a static text axis, the prompt's own tokens plus one padding token to one with a dynamic axis
 (``gdino_ros.backends.base.model_text``). Afterwards each file's outputs are compared with the first
 file's: the largest absolute difference per output (finite values; the -inf positions must agree).
+When a file is a camera-input export (``gdino-export --camera-input``), every file is fed the same random
+1080p uint8 frame instead: a camera-input file as it is, a float-input one after the CPU preprocessing
+(``gdino_ros.core.preprocess``); the in-graph preprocessing is the stage "camera input".
 
 Run: ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py`` (``--config tiny`` for a quick check);
 ``PYTHONPATH=. .venv/bin/python benchmarks/bench_model.py --config tiny --stages before.onnx after.onnx``.
@@ -52,8 +55,11 @@ import torch
 
 from gdino_ros import contract
 from gdino_ros.backends.base import model_text
+from gdino_ros.core.model_metadata import read_onnx_metadata
+from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.tokenizer import load_tokenizer
+from gdino_ros.model.camera_input import SCOPE as CAMERA_INPUT_SCOPE
 from gdino_ros.model.checkpoint import build_model
 from gdino_ros.model.config import MaskGDINOConfig
 from gdino_ros.model.export import example_inputs
@@ -129,8 +135,10 @@ def _session(model: str | bytes) -> tuple[ort.InferenceSession, float]:
     return session, time.perf_counter() - start
 
 
+CAMERA_HW = (1080, 1920)  # the camera frame a camera-input export gets in --stages
 # Stage of the network -> node-name prefixes of its nodes in our export (the first match wins).
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("camera input (resize, normalise)", (f"{CAMERA_INPUT_SCOPE}/",)),
     ("Swin backbone", ("/backbone",)),
     ("BERT", ("/encoder/", "/embeddings/")),
     ("feature fusion", ("/transformer/encoder/fusion_layers",)),
@@ -147,9 +155,15 @@ def _stage(node: str) -> str:
 
 
 def _feed(
-    session: ort.InferenceSession, image: np.ndarray, text: dict[str, np.ndarray]
+    session: ort.InferenceSession, image: np.ndarray, text: dict[str, np.ndarray], frame: np.ndarray | None
 ) -> dict[str, np.ndarray]:
-    """Return the image and the 256-token text as the backends give them to this graph (cut if dynamic)."""
+    """Return the image and the 256-token text as the backends give them to this graph (cut if dynamic).
+
+    A camera-input graph gets ``frame``, the camera's pixels, instead of the preprocessed ``image``.
+    """
+    if session.get_inputs()[0].type == "tensor(uint8)":
+        assert frame is not None
+        image = frame[None]
     dynamic = all(
         not all(isinstance(size, int) for size in arg.shape[1:])
         for arg in session.get_inputs() if arg.name in contract.TEXT_INPUT_NAMES
@@ -177,8 +191,8 @@ def _compare_outputs(
               + "; ".join(cells))
 
 
-def _stage_profile(paths: list[Path], image: np.ndarray, text: dict[str, np.ndarray], runs: int,
-                   threads: int) -> None:
+def _stage_profile(paths: list[Path], image: np.ndarray, frame: np.ndarray | None,
+                   text: dict[str, np.ndarray], runs: int, threads: int) -> None:
     """Print ms per call by stage for each ONNX file (kernel times from ONNX Runtime's profiler).
 
     Per stage the least of the timed calls is shown (on a shared machine the least disturbed), and the
@@ -192,7 +206,7 @@ def _stage_profile(paths: list[Path], image: np.ndarray, text: dict[str, np.ndar
             options.profile_file_prefix = str(Path(folder) / path.stem)
             options.intra_op_num_threads = threads
             sessions[path] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {str(p): _feed(s, image, text) for p, s in sessions.items()}
+        feeds = {str(p): _feed(s, image, text, frame) for p, s in sessions.items()}
         for path in paths:
             print(f"{path.name}: text of {feeds[str(path)][contract.INPUT_IDS].shape[1]} tokens")
         timings = _interleaved_ms({str(p): s for p, s in sessions.items()}, feeds, runs)
@@ -241,7 +255,14 @@ def main() -> None:
         prompt = encode_prompt(args.prompt, "auto", load_tokenizer())  # the local vocabulary search
         print(f"prompt {args.prompt!r}: {prompt.num_tokens} tokens with [CLS] and [SEP]")
         image = example_inputs(config)[contract.INPUT_IMAGE].numpy()
-        _stage_profile(args.stages, image, prompt.text_inputs(), args.runs, args.threads)
+        frame = None
+        if any(read_onnx_metadata(path).get(contract.META_IMAGE_INPUT) == contract.IMAGE_INPUT_CAMERA
+               for path in args.stages):
+            frame = np.random.default_rng(0).integers(0, 256, (*CAMERA_HW, 3), dtype=np.uint8)
+            image = preprocess(frame, image.shape[2:])
+            print(f"camera frame {CAMERA_HW[1]}x{CAMERA_HW[0]} (the float-input files get it preprocessed on "
+                  "the CPU)")
+        _stage_profile(args.stages, image, frame, prompt.text_inputs(), args.runs, args.threads)
         print(f"load average after: {os.getloadavg()[0]:.2f}")
         return
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, no GPU")

@@ -45,6 +45,7 @@ from gdino_ros.backends import BackendError, open_backend
 from gdino_ros.backends.cuda import GpuInfo
 from gdino_ros.backends.tensorrt import TensorRTBackend
 from gdino_ros.core.model_metadata import read_onnx_metadata
+from gdino_ros.core.precision_check import compare_backends
 from gdino_ros.core.preprocess import preprocess
 from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.segmenter import Segmenter
@@ -207,9 +208,14 @@ def test_segmenter_on_a_camera_input_onnx(
             padded = np.zeros((photo.shape[0], photo.shape[1] + 7, 3), np.uint8)
             padded[:, : photo.shape[1]] = photo
             for variant, is_bgr in [(bgr, True), (rgba[..., :3], False), (padded[:, : photo.shape[1]], False),
-                                    (rgba[..., 2::-1], True)]:
+                                    (rgba[..., 2::-1], True), (padded[:, : photo.shape[1], ::-1], True)]:
                 same = raw_outputs(camera, variant, bgr=is_bgr)
                 assert all(np.array_equal(same[n], got[n]) for n in names)
+            # mono8 as the image conversion gives it: the grey channel repeated by a stride-0 view.
+            grey = np.ascontiguousarray(photo[..., 1])
+            repeated = raw_outputs(camera, np.broadcast_to(grey[..., None], photo.shape), bgr=True)
+            want_grey = raw_outputs(camera, np.repeat(grey[..., None], 3, axis=2))
+            assert all(np.array_equal(repeated[n], want_grey[n]) for n in names)
         result = camera(PHOTOS[0])
         assert result.label_image.shape == PHOTOS[0].shape[:2] and "preprocess" in result.timings_ms
 
@@ -224,6 +230,17 @@ def test_camera_input_images_that_are_refused(camera_onnx: Path, tokenizer: Any)
             segmenter.backend.infer(preprocess(PHOTOS[0], (128, 224)), text)
         with pytest.raises(BackendError, match="at least 32x32"):
             segmenter.backend.infer(np.zeros((1, 20, 64, 3), np.uint8), text)
+
+
+def test_precision_check_feeds_a_camera_input_model_its_pixels(
+    fakes: Fakes, camera_onnx: Path, tokenizer: Any, tmp_path: Path
+) -> None:
+    """gdino-build-engine --fp16's check compares a camera-input engine with its ONNX on the camera image."""
+    engine = open_backend(write_engine(camera_onnx, tmp_path / "camera.engine"), "cuda")
+    with open_backend(camera_onnx, "cpu") as reference, engine:
+        report = compare_backends(reference, engine, PHOTOS[:2], [PROMPT[0]], tokenizer, params=PARAMS)
+    assert report.detection_agreement == 1.0 and not any(report.nan_counts.values())
+    assert all(largest == 0.0 for largest, _ in report.per_output.values())
 
 
 # Frames of the TensorRT comparison: (prompt, camera height, width); size and prompt change mid-stream.

@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from gdino_ros.backends.base import Backend, BackendError
 from gdino_ros.core.postprocess import PostprocessParams, box_iou, postprocess
-from gdino_ros.core.preprocess import preprocess
+from gdino_ros.core.preprocess import image_input
 from gdino_ros.core.prompt import encode_prompt
 from gdino_ros.core.result import Detection, Result
 
@@ -157,7 +157,7 @@ def compare_backends(
             results = []
             outputs = []
             for backend in (reference, candidate):
-                tensor = preprocess(image, backend.input_hw, dtype=backend.input_dtype)
+                tensor = image_input(image, backend)
                 out = {name: np.array(value) for name, value in backend.infer(tensor, text).items()}
                 outputs.append(out)
                 results.append(postprocess(out, encoded, hw, params))

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from gdino_ros.backends import Backend, BackendError, open_backend
 from gdino_ros.backends.frame import Frame
 from gdino_ros.core.postprocess import PostprocessParams, postprocess
-from gdino_ros.core.preprocess import camera_pixels, preprocess
+from gdino_ros.core.preprocess import image_input
 from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt
 from gdino_ros.core.result import Result
 from gdino_ros.core.tokenizer import load_tokenizer
@@ -221,13 +221,9 @@ class Segmenter:
         if active is None:
             raise PromptError("No prompt is set; call set_prompt('cup . bottle') (or pass prompt=) first.")
         started = time.perf_counter()
-        backend = self._backend
-        if backend.camera_input:
-            tensor = camera_pixels(image, bgr=bgr, max_hw=backend.max_camera_hw)
-        else:
-            tensor = preprocess(image, backend.input_hw, bgr=bgr, dtype=backend.input_dtype)
+        tensor = image_input(image, self._backend, bgr=bgr)
         submit_started = time.perf_counter()
-        frame = backend.submit(tensor, active.text_inputs)
+        frame = self._backend.submit(tensor, active.text_inputs)
         submitted = time.perf_counter()
         image_hw = (image.shape[0], image.shape[1])
         return Submitted(frame, active, params, image_hw, started, submit_started, submitted)

@@ -259,7 +259,9 @@ def main() -> None:
         if any(read_onnx_metadata(path).get(contract.META_IMAGE_INPUT) == contract.IMAGE_INPUT_CAMERA
                for path in args.stages):
             frame = np.random.default_rng(0).integers(0, 256, (*CAMERA_HW, 3), dtype=np.uint8)
-            image = preprocess(frame, image.shape[2:])
+            metadata = read_onnx_metadata(args.stages[0])
+            size = (int(metadata[contract.META_INPUT_HEIGHT]), int(metadata[contract.META_INPUT_WIDTH]))
+            image = preprocess(frame, size)
             print(f"camera frame {CAMERA_HW[1]}x{CAMERA_HW[0]} (the float-input files get it preprocessed on "
                   "the CPU)")
         _stage_profile(args.stages, image, frame, prompt.text_inputs(), args.runs, args.threads)

@@ -20,8 +20,8 @@ raises, so no queued GPU work refers to freed memory.
 
 A camera-input engine (from ``gdino-export --camera-input``) takes the camera's uint8 pixels at any size
 its optimisation profile allows: the image buffers are sized for the profile's largest image, each frame
-uploads only its own bytes, and ``set_input_shape`` follows the camera size when it changes (the shape is
-taken when a frame is enqueued, so frames in flight keep theirs).
+uploads only its own bytes, and ``set_input_shape`` follows the camera size when it changes (after the
+frames in flight have finished).
 """
 from __future__ import annotations
 
@@ -380,6 +380,9 @@ class TensorRTBackend(Backend):
         np.copyto(out.image.array.reshape(-1)[: image.size], image.reshape(-1))
         try:
             if self.camera_input and image.shape != self._image_shape:
+                # Rare (a camera changes size seldom), so the frames in flight are let finish first, as for
+                # a prompt change: no reliance on how TensorRT treats a shape changed under queued work.
+                self._stream.synchronize("frames in flight before a camera size change")
                 if not self._context.set_input_shape(contract.INPUT_IMAGE, image.shape):
                     raise BackendError(f"engine {self._path}: TensorRT refused the camera image shape "
                                        f"{image.shape}")

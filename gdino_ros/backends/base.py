@@ -382,7 +382,7 @@ class Backend(ABC):
             side = contract.MIN_IMAGE_SIDE
             largest = f" and at most {limit[1]}x{limit[0]}" if limit else ""
             raise BackendError(f"the camera image is {width}x{height}; this model takes at least "
-                               f"{side}x{side}{largest} (width x height)")
+                               f"{side}x{side}{largest} (width x height): resize the images to fit")
 
     def _checked_text(self, text_inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Check names and shapes of the text tensors; return them as the model takes them, copied.

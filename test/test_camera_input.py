@@ -308,3 +308,16 @@ def test_build_profile_of_camera_input_and_float_input_onnx(
         ((1, 3, 64, 96),) * 3)
     assert state.profile_ranges[contract.INPUT_IMAGE] == want
     assert ("camera images up to 4096x4096" in capsys.readouterr().err) is camera
+
+
+def test_gdino_bag_counts_frames_outside_the_engine_sizes_by_kind() -> None:
+    """gdino-bag skips (and counts) a frame a camera-input engine cannot take instead of failing the run."""
+    from gdino_ros.core.preprocess import check_image
+    from gdino_ros.tools.bag.job import _skip_kind
+
+    kinds = []
+    for image in (np.zeros((80, 90, 3), np.uint8), np.zeros((16, 90, 3), np.uint8)):
+        with pytest.raises(ValueError) as error:
+            check_image(image, max_hw=(64, 64))
+        kinds.append(_skip_kind(error.value))
+    assert kinds == ["too large", "too small"]

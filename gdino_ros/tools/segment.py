@@ -208,7 +208,7 @@ def _segment_all(
                 raise KeyboardInterrupt
             try:
                 bgr = read_image_file(path)
-                check_image(bgr)
+                check_image(bgr, backend.max_camera_hw)
             except (InputError, ValueError) as error:
                 failures += 1
                 tqdm.write(f"{PROG}: error: {path}: {error}", file=sys.stderr)

@@ -173,7 +173,7 @@ def segment_range(
             try:
                 convert = image_to_pixels if connection.msgtype == IMAGE else compressed_to_pixels
                 pixels, bgr = convert(msg)
-                check_image(pixels)
+                check_image(pixels, segmenter.backend.max_camera_hw)
             except (ImageConversionError, ValueError):
                 continue  # skipped here as in the output's writing, which counts it
             if plan is None:
@@ -208,9 +208,10 @@ class _Replayed:
 class _Replay:
     """Stands in for the Segmenter while the output is written: hands out the workers' Results in order."""
 
-    def __init__(self, parts: tuple[list[Any], ...]) -> None:
+    def __init__(self, parts: tuple[list[Any], ...], backend: Any) -> None:
         self._results: Iterator[Any] = (r for part in parts for r in part)
         self.left_over = 0
+        self.backend = backend  # the worker's model, whose image limits decide which frames are skipped
 
     def submit(self, pixels: Any, *, bgr: bool = False) -> _Replayed:
         """Hand out the next Result, as the job queues a frame."""
@@ -237,7 +238,7 @@ def write_output(segmenter: Any, args: argparse.Namespace, *parts: list[Any]) ->
     """On a worker: write one bag's output from its ranges' Results; return (frames, detections)."""
     from gdino_ros.tools.bag.job import run
 
-    replay = _Replay(parts)
+    replay = _Replay(parts, segmenter.backend)
     stats = run(args, open_segmenter=lambda _args, _schedule: replay)
     return stats.frames, stats.detections
 

@@ -280,7 +280,7 @@ class BagJob:
         """Return the frame's pixels for the model, or None (counted) for a frame the model cannot take."""
         try:
             pixels, bgr = image_to_pixels(msg) if connection.msgtype == IMAGE else compressed_to_pixels(msg)
-            check_image(pixels)
+            check_image(pixels, self.segmenter.backend.max_camera_hw)
         except (ImageConversionError, ValueError) as error:
             reason = str(error).split(";")[0].rstrip(".")
             if not self.stats.skipped:
@@ -366,7 +366,8 @@ def _skip_kind(error: Exception) -> str:
     """Name why a frame was skipped, in a word or two (the summary counts each kind)."""
     if isinstance(error, ImageConversionError):
         return "not convertible"
-    return "too small" if "at least" in str(error) else "not usable"
+    text = str(error)
+    return "too small" if "at least" in text else "too large" if "at most" in text else "not usable"
 
 
 def run(

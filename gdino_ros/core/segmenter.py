@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -24,6 +26,8 @@ from gdino_ros.core.preprocess import image_input
 from gdino_ros.core.prompt import EncodedPrompt, PromptError, encode_prompt
 from gdino_ros.core.result import Result
 from gdino_ros.core.tokenizer import load_tokenizer
+
+K = TypeVar("K")  # what a caller of Segmenter.finish_queued keys its frames with
 
 
 @dataclass(frozen=True)
@@ -194,19 +198,35 @@ class Segmenter:
         backend computes frame N+1 while the CPU post-processes frame N. A prompt set meanwhile applies
         from the next image taken from ``images``.
         """
-        pending: Submitted | None = None
+        with closing(self.finish_queued((None, self.submit(image, bgr=bgr)) for image in images)) as finished:
+            for _, result in finished:
+                assert result is not None  # every item has a job
+                yield result
+
+    def finish_queued(
+        self, queued: Iterable[tuple[K, Submitted | None]]
+    ) -> Generator[tuple[K, Result | None], None, None]:
+        """Finish the frames ``queued`` hands out, in order, each only once the next one is queued.
+
+        ``queued`` yields ``(key, job)``: ``job`` from :meth:`submit`, queued as the item is produced, or
+        None for an item without a frame, which comes back as ``(key, None)`` in its place. A GPU backend
+        thus computes one frame while the one before is post-processed; a job still queued when the
+        iteration stops (an error, an interrupt, the caller closing the iterator) is closed.
+        """
+        pending: tuple[K, Submitted] | None = None
         try:
-            for image in images:
-                submitted = self.submit(image, bgr=bgr)
-                previous, pending = pending, submitted
+            for key, job in queued:
+                previous, pending = pending, (None if job is None else (key, job))
                 if previous is not None:
-                    yield self.finish(previous)
+                    yield previous[0], self.finish(previous[1])
+                if job is None:
+                    yield key, None
             last, pending = pending, None
             if last is not None:
-                yield self.finish(last)
+                yield last[0], self.finish(last[1])
         finally:
             if pending is not None:
-                pending.close()
+                pending[1].close()
 
     def submit(self, image: np.ndarray, *, bgr: bool = False) -> Submitted:
         """Preprocess ``image`` and queue its inference with a snapshot of the prompt and thresholds.

@@ -31,6 +31,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -499,28 +500,21 @@ def _evaluate(segmenter: Any, samples: Sequence[Sample]) -> Iterator[tuple[Sampl
     own expression, before the previous sample is post-processed, so a GPU computes the one while the CPU
     finishes the other.
     """
-    loaded_path: Path | None = None
-    image_bgr: np.ndarray | None = None
-    queued: tuple[Sample, Any] | None = None  # a sample and its Segmenter.submit job
-    try:
+    def queued() -> Iterator[tuple[Sample, Any]]:
+        loaded_path: Path | None = None
+        image_bgr: np.ndarray | None = None
         for sample in samples:
             if sample.image_path != loaded_path:
                 loaded_path, image_bgr = sample.image_path, _read_image(sample)
-            job = None
-            if image_bgr is not None:
-                segmenter.set_prompt(sample.expression, EXPRESSION)
-                job = segmenter.submit(image_bgr, bgr=True)
-            previous, queued = queued, (None if job is None else (sample, job))
-            if previous is not None:
-                yield previous[0], sample_record(previous[0], segmenter.finish(previous[1]))
-            if job is None:
+            if image_bgr is None:
                 yield sample, None
-        last, queued = queued, None
-        if last is not None:
-            yield last[0], sample_record(last[0], segmenter.finish(last[1]))
-    finally:
-        if queued is not None:
-            queued[1].close()
+            else:
+                segmenter.set_prompt(sample.expression, EXPRESSION)  # queued frames keep their own
+                yield sample, segmenter.submit(image_bgr, bgr=True)
+
+    with closing(segmenter.finish_queued(queued())) as finished:  # an interrupt closes the queued frame
+        for sample, result in finished:
+            yield sample, None if result is None else sample_record(sample, result)
 
 
 def evaluate_shard(segmenter: Any, samples: Sequence[Sample]) -> list[tuple[str, dict[str, Any] | None]]:

@@ -155,9 +155,8 @@ def segment_range(
 
     store = project_typestore()
     source = BagSource(path)
-    results = []
-    pending: Submitted | None = None
-    try:
+
+    def queued() -> Iterator[tuple[None, Submitted]]:
         plan = None if source.start_ns is None else _prompt_plan(args, schedule, source.start_ns)
         applied = _first_prompt(args, schedule)
         segmenter.set_prompt(*applied)
@@ -179,18 +178,13 @@ def segment_range(
             if plan is None:
                 plan = _prompt_plan(args, schedule, log_time)
             if (wanted := plan.at(log_time)) != applied:
-                segmenter.set_prompt(*wanted)
+                segmenter.set_prompt(*wanted)  # frames already queued keep their prompt
                 applied = wanted
-            queued = segmenter.submit(pixels, bgr=bgr)
-            previous, pending = pending, queued
-            if previous is not None:
-                results.append(segmenter.finish(previous))
-        last, pending = pending, None
-        if last is not None:
-            results.append(segmenter.finish(last))
+            yield None, segmenter.submit(pixels, bgr=bgr)
+
+    try:
+        results = [result for _, result in segmenter.finish_queued(queued())]
     finally:
-        if pending is not None:
-            pending.close()
         source.close()
     return len(results), results
 

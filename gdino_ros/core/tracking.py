@@ -29,6 +29,7 @@ import numpy as np
 
 from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.instance_crop import InstanceCrop
+from gdino_ros.core.postprocess import box_iou
 from gdino_ros.core.result import Result
 from gdino_ros.settings import check_settings, setting
 
@@ -113,15 +114,6 @@ def _mask_iou(a: _LatticeMask, b: _LatticeMask, shift: tuple[int, int]) -> float
     return inter / (a.area + b.area - inter)
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    return float(inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter))
-
-
 @dataclass(eq=False)
 class _Track:
     label: str
@@ -172,7 +164,7 @@ class Tracker:
             self.reset()
             self._prompt = prompt
         self.stride = max(1, round(image_hw[1] * STRIDE_PER_1000_PX / 1000))
-        boxes = [np.asarray(d.box, dtype=np.float64) for d in detections]
+        boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(-1, 4)
         masks = [_lattice(d.crop, self.stride) for d in detections]
         high = [i for i, d in enumerate(detections) if d.score >= self.params.track_high_score]
         low = [i for i, d in enumerate(detections) if d.score < self.params.track_high_score]
@@ -209,29 +201,33 @@ class Tracker:
         candidates: list[int],
         tracks: list[_Track],
         detections: Sequence[TrackInput],
-        boxes: list[np.ndarray],
+        boxes: np.ndarray,
         masks: list[_LatticeMask],
         assigned: dict[int, _Track],
         *,
         use_masks: bool,
     ) -> list[_Track]:
-        """Greedy best-first matching of ``candidates`` to ``tracks``; return the tracks left unmatched."""
+        """Greedy best-first matching of ``candidates`` to ``tracks``; return the tracks left unmatched.
+
+        Box overlaps of every (track, candidate) pair are one array operation; masks are compared only
+        for the pairs of one class whose boxes overlap.
+        """
+        if not tracks or not candidates:
+            return tracks
+        predicted = np.stack([track.predicted_box() for track in tracks])
+        box_ious = box_iou(predicted[:, None, :], boxes[candidates])  # [tracks, candidates]
         pairs = []
-        for t, track in enumerate(tracks):
-            predicted = track.predicted_box()
-            shift = (round(track.velocity[1] * (track.misses + 1) / self.stride),
-                     round(track.velocity[0] * (track.misses + 1) / self.stride))
-            for i in candidates:
-                if detections[i].label != track.label:
-                    continue
-                box_iou = _box_iou(predicted, boxes[i])
-                if box_iou == 0.0:
-                    continue
-                similarity = box_iou
-                if use_masks:
-                    similarity = (box_iou + _mask_iou(track.mask, masks[i], shift)) / 2.0
-                if similarity > self.params.track_match_iou:
-                    pairs.append((similarity, t, i))
+        for t, j in zip(*np.nonzero(box_ious), strict=True):  # track-major, candidates in their order
+            track, i = tracks[t], candidates[j]
+            if detections[i].label != track.label:
+                continue
+            similarity = float(box_ious[t, j])
+            if use_masks:
+                shift = (round(track.velocity[1] * (track.misses + 1) / self.stride),
+                         round(track.velocity[0] * (track.misses + 1) / self.stride))
+                similarity = (similarity + _mask_iou(track.mask, masks[i], shift)) / 2.0
+            if similarity > self.params.track_match_iou:
+                pairs.append((similarity, int(t), i))
         pairs.sort(key=lambda pair: -pair[0])
         used: set[int] = set()
         for _, t, i in pairs:

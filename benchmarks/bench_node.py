@@ -14,7 +14,10 @@ DDS is Fast DDS with the project's config/fastdds_loopback.xml (UDPv4 on 127.0.0
    (reliable) and subscribes to /gdino/result, /gdino/detections, /gdino/mask and /gdino/no_target as a
    planner would. 10 warm-up frames, then 100 frames at 5 Hz (no frame is dropped); the node's per-stage
    means come from its /diagnostics (a 100-frame window), rclpy's deserialisation is timed on the same
-   frame with rclpy.serialization, end-to-end latency is publish -> /gdino/result received.
+   frame with rclpy.serialization, end-to-end latency is publish -> /gdino/result received. The node
+   process's CPU time per frame (every thread: executor, worker, DDS; from /proc, less its idle rate
+   measured just before) covers what the stages miss: DDS receiving and sending the frame's fragments,
+   the executor, and the caches a camera-sized copy evicts.
 2. Rates: floods of --flood-hz over UDP loopback into (a) a plain rclpy subscriber that only answers
    (the transport's ceiling), (b) the node with all outputs subscribed, (c) the node with only
    /gdino/detections subscribed; and (d) --inprocess-hz into the node with the driver in the same process
@@ -313,6 +316,12 @@ def deserialize_ms(msg: Any, repeat: int = 20) -> float:
     return 1e3 * float(np.median(times))
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) a process has used so far, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def measure(
     scenario: str, camera: list[str], frames: int, flood_hz: float, flood_s: float
 ) -> list[dict[str, Any]]:
@@ -331,10 +340,16 @@ def measure(
             msg = driver.frame(hw)
             driver.stream(msg, stamp, 10, 5.0)  # warm-up
             first = stamp + 10
-            driver.stream(msg, first, frames, 5.0)
             measured = range(first, first + frames)
             arrived = driver.arrived["result"]
+            # The node process's CPU while idle (executor, timers, DDS), then while serving the frames.
+            idle_start, idle_cpu = time.monotonic(), cpu_seconds(child.pid)
+            driver.spin_until(lambda: False, frames / 5.0)
+            idle_rate = (cpu_seconds(child.pid) - idle_cpu) / (time.monotonic() - idle_start)
+            busy_start, busy_cpu = time.monotonic(), cpu_seconds(child.pid)
+            driver.stream(msg, first, frames, 5.0)
             driver.spin_until(lambda m=measured, a=arrived: all(i in a for i in m), 30.0)
+            busy = cpu_seconds(child.pid) - busy_cpu - idle_rate * (time.monotonic() - busy_start)
             stages = {
                 key[len("latency_ms."):]: float(value)
                 for key, value in driver.fresh_diagnostics().items() if key.startswith("latency_ms.")
@@ -346,6 +361,7 @@ def measure(
                 "resolution": name,
                 "stages": stages,
                 "deserialize": deserialize_ms(msg),
+                "process_cpu": 1e3 * busy / frames,
                 "detections": int(np.median([driver.detections.get(i, -1) for i in measured])),
                 "e2e_p50": float(np.percentile(latencies, 50)),
                 "e2e_p95": float(np.percentile(latencies, 95)),
@@ -420,15 +436,16 @@ def report(
     """Print the BENCHMARKS.md tables (milliseconds per frame; rates in frames per second)."""
     print("| scenario | frame | detections | rclpy deserialize (executor) | convert | preprocess "
           "| engine (no-op) | postprocess | messages + publish | **node cost excl. engine** "
-          "| publish → /gdino/result received, p50 / p95 | frames lost |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| node process CPU per frame, all threads | publish → /gdino/result received, p50 / p95 "
+          "| frames lost |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         s = row["stages"]
         cost = row["deserialize"] + s["convert"] + s["segmenter"] - s["inference"] + s["overlay"]
         cost += s["messages_and_publish"]
         print(f"| {row['scenario']} | {row['resolution']} | {row['detections']} | {row['deserialize']:.2f} | "
               f"{s['convert']:.2f} | {s['preprocess']:.2f} | {s['inference']:.2f} | {s['postprocess']:.2f} | "
-              f"{s['messages_and_publish']:.2f} | **{cost:.1f}** | "
+              f"{s['messages_and_publish']:.2f} | **{cost:.1f}** | {row['process_cpu']:.1f} | "
               f"{row['e2e_p50']:.1f} / {row['e2e_p95']:.1f} | {row['lost']} |")
     print()
     print(f"Floods: frames offered at {flood_hz:.0f} Hz over UDP loopback, {inprocess_hz:.0f} Hz in-process.")

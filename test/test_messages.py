@@ -253,3 +253,19 @@ def test_installed_tree_is_found_and_absence_is_reported(
     with pytest.raises(MessageDefinitionsNotFoundError, match="AMENT_PREFIX_PATH") as error:
         project_typestore()
     assert str(tmp_path / "nowhere") in str(error.value)
+
+
+@pytest.mark.usefixtures("ros_context")
+def test_rclpy_image_messages_keep_their_pixel_array_without_a_copy() -> None:
+    """A 1080p label image is 4 MB: rclpy must keep the array it is given, on Humble and on Jazzy."""
+    import dataclasses
+
+    from gdino_ros.conversions.messages import label_image_msg
+
+    made: list[Any] = []
+    types = ros_message_types()
+    recording = dataclasses.replace(types, uint8_sequence=lambda data: made.append(types.uint8_sequence(data))
+                                    or made[-1])
+    message = label_image_msg(np.arange(12, dtype=np.uint16).reshape(3, 4), _ros_header(), recording)
+    assert message.data is made[-1]
+    assert bytes(message.data) == np.arange(12, dtype="<u2").tobytes()

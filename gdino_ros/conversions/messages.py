@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import array
 import importlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,10 @@ class MessageTypes:
 
     ``uint8_sequence`` turns a C-contiguous uint8 array into the value a ``uint8[]`` field accepts:
     rosbags keeps numpy arrays; rclpy wants ``array.array('B')`` (its generic sequence check walks
-    every element, which would cost seconds per camera image).
+    every element, which would cost seconds per camera image). ``keep_arrays`` are the constructor
+    arguments under which a message keeps such a value as given: rclpy from Iron on copies it again
+    unless the message checks its fields (``check_fields=True``); Humble's rclpy always checks, and
+    rosbags never copies.
     """
 
     Detection2DArray: Callable[..., Any]
@@ -133,6 +136,7 @@ class MessageTypes:
     LabelInfo: Callable[..., Any]
     VisionClass: Callable[..., Any]
     uint8_sequence: Callable[[np.ndarray], Any]
+    keep_arrays: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _byte_array(data: np.ndarray) -> array.array:
@@ -147,7 +151,9 @@ def ros_message_types() -> MessageTypes:
     for attribute, type_name in MESSAGE_TYPE_NAMES.items():
         package, _, name = type_name.split("/")
         classes[attribute] = getattr(importlib.import_module(f"{package}.msg"), name)
-    return MessageTypes(**classes, uint8_sequence=_byte_array)
+    # Messages generated from Iron on take a check_fields argument (and keep it in a slot of that name).
+    keep_arrays = {"check_fields": True} if "_check_fields" in classes["Image"].__slots__ else {}
+    return MessageTypes(**classes, uint8_sequence=_byte_array, keep_arrays=keep_arrays)
 
 
 def rosbags_message_types(typestore: Any) -> MessageTypes:
@@ -198,9 +204,10 @@ def _image_msg(pixels: np.ndarray, header: Any, encoding: str, types: MessageTyp
         is_bigendian=0,
         step=int(width * channels * dtype.itemsize),
         data=types.uint8_sequence(_NO_BYTES),
+        **types.keep_arrays,
     )
     # Assigned, not passed: rclpy's constructor copies its data argument (megabytes per label image),
-    # while its setter keeps an array.array as given on Humble (and copies it once on Jazzy).
+    # while its setter keeps an array.array as given (with keep_arrays on Iron and later).
     message.data = types.uint8_sequence(little.reshape(-1).view(np.uint8))
     return message
 
@@ -352,7 +359,7 @@ def point_cloud_msg(
     return types.PointCloud2(
         header=header, height=1, width=len(cloud), fields=point_fields, is_bigendian=False,
         point_step=POINT_DTYPE.itemsize, row_step=POINT_DTYPE.itemsize * len(cloud),
-        data=types.uint8_sequence(cloud.view(np.uint8).reshape(-1)), is_dense=True,
+        data=types.uint8_sequence(cloud.view(np.uint8).reshape(-1)), is_dense=True, **types.keep_arrays,
     )
 
 

@@ -2,7 +2,7 @@
 
 The node is the real SegmentNode around a real Segmenter whose backend is a no-op engine: it checks the
 image tensor it is given and returns precomputed outputs of a 544x960 model at once. So everything is
-measured except the network itself: rclpy's deserialisation of the frame, image conversion,
+measured except the network itself: receiving the frame, image conversion,
 preprocessing, post-processing (scores, NMS, masks at camera resolution), message building, publishing,
 DDS. Engine outputs come from benchmarks/bench_postprocess.py (``make_outputs``): "objects" is its
 "realistic" scene (20 objects, 3 queries each), "no target" the same outputs with the ReLA head saying
@@ -13,11 +13,12 @@ DDS is Fast DDS with the project's config/fastdds_loopback.xml (UDPv4 on 127.0.0
 1. Cost: the node runs in a child process; this script (the driver) publishes rgb8 frames of a real photo
    (reliable) and subscribes to /gdino/result, /gdino/detections, /gdino/mask and /gdino/no_target as a
    planner would. 10 warm-up frames, then 100 frames at 5 Hz (no frame is dropped); the node's per-stage
-   means come from its /diagnostics (a 100-frame window), rclpy's deserialisation is timed on the same
-   frame with rclpy.serialization, end-to-end latency is publish -> /gdino/result received. The node
-   process's CPU time per frame (every thread: executor, worker, DDS; from /proc, less its idle rate
-   measured just before) covers what the stages miss: DDS receiving and sending the frame's fragments,
-   the executor, and the caches a camera-sized copy evicts.
+   means come from its /diagnostics (a 100-frame window); the executor's work on a received frame (rclpy's
+   raw take copies its CDR bytes, the node decodes them) is timed here on the same frame; end-to-end
+   latency is publish -> /gdino/result received. The node process's CPU time per frame (every thread:
+   executor, worker, DDS; from /proc, less its idle rate measured just before) covers what the stages
+   miss: DDS receiving and sending the frame's fragments, the executor, and the caches a camera-sized
+   copy evicts.
 2. Rates: floods of --flood-hz over UDP loopback into (a) a plain rclpy subscriber that only answers
    (the transport's ceiling), (b) the node with all outputs subscribed, (c) the node with only
    /gdino/detections subscribed; and (d) --inprocess-hz into the node with the driver in the same process
@@ -302,16 +303,22 @@ class Driver:
             rclpy.shutdown()
 
 
-def deserialize_ms(msg: Any, repeat: int = 20) -> float:
-    """Median time rclpy needs to turn a received frame into a Python message (the node's executor thread)."""
-    from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import Image
+def receive_ms(msg: Any, repeat: int = 20) -> float:
+    """Median time of the node's executor-side work on a received frame, timed here on the same frame.
 
-    raw = serialize_message(msg)
+    The node subscribes raw: rclpy copies the frame's CDR bytes into a Python ``bytes`` and the node's
+    codec decodes them (the pixels stay a view of those bytes).
+    """
+    from rclpy.serialization import serialize_message
+
+    from gdino_ros.conversions.cdr import CdrCodec
+
+    codec = CdrCodec()
+    serialised = memoryview(bytes(serialize_message(msg)))
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        deserialize_message(raw, Image)
+        codec.decode(bytes(serialised), "sensor_msgs/msg/Image")
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 
@@ -360,7 +367,7 @@ def measure(
                 "scenario": scenario,
                 "resolution": name,
                 "stages": stages,
-                "deserialize": deserialize_ms(msg),
+                "receive": receive_ms(msg),
                 "process_cpu": 1e3 * busy / frames,
                 "detections": int(np.median([driver.detections.get(i, -1) for i in measured])),
                 "e2e_p50": float(np.percentile(latencies, 50)),
@@ -434,16 +441,16 @@ def report(
     rows: list[dict[str, Any]], relay: dict[str, dict[str, float]], flood_hz: float, inprocess_hz: float
 ) -> None:
     """Print the BENCHMARKS.md tables (milliseconds per frame; rates in frames per second)."""
-    print("| scenario | frame | detections | rclpy deserialize (executor) | convert | preprocess "
+    print("| scenario | frame | detections | receive (raw take + decode) | convert | preprocess "
           "| engine (no-op) | postprocess | messages + publish | **node cost excl. engine** "
           "| node process CPU per frame, all threads | publish → /gdino/result received, p50 / p95 "
           "| frames lost |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         s = row["stages"]
-        cost = row["deserialize"] + s["convert"] + s["segmenter"] - s["inference"] + s["overlay"]
+        cost = row["receive"] + s["convert"] + s["segmenter"] - s["inference"] + s["overlay"]
         cost += s["messages_and_publish"]
-        print(f"| {row['scenario']} | {row['resolution']} | {row['detections']} | {row['deserialize']:.2f} | "
+        print(f"| {row['scenario']} | {row['resolution']} | {row['detections']} | {row['receive']:.2f} | "
               f"{s['convert']:.2f} | {s['preprocess']:.2f} | {s['inference']:.2f} | {s['postprocess']:.2f} | "
               f"{s['messages_and_publish']:.2f} | **{cost:.1f}** | {row['process_cpu']:.1f} | "
               f"{row['e2e_p50']:.1f} / {row['e2e_p95']:.1f} | {row['lost']} |")

@@ -3,12 +3,15 @@
 What segment_node does with each frame besides running the engine, called directly in one process:
 preprocessing of a 1080p rgb8 frame, post-processing of ``bench_postprocess.py``'s synthetic outputs
 ("objects": its realistic scene, 20 detections; "no target": the same outputs with the ReLA head saying
-"nothing here"), building the frame's messages (``result_to_messages`` with rclpy's message classes, mono16
-label image, per-instance cropped masks) and rclpy's CDR serialisation of each of them (what ``publish``
-does before DDS). ``--camera-input``: the preprocessing a camera-input model leaves to the node (the RGB
-pixels as a contiguous [1, H, W, 3] array, :func:`camera_pixels`) instead of the resize and
-normalisation. Process CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the
-frame costs a CPU core, whatever else runs on the machine. Not measured here, unlike bench_node.py: rclpy's
+"nothing here"), tracking (the instances' crops and ``Tracker.update``, as the node's default
+``tracking: true`` does; the same outputs every frame, so every track continues), building the frame's
+messages (``result_to_messages`` with the node's rosbags message classes, mono16 label image,
+per-instance cropped masks, track ids) and their CDR bytes (``CdrCodec.encode``, what the node hands to
+``publish``).
+``--camera-input``: the preprocessing a camera-input model leaves to the node (the RGB pixels as a
+contiguous [1, H, W, 3] array, :func:`camera_pixels`) instead of the resize and normalisation. Process
+CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the frame costs a CPU
+core, whatever else runs on the machine. Not measured here, unlike bench_node.py: rclpy's
 deserialisation of the incoming frame, the executor and DDS itself.
 
 Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_node_work.py``
@@ -28,14 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_postprocess import ENGINE_HW, PROMPT, make_outputs  # noqa: E402
 
 from gdino_ros import contract  # noqa: E402
-from gdino_ros.conversions.messages import result_to_messages, ros_message_types  # noqa: E402
+from gdino_ros.conversions.cdr import CdrCodec  # noqa: E402
+from gdino_ros.conversions.messages import OUTPUT_TYPES, result_to_messages  # noqa: E402
 from gdino_ros.core.postprocess import PostprocessParams, postprocess  # noqa: E402
 from gdino_ros.core.preprocess import camera_pixels, preprocess  # noqa: E402
 from gdino_ros.core.prompt import encode_prompt  # noqa: E402
 from gdino_ros.core.tokenizer import load_tokenizer  # noqa: E402
+from gdino_ros.core.tracking import Tracker, track_inputs  # noqa: E402
 
 IMAGE_HW = (1080, 1920)
-STAGES = ("preprocess", "postprocess", "messages", "serialise")
+STAGES = ("preprocess", "postprocess", "tracking", "messages", "serialise")
 
 
 def main() -> int:
@@ -44,21 +49,22 @@ def main() -> int:
     parser.add_argument("--camera-input", action="store_true",
                         help="preprocess for a camera-input model (pixels handed over, no CPU resize)")
     args = parser.parse_args()
-    from rclpy.serialization import serialize_message  # after gdino_ros: the built messages are found
-    from std_msgs.msg import Header
-
     prompt = encode_prompt(PROMPT, "phrases", load_tokenizer())  # the local search
-    types, params = ros_message_types(), PostprocessParams()
+    codec, params = CdrCodec(), PostprocessParams()
+    stamp = codec.typestore.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0)
+    header = codec.typestore.types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera")
     image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
     print(f"# load average {os.getloadavg()[0]:.2f} at start; "
           f"{'camera-input model' if args.camera_input else 'float-input model'}")
-    print("\n| scenario | detections | preprocess | postprocess | messages | serialise | **total CPU ms** |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| scenario | detections | preprocess | postprocess | tracking | messages | serialise "
+          "| **total CPU ms** |")
+    print("|---|---|---|---|---|---|---|---|")
     for scenario in ("objects", "no target"):
         outputs = make_outputs("realistic", prompt)
         if scenario == "no target":
             outputs[contract.NO_TARGETS] = np.array([[-2.0, 2.0]], np.float32)
         stages: dict[str, list[float]] = {name: [] for name in STAGES}
+        tracker = Tracker()
         for frame in range(5 + args.frames):
             t0 = time.process_time()
             if args.camera_input:
@@ -68,13 +74,16 @@ def main() -> int:
             t1 = time.process_time()
             result = postprocess(outputs, prompt, IMAGE_HW, params)
             t2 = time.process_time()
-            messages = result_to_messages(result, Header(), types)
+            crops = [detection.crop for detection in result.detections]
+            track_ids = tracker.update(track_inputs(result, crops), IMAGE_HW, (result.prompt, result.mode))
             t3 = time.process_time()
-            for _, message in messages.items():
-                serialize_message(message)
+            messages = result_to_messages(result, header, codec.types, track_ids=track_ids)
             t4 = time.process_time()
+            for leaf, message in messages.items():
+                codec.encode(message, OUTPUT_TYPES[leaf])
+            t5 = time.process_time()
             if frame >= 5:
-                for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
                     stages[stage].append(seconds * 1e3)
         medians = [statistics.median(values) for values in stages.values()]
         print(f"| {scenario} | {len(result.detections)} | " + " | ".join(f"{m:.2f}" for m in medians)

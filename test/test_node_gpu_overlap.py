@@ -42,7 +42,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fakes]:
     assert installed.gpu.violations == []
 
 
-def _image_msg(index: int) -> Any:
+def _image_cdr(index: int) -> bytes:
+    """Frame ``index`` as the bytes the node's raw image subscription receives."""
+    from rclpy.serialization import serialize_message
     from sensor_msgs.msg import Image
 
     pixels = IMAGES[index % len(IMAGES)]
@@ -50,7 +52,7 @@ def _image_msg(index: int) -> Any:
     msg.data = pixels.tobytes()
     msg.header.frame_id = "camera"
     msg.header.stamp.sec = index
-    return msg
+    return bytes(serialize_message(msg))
 
 
 def _label_digest(mask_or_image: np.ndarray) -> str:
@@ -120,8 +122,8 @@ def test_gpu_frames_overlap_and_each_publishes_its_own_outputs(
         assert spin_until(ros_executor, lambda: publishers["mask"].get_subscription_count() > 0
                           and publishers["result"].get_subscription_count() > 0, 10.0)
         # The camera is faster than the node: the next frame is waiting whenever one has been queued.
-        segmenter.offer = lambda index: node._on_image(_image_msg(index)) if index < FRAMES else None
-        node._on_image(_image_msg(0))
+        segmenter.offer = lambda index: node._on_image(_image_cdr(index)) if index < FRAMES else None
+        node._on_image(_image_cdr(0))
         assert spin_until(ros_executor, lambda: len(results) == FRAMES and len(masks) == FRAMES, 60.0), (
             len(results), segmenter.events)
     finally:

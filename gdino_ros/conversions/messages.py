@@ -145,12 +145,15 @@ def _byte_array(data: np.ndarray) -> array.array:
     return out
 
 
+def ros_message_class(type_name: str) -> Any:
+    """Return the rosidl-generated rclpy class of ``type_name`` ("package/msg/Name")."""
+    package, _, name = type_name.split("/")
+    return getattr(importlib.import_module(f"{package}.msg"), name)
+
+
 def ros_message_types() -> MessageTypes:
     """Collect the rosidl-generated Python classes (needs the built vision_msgs and gdino_ros messages)."""
-    classes = {}
-    for attribute, type_name in MESSAGE_TYPE_NAMES.items():
-        package, _, name = type_name.split("/")
-        classes[attribute] = getattr(importlib.import_module(f"{package}.msg"), name)
+    classes = {attribute: ros_message_class(type_name) for attribute, type_name in MESSAGE_TYPE_NAMES.items()}
     # Messages generated from Iron on take a check_fields argument (and keep it in a slot of that name).
     keep_arrays = {"check_fields": True} if "_check_fields" in classes["Image"].__slots__ else {}
     return MessageTypes(**classes, uint8_sequence=_byte_array, keep_arrays=keep_arrays)

@@ -21,7 +21,8 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from vision_msgs.msg import Detection3DArray, LabelInfo
 
-from gdino_ros.conversions.messages import LABEL_INFO_TOPIC, OUTPUT_NAMESPACE, MessageTypes, label_info_msg
+from gdino_ros.conversions.cdr import CdrCodec
+from gdino_ros.conversions.messages import LABEL_INFO_TOPIC, LABEL_INFO_TYPE, OUTPUT_NAMESPACE, label_info_msg
 from gdino_ros.conversions.planner_frames import DEPTH_BUFFER, PlannerFrames
 from gdino_ros.core.depth_lifting import LiftingParams
 from gdino_ros.core.result import Result
@@ -40,11 +41,14 @@ PLANNER_SETTINGS = (TRACKING, *settings_of(TrackingParams), DEPTH, DEPTH_STAMP_T
 
 
 class PlannerOutputs:
-    """Track ids, 3-D and LabelInfo for one node; ``values`` are its parameter values."""
+    """Track ids, 3-D and LabelInfo for one node; ``values`` are its parameter values.
 
-    def __init__(self, node: Node, values: dict[str, Any], types: MessageTypes) -> None:
+    Messages are built with ``codec``'s types and published as its CDR bytes, as the node's own outputs.
+    """
+
+    def __init__(self, node: Node, values: dict[str, Any], codec: CdrCodec) -> None:
         self._node = node
-        self._types = types
+        self._codec = codec
         tracking = TrackingParams(**{name: values[name] for name in _TRACKING_NAMES})
         lifting = LiftingParams(**{name: values[name] for name in _LIFTING_NAMES})
         self.frames = PlannerFrames(
@@ -99,7 +103,8 @@ class PlannerOutputs:
         """Track, lift and publish LabelInfo for one frame; return result_to_messages' keyword arguments."""
         if result.phrases != self._vocabulary:
             self._vocabulary = result.phrases
-            self._label_info.publish(label_info_msg(result.phrases, box_threshold, header, self._types))
+            label_info = label_info_msg(result.phrases, box_threshold, header, self._codec.types)
+            self._label_info.publish(self._codec.encode(label_info, LABEL_INFO_TYPE))
         outputs, problem = self.frames.frame(result, header)
         if problem is not None:
             self._warn(*problem)

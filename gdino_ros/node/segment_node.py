@@ -67,17 +67,21 @@ from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from gdino_ros.action import Segment as SegmentAction
+from gdino_ros.conversions.cdr import CdrCodec, CdrDecodeError
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
+    DEPTH_OUTPUT_TYPES,
+    MESSAGE_TYPE_NAMES,
     OUTPUT_NAMESPACE,
     OUTPUT_TYPES,
     result_to_messages,
-    ros_message_types,
+    ros_message_class,
 )
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
@@ -115,6 +119,7 @@ PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/prompt"
 ACTIVE_PROMPT_TOPIC = f"{OUTPUT_NAMESPACE}/active_prompt"
 SEGMENT_SERVICE = f"{OUTPUT_NAMESPACE}/segment"
 DIAGNOSTICS_TOPIC = "/diagnostics"
+PUBLISHED_TYPES = OUTPUT_TYPES | DEPTH_OUTPUT_TYPES  # every per-frame output leaf -> its type name
 
 
 @dataclass(frozen=True)
@@ -179,7 +184,9 @@ class SegmentNode(Node):
         except StartupError:
             super().destroy_node()
             raise
-        self._types = ros_message_types()
+        # Frames arrive and outputs leave as CDR bytes, read and built with rosbags types (cdr.py).
+        self._codec = CdrCodec()
+        self._types = self._codec.types
         self._stats = FrameStats()
         self._slot = FrameSlot()
         self._requests = RequestQueue()
@@ -201,7 +208,7 @@ class SegmentNode(Node):
         self._enabled: bool = values["enabled"]  # written by the executor thread only
 
         self._create_publishers()
-        self._planner = PlannerOutputs(self, values, self._types)  # track ids, 3-D, gdino/label_info
+        self._planner = PlannerOutputs(self, values, self._codec)  # track ids, 3-D, gdino/label_info
         self._output_publishers.update(self._planner.publishers)
         self._create_subscriptions(values["input_qos"] == "sensor_data", values["compressed_input"])
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -270,9 +277,11 @@ class SegmentNode(Node):
         if compressed:
             self._to_pixels = compressed_to_pixels
             self._image_input = (CompressedImage, "image/compressed", input_qos)
+            self._image_type = "sensor_msgs/msg/CompressedImage"
         else:
             self._to_pixels = image_to_pixels
             self._image_input = (Image, "image", input_qos)
+            self._image_type = MESSAGE_TYPE_NAMES["Image"]
         self._image_topic = self.resolve_topic_name(self._image_input[1])
         self._image_subscription: Any = None
         if self._enabled:
@@ -281,7 +290,10 @@ class SegmentNode(Node):
 
     def _subscribe_images(self) -> None:
         message_type, topic, qos = self._image_input
-        self._image_subscription = self.create_subscription(message_type, topic, self._on_image, qos)
+        # Raw: the callback gets the CDR bytes, decoded without copying the pixels (_on_image).
+        self._image_subscription = self.create_subscription(
+            message_type, topic, self._on_image, qos, raw=True
+        )
 
     def _read_parameters(self) -> tuple[dict[str, Any], PostprocessParams]:
         try:
@@ -307,8 +319,9 @@ class SegmentNode(Node):
                     f"bad parameter: initial_prompt '{shown(values['initial_prompt'])}': {error}"
                 ) from error
 
-    def _message_class(self, leaf: str) -> Any:
-        return getattr(self._types, OUTPUT_TYPES[leaf].rsplit("/", 1)[1])
+    @staticmethod
+    def _message_class(leaf: str) -> Any:
+        return ros_message_class(OUTPUT_TYPES[leaf])
 
     def _open_segmenter(self, values: dict[str, Any], thresholds: PostprocessParams) -> Segmenter:
         model = values["model"]
@@ -336,17 +349,23 @@ class SegmentNode(Node):
 
     # --- executor-thread callbacks: validate, store, return ------------------------------------------
 
-    def _on_image(self, msg: Any) -> None:
+    def _on_image(self, raw: bytes) -> None:
         if not self._enabled:  # taken just before the subscription was dropped
             return
         now = time.monotonic()
+        with self._stats.lock:
+            self._stats.received += 1
+            self._stats.received_at.append(now)
+        try:
+            msg = self._codec.decode(raw, self._image_type)
+        except CdrDecodeError as error:
+            self._frame_failed(error)
+            return
         with self._newest_lock:
             self._newest_frame = (msg, now)
         dropped = self._slot.put(msg, now)
         with self._stats.lock:
-            self._stats.received += 1
             self._stats.dropped += int(dropped)
-            self._stats.received_at.append(now)
 
     def _on_prompt(self, msg: String) -> None:
         if not msg.data.strip():
@@ -536,7 +555,7 @@ class SegmentNode(Node):
 
     def _frame_failed(self, error: Exception) -> None:
         """Count and report a streaming frame that could not be processed; the node goes on."""
-        if isinstance(error, ImageConversionError):
+        if isinstance(error, (ImageConversionError, CdrDecodeError)):
             self._count_problem(REJECTED, f"bad image: {error}")
             self.get_logger().warning(
                 f"skipped a frame from {self._image_topic}: {error}", throttle_duration_sec=WARN_PERIOD_S
@@ -598,6 +617,9 @@ class SegmentNode(Node):
             result = segmenter(pixels, bgr=bgr)
             messages = result_to_messages(result, msg.header, self._types, mask_encoding=self._mask_encoding,
                                           standalone=True)
+            # A service answer is an rclpy message: the result as built for the topics, read back by rclpy.
+            answer = deserialize_message(self._codec.encode(messages.result, OUTPUT_TYPES["result"]),
+                                         self._message_class("result"))
         except ImageConversionError as error:
             return Outcome(False, f"the frame cannot be used: {error}")
         except Exception as error:  # noqa: BLE001 - the caller is told; the node goes on
@@ -606,7 +628,7 @@ class SegmentNode(Node):
         return Outcome(
             True,
             f"{len(result.detections)} detection(s) in the frame stamped {stamp.sec}.{stamp.nanosec:09d}",
-            messages.result,
+            answer,
         )
 
     def _apply_staged(self) -> None:
@@ -660,7 +682,7 @@ class SegmentNode(Node):
         for leaf, message in messages.items():
             publisher = self._output_publishers[leaf]
             if publisher.get_subscription_count() > 0:  # unheard messages still cost their serialisation
-                publisher.publish(message)
+                publisher.publish(self._codec.encode(message, PUBLISHED_TYPES[leaf]))
         published = time.monotonic()
         if messages.dropped_instances:
             self.get_logger().warning(

@@ -23,6 +23,11 @@ frame, stamped with the input image's header, ``gdino/detections`` (vision_msgs/
 ``gdino/active_prompt`` (std_msgs/String, transient local) and ``/diagnostics`` once a second, on the
 steady clock (so with use_sim_time and no /clock yet they still come).
 
+Messages. Camera frames arrive as CDR bytes (a raw subscription) and are decoded without copying their
+pixels; every per-frame output is built with rosbags classes and published as its CDR bytes
+(:mod:`gdino_ros.conversions.cdr` says why). Service and action answers are rclpy messages read back
+from the same bytes.
+
 Requests. The ``gdino/segment`` service (gdino_ros/srv/Segment), and the action of the same name
 (gdino_ros/action/Segment, which a client can cancel), segment one frame with the caller's prompt and
 thresholds without touching the streaming prompt: the callback queues the request and awaits it (a

@@ -21,8 +21,14 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from vision_msgs.msg import Detection3DArray, LabelInfo
 
-from gdino_ros.conversions.cdr import CdrCodec
-from gdino_ros.conversions.messages import LABEL_INFO_TOPIC, LABEL_INFO_TYPE, OUTPUT_NAMESPACE, label_info_msg
+from gdino_ros.conversions.cdr import CdrCodec, CdrDecodeError
+from gdino_ros.conversions.messages import (
+    LABEL_INFO_TOPIC,
+    LABEL_INFO_TYPE,
+    MESSAGE_TYPE_NAMES,
+    OUTPUT_NAMESPACE,
+    label_info_msg,
+)
 from gdino_ros.conversions.planner_frames import DEPTH_BUFFER, PlannerFrames
 from gdino_ros.core.depth_lifting import LiftingParams
 from gdino_ros.core.result import Result
@@ -32,6 +38,8 @@ from gdino_ros.settings import DEPTH, DEPTH_STAMP_TOLERANCE_S, TRACKING, setting
 WARN_PERIOD_S = 5.0
 DEPTH_TOPIC = "depth"
 CAMERA_INFO_TOPIC = "camera_info"
+DEPTH_TYPE = MESSAGE_TYPE_NAMES["Image"]
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 _TRACKING_NAMES = {s.name for s in settings_of(TrackingParams)}
 _LIFTING_NAMES = {s.name for s in settings_of(LiftingParams)}
 
@@ -71,8 +79,9 @@ class PlannerOutputs:
             # Sensor QoS (best effort) is what cameras and Isaac Sim publish; it also matches reliable ones.
             sensor = QoSProfile(depth=DEPTH_BUFFER, history=HistoryPolicy.KEEP_LAST,
                                 reliability=ReliabilityPolicy.BEST_EFFORT)
-            node.create_subscription(Image, DEPTH_TOPIC, self.frames.add_depth, sensor)
-            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self.frames.add_camera_info, sensor)
+            # Raw, as the camera frames: a depth image is megabytes that rclpy would copy into Python.
+            node.create_subscription(Image, DEPTH_TOPIC, self._on_depth, sensor, raw=True)
+            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, sensor, raw=True)
             self.publishers = {
                 "detections_3d": node.create_publisher(
                     Detection3DArray, f"{OUTPUT_NAMESPACE}/detections_3d", reliable),
@@ -80,6 +89,22 @@ class PlannerOutputs:
             }
         self._warned_at: dict[str, float] = {}
         node.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _on_depth(self, raw: bytes) -> None:
+        try:
+            self.frames.add_depth(self._codec.decode(raw, DEPTH_TYPE))
+        except CdrDecodeError as error:
+            self._dropped(self.frames.depth_source, error)
+
+    def _on_camera_info(self, raw: bytes) -> None:
+        try:
+            self.frames.add_camera_info(self._codec.decode(raw, CAMERA_INFO_TYPE))
+        except CdrDecodeError as error:
+            self._dropped(self.frames.camera_info_source, error)
+
+    def _dropped(self, topic: str, error: CdrDecodeError) -> None:
+        self._node.get_logger().warning(f"dropped a message on {topic}: {error}",
+                                        throttle_duration_sec=WARN_PERIOD_S)
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Apply changed tracking and lifting settings (the node's own callback has validated them).

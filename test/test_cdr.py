@@ -109,3 +109,13 @@ def test_an_image_is_encoded_as_rosbags_serialises_it(
              else label_image_msg(pixels, header, codec.types, encoding))
     type_name = MESSAGE_TYPE_NAMES["Image"]
     assert codec.encode(image, type_name) == bytes(codec.typestore.serialize_cdr(image, type_name))
+
+
+def test_every_truncation_of_a_frame_is_refused_cleanly(codec: CdrCodec) -> None:
+    """The node decodes whatever arrives on its raw subscription: a cut frame must not raise anything else."""
+    from rclpy.serialization import serialize_message
+
+    raw = bytes(serialize_message(_rclpy_frame(np.zeros((2, 3, 3), np.uint8), "rgb8")))
+    for size in range(len(raw)):
+        with pytest.raises(CdrDecodeError):
+            codec.decode(raw[:size], "sensor_msgs/msg/Image")

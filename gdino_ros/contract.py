@@ -90,6 +90,10 @@ IMAGE_INPUT_CAMERA = "camera"  # uint8 [1, h, w, 3] RGB of any camera size, prep
 # --- Image normalisation (training values; TAO Deploy's std 0.224 on every channel is a bug) --------------
 IMAGE_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGE_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+# The same normalisation of 0-255 pixels as one multiply-add per RGB channel: x * IMAGE_SCALE + IMAGE_OFFSET
+# (the CPU preprocessing and a camera-input graph both compute it this way).
+IMAGE_SCALE: tuple[float, ...] = tuple(1.0 / (255.0 * s) for s in IMAGE_STD)
+IMAGE_OFFSET: tuple[float, ...] = tuple(-m / s for m, s in zip(IMAGE_MEAN, IMAGE_STD, strict=True))
 
 # --- bert-base-uncased special tokens -----------------------------------------------------------------
 PAD_ID = 0

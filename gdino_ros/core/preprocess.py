@@ -17,14 +17,10 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from gdino_ros.contract import IMAGE_MEAN, IMAGE_STD, MIN_IMAGE_SIDE
+from gdino_ros.contract import IMAGE_OFFSET, IMAGE_SCALE, MIN_IMAGE_SIDE
 
 if TYPE_CHECKING:
     from gdino_ros.backends.base import Backend
-
-# x_norm = (x / 255 - mean) / std = x * scale + offset, per RGB channel.
-_SCALE = tuple(1.0 / (255.0 * s) for s in IMAGE_STD)
-_OFFSET = tuple(-m / s for m, s in zip(IMAGE_MEAN, IMAGE_STD, strict=True))
 
 
 def check_image(image: np.ndarray, max_hw: tuple[int, int] | None = None) -> None:
@@ -86,7 +82,7 @@ def preprocess(
     for rgb_channel in range(3):
         plane = planes[2 - rgb_channel] if bgr else planes[rgb_channel]
         # dst = plane * scale + 0 * plane + offset, computed in float and stored as float32, in place.
-        cv2.addWeighted(plane, _SCALE[rgb_channel], plane, 0.0, _OFFSET[rgb_channel],
+        cv2.addWeighted(plane, IMAGE_SCALE[rgb_channel], plane, 0.0, IMAGE_OFFSET[rgb_channel],
                         dst=tensor[0, rgb_channel], dtype=cv2.CV_32F)
     if dtype != np.float32:
         return tensor.astype(dtype)

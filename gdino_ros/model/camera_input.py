@@ -29,13 +29,10 @@ def add_camera_input(model: onnx.ModelProto, input_hw: tuple[int, int]) -> None:
     for node in graph.node:
         node.input[:] = [_NORMALISED if name == contract.INPUT_IMAGE else name for name in node.input]
     height, width = input_hw
-    scale = np.array([1.0 / (255.0 * s) for s in contract.IMAGE_STD], np.float32).reshape(1, 3, 1, 1)
-    offset = np.array([-m / s for m, s in zip(contract.IMAGE_MEAN, contract.IMAGE_STD, strict=True)],
-                      np.float32).reshape(1, 3, 1, 1)
     constants: dict[str, np.ndarray] = {
         f"{SCOPE}/sizes": np.array([contract.BATCH_SIZE, 3, height, width], np.int64),
-        f"{SCOPE}/scale": scale,
-        f"{SCOPE}/offset": offset,
+        f"{SCOPE}/scale": np.array(contract.IMAGE_SCALE, np.float32).reshape(1, 3, 1, 1),
+        f"{SCOPE}/offset": np.array(contract.IMAGE_OFFSET, np.float32).reshape(1, 3, 1, 1),
     }
     graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
     nodes = [

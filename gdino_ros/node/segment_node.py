@@ -191,7 +191,6 @@ class SegmentNode(Node):
             raise
         # Frames arrive and outputs leave as CDR bytes, read and built with rosbags types (cdr.py).
         self._codec = CdrCodec()
-        self._types = self._codec.types
         self._stats = FrameStats()
         self._slot = FrameSlot()
         self._requests = RequestQueue()
@@ -620,8 +619,8 @@ class SegmentNode(Node):
             pixels, bgr = self._to_pixels(msg)
             segmenter.set_params(request.params)
             result = segmenter(pixels, bgr=bgr)
-            messages = result_to_messages(result, msg.header, self._types, mask_encoding=self._mask_encoding,
-                                          standalone=True)
+            messages = result_to_messages(result, msg.header, self._codec.types,
+                                          mask_encoding=self._mask_encoding, standalone=True)
             # A service answer is an rclpy message: the result as built for the topics, read back by rclpy.
             answer = deserialize_message(self._codec.encode(messages.result, OUTPUT_TYPES["result"]),
                                          self._message_class("result"))
@@ -679,7 +678,7 @@ class SegmentNode(Node):
             overlay = draw_overlay(frame.pixels[..., ::-1] if frame.bgr else frame.pixels, result)
         drawn = time.monotonic()
         messages = result_to_messages(
-            result, msg.header, self._types, mask_encoding=frame.mask_encoding, overlay_rgb=overlay,
+            result, msg.header, self._codec.types, mask_encoding=frame.mask_encoding, overlay_rgb=overlay,
             **self._planner.frame_outputs(result, msg.header, frame.job.params.box_threshold),
         )
         if self._stopping():  # shutdown began during the frame: its outputs are not wanted any more

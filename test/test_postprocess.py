@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gdino_ros.backends.frame import ArrayMasks
 from gdino_ros.contract import NO_TARGETS, PRED_BOXES, PRED_LOGITS, PRED_MASKS, UNION_MASK_LOGITS
 from gdino_ros.core.instance_crop import InstanceCrop, crop_from_logits
 from gdino_ros.core.mask_resampling import MaskUpsampler
@@ -477,3 +478,38 @@ def test_full_size_masks_are_computed_when_read(tokenizer, generic_resize: None)
     crop = result.detections[0].crop  # from the logits: no full-size mask is made for it
     assert callable(detection.crop_source)
     assert_tight_crop(crop, expected)
+
+
+class CountingMasks(ArrayMasks):
+    """ArrayMasks that records the query of every plane read."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        super().__init__(array)
+        self.read: list[int] = []
+
+    def planes(self, queries: np.ndarray) -> np.ndarray:
+        self.read.extend(int(q) for q in queries)
+        return super().planes(queries)
+
+
+def test_ioi_reads_each_plane_once_and_not_those_nms_suppressed_first(tokenizer) -> None:
+    prompt = encode_prompt("cat", "phrases", tokenizer)
+    objects, copies = 10, 3  # each object found by three queries with near-identical boxes, as engines do
+    out = add_rela(blank(prompt, queries=objects * copies, mask_hw=(16, 40)))
+    logits, boxes, masks = out[PRED_LOGITS][0], out[PRED_BOXES][0], out[PRED_MASKS][0, :, 0]
+    for k in range(objects):
+        for copy in range(copies):
+            q = copy * objects + k  # every object's best query first, then the second-best ones, ...
+            logits[q, 1] = logit(0.9 - 0.01 * k - 0.2 * copy)
+            boxes[q] = [(k + 0.5) / objects, 0.5, 0.08, 0.5]
+            masks[q, 4:12, 4 * k : 4 * k + 3] = 5.0
+    counting = CountingMasks(out[PRED_MASKS])
+    result = postprocess(out, prompt, (64, 160), masks=counting)
+    best = [round(0.9 - 0.01 * k, 4) for k in range(objects)]
+    assert [round(d.score, 4) for d in result.detections] == best
+    assert len(counting.read) == len(set(counting.read))  # no plane read twice
+    assert len(counting.read) < objects * copies  # not every candidate's plane: NMS suppressed some first
+    expected = postprocess(out, prompt, (64, 160))
+    np.testing.assert_array_equal(result.label_image, expected.label_image)
+    for found in result.detections:
+        assert_tight_crop(found.crop, reference_mask(masks[found.instance_id - 1], (64, 160)))

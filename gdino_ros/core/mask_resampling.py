@@ -10,6 +10,7 @@ interpolated exactly only in the cells where the deciding mask crosses its thres
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -205,9 +206,9 @@ class MaskUpsampler:
         return top
 
     def paint_labels(
-        self, planes: np.ndarray, threshold: float, out: np.ndarray
+        self, planes: Sequence[np.ndarray], threshold: float, out: np.ndarray
     ) -> list[tuple[int, int, np.ndarray] | None] | None:
-        """Write the label image of ``planes`` (float [N, h, w], best first) into ``out`` (uint16 [H, W]).
+        """Write the label image of ``planes`` (float [h, w] maps, best first) into ``out`` (uint16 [H, W]).
 
         A pixel gets ``k + 1`` for the first plane k whose upsampled logit is above ``threshold`` (exactly
         as :meth:`paint` decides it); ``out`` must be zeros, and pixels of no plane are left 0.
@@ -232,7 +233,7 @@ class MaskUpsampler:
         open_cells = np.ones((h, w), dtype=np.bool_)  # no plane has covered the cell yet
         crossed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (plane, cell rows, cell columns)
         won: list[tuple[int, int, int, int]] = []  # cell rectangles holding the cells each plane won
-        for k in range(planes.shape[0]):
+        for k in range(len(planes)):
             plane = np.asarray(planes[k], dtype=np.float32)
             c0, r0, n_cols, n_rows = cv2.boundingRect((plane > outside_below).view(np.uint8))
             if n_rows == 0:
@@ -265,7 +266,7 @@ class MaskUpsampler:
         return None
 
     def _paint_windows(
-        self, planes: np.ndarray, threshold: float, out: np.ndarray
+        self, planes: Sequence[np.ndarray], threshold: float, out: np.ndarray
     ) -> list[tuple[int, int, np.ndarray] | None] | None:
         """Paint each plane's window, the last plane first, when the windows add up to less than the image.
 
@@ -307,7 +308,9 @@ class MaskUpsampler:
             x0, x1 = np.searchsorted(cols, ca, "left"), np.searchsorted(cols, cb - 1, "right")
             out[y0:y1, x0:x1] = np.take(np.take(winner, rows[y0:y1], axis=0), cols[x0:x1], axis=1)
 
-    def _paint_labels_by_resize(self, planes: np.ndarray, threshold: float, out: np.ndarray) -> None:
+    def _paint_labels_by_resize(
+        self, planes: Sequence[np.ndarray], threshold: float, out: np.ndarray
+    ) -> None:
         """paint_labels() for planes with infinite or NaN logits: OpenCV's full resize of every plane.
 
         OpenCV reads a single sample at the image's left and right edges, where the per-cell arithmetic
@@ -319,7 +322,7 @@ class MaskUpsampler:
         cv2.ipp.setUseIPP(False)
         try:
             with np.errstate(invalid="ignore"):
-                for k in range(planes.shape[0] - 1, -1, -1):
+                for k in range(len(planes) - 1, -1, -1):
                     plane = np.asarray(planes[k], dtype=np.float32)
                     up = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
                     np.copyto(out, np.uint16(k + 1), where=up > threshold)
@@ -328,7 +331,7 @@ class MaskUpsampler:
 
     def _paint_crossed_cells(
         self,
-        planes: np.ndarray,
+        planes: Sequence[np.ndarray],
         threshold: float,
         crossed: list[tuple[int, np.ndarray, np.ndarray]],
         winner: np.ndarray,

@@ -28,7 +28,7 @@ Order of operations, per frame (batch 1):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -155,15 +155,15 @@ def postprocess(
 
     scores, queries, classes, token_probs = _select(logits, prompt, params)
     boxes_xyxy = boxes_to_pixels(boxes[queries], height, width)
+    kept_masks: Sequence[np.ndarray]
     if union is not None and params.ioi_threshold > 0:
-        # The IoI test reads the candidates' masks: fetch each candidate query's plane once.
-        candidates, rows = np.unique(queries, return_inverse=True)
-        candidate_masks = masks.planes(candidates)
-        keep = _filter(scores, boxes_xyxy, candidate_masks, rows, union_foreground(union, mask_hw), params)
-        kept_masks = candidate_masks[rows[keep]]
+        # The IoI test reads the masks of the candidates NMS leaves, fetched when first needed.
+        candidate_planes = _CandidatePlanes(masks, queries)
+        keep = _filter(scores, boxes_xyxy, (candidate_planes, union_foreground(union, mask_hw)), params)
+        kept_masks = [candidate_planes.plane(int(i)) for i in keep]
     else:
-        keep = _filter(scores, boxes_xyxy, np.empty((0, *mask_hw), np.float32), queries, None, params)
-        kept_masks = masks.planes(queries[keep])
+        keep = _filter(scores, boxes_xyxy, None, params)
+        kept_masks = list(masks.planes(queries[keep]))
     scores, queries, classes, boxes_xyxy = scores[keep], queries[keep], classes[keep], boxes_xyxy[keep]
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
@@ -318,20 +318,48 @@ def box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
+class _CandidatePlanes:
+    """The candidates' mask planes, read from the engine's outputs when the IoI test first needs them.
+
+    NMS leaves about half of a typical frame's candidates, so reading every candidate's plane up front
+    copied twice the bytes needed (on TensorRT, from the device). Planes are read in batches of the next
+    candidates not yet suppressed, doubling from :attr:`FIRST_BATCH`, so that hundreds of candidates (a
+    frame without NMS) still take few reads. Each query's plane is read once, whichever of its candidates
+    (one per class) asks.
+    """
+
+    FIRST_BATCH = 8
+
+    def __init__(self, masks: MaskPlanes, queries: np.ndarray) -> None:
+        self._masks = masks
+        self._queries = queries
+        self._read: dict[int, np.ndarray] = {}  # query index -> its plane, float [h, w]
+        self._batch = self.FIRST_BATCH
+
+    def plane(self, candidate: int, suppressed: np.ndarray | None = None) -> np.ndarray:
+        """Mask logits [h, w] of ``candidate``; a read also fetches the next candidates not ``suppressed``."""
+        query = int(self._queries[candidate])
+        if query not in self._read:
+            upcoming = self._queries[candidate:] if suppressed is None else \
+                self._queries[candidate:][~suppressed[candidate:]]
+            wanted = list(dict.fromkeys(q for q in upcoming.tolist() if q not in self._read))[: self._batch]
+            self._read.update(zip(wanted, self._masks.planes(np.array(wanted, dtype=np.int64)), strict=True))
+            self._batch *= 2
+        return self._read[query]
+
+
 def _filter(
     scores: np.ndarray,
     boxes_xyxy: np.ndarray,
-    masks: np.ndarray,
-    rows: np.ndarray,
-    foreground: np.ndarray | None,
+    ioi: tuple[_CandidatePlanes, np.ndarray] | None,
     params: PostprocessParams,
 ) -> np.ndarray:
     """Return the candidates (indices, best first) that pass the IoI filter, NMS and the cap.
 
-    Candidate i's mask logits are ``masks[rows[i]]`` (read only when ``foreground`` is given). One greedy
-    pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as if the IoI
-    filter had run on all candidates before NMS; but the test is only paid for candidates that NMS has not
-    already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly above
+    ``ioi``: the candidates' planes and the union's foreground (bool [h, w]) for the IoI test, if any. One
+    greedy pass: a candidate that fails the IoI test neither stays nor suppresses others, exactly as if the
+    IoI filter had run on all candidates before NMS; but the test is only paid for candidates that NMS has
+    not already suppressed. NMS: a kept box suppresses later boxes whose IoU with it is strictly above
     ``nms_threshold`` (TAO skips NMS at 0).
     """
     threshold = params.mask_logit_threshold
@@ -341,8 +369,9 @@ def _filter(
     for i in range(scores.shape[0]):
         if suppressed[i]:
             continue
-        if foreground is not None:
-            binary = masks[rows[i]] > threshold
+        if ioi is not None:
+            planes, foreground = ioi
+            binary = planes.plane(i, suppressed) > threshold
             inside = np.count_nonzero(binary & foreground) / (np.count_nonzero(binary) + 1e-6)
             if not inside > params.ioi_threshold:
                 continue

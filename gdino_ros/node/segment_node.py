@@ -26,7 +26,8 @@ steady clock (so with use_sim_time and no /clock yet they still come).
 Messages. Camera frames arrive as CDR bytes (a raw subscription) and are decoded without copying their
 pixels; every per-frame output is built with rosbags classes and published as its CDR bytes
 (:mod:`gdino_ros.conversions.cdr` says why). Service and action answers are rclpy messages read back
-from the same bytes.
+from the same bytes. The node makes the process heap keep freed frame-sized buffers
+(:mod:`gdino_ros.node.heap`), so the copies of each frame reuse memory instead of faulting in new pages.
 
 Requests. The ``gdino/segment`` service (gdino_ros/srv/Segment), and the action of the same name
 (gdino_ros/action/Segment, which a client can cancel), segment one frame with the caller's prompt and
@@ -97,6 +98,7 @@ from gdino_ros.node.diagnostics import NodeState, segmentation_status
 from gdino_ros.node.frame_slot import FrameSlot
 from gdino_ros.node.frame_stats import FAILED, PROCESSED, REJECTED, FrameStats
 from gdino_ros.node.hardware import device_name
+from gdino_ros.node.heap import keep_large_buffers
 from gdino_ros.node.parameters import (
     PARAMETERS,
     descriptor,
@@ -179,6 +181,7 @@ class SegmentNode(Node):
     """
 
     def __init__(self, *, segmenter: Segmenter | None = None, **node_kwargs: Any) -> None:
+        keep_large_buffers()  # frames and label images reuse heap pages instead of faulting in new ones
         super().__init__(NODE_NAME, **node_kwargs)
         try:
             values, thresholds = self._read_parameters()

@@ -13,12 +13,12 @@ DDS is Fast DDS with the project's config/fastdds_loopback.xml (UDPv4 on 127.0.0
 1. Cost: the node runs in a child process; this script (the driver) publishes rgb8 frames of a real photo
    (reliable) and subscribes to /gdino/result, /gdino/detections, /gdino/mask and /gdino/no_target as a
    planner would. 10 warm-up frames, then 100 frames at 5 Hz (no frame is dropped); the node's per-stage
-   means come from its /diagnostics (a 100-frame window); the executor's work on a received frame (rclpy's
-   raw take copies its CDR bytes, the node decodes them) is timed here on the same frame; end-to-end
-   latency is publish -> /gdino/result received. The node process's CPU time per frame (every thread:
-   executor, worker, DDS; from /proc, less its idle rate measured just before) covers what the stages
-   miss: DDS receiving and sending the frame's fragments, the executor, and the caches a camera-sized
-   copy evicts.
+   means come from its /diagnostics (a 100-frame window); the executor's work on a received frame (the
+   rmw and rclpy's raw take each copy its CDR bytes, the node decodes them) is timed here on the same
+   frame; end-to-end latency is publish -> /gdino/result received. The node process's CPU time per frame
+   (every thread: executor, worker, DDS; from /proc, less its idle rate measured just before) covers what
+   the stages miss: DDS receiving and sending the frame's fragments, the executor, and the caches a
+   camera-sized copy evicts.
 2. Rates: floods of --flood-hz over UDP loopback into (a) a plain rclpy subscriber that only answers
    (the transport's ceiling), (b) the node with all outputs subscribed, (c) the node with only
    /gdino/detections subscribed; and (d) --inprocess-hz into the node with the driver in the same process
@@ -306,8 +306,9 @@ class Driver:
 def receive_ms(msg: Any, repeat: int = 20) -> float:
     """Median time of the node's executor-side work on a received frame, timed here on the same frame.
 
-    The node subscribes raw: rclpy copies the frame's CDR bytes into a Python ``bytes`` and the node's
-    codec decodes them (the pixels stay a view of those bytes).
+    The node subscribes raw: the rmw copies the received sample into rcl's serialised message, rclpy copies
+    that into a Python ``bytes``, and the node's codec decodes them (the pixels stay a view of those bytes).
+    Here: the same two copies of the frame's CDR bytes, then the decode.
     """
     from rclpy.serialization import serialize_message
 
@@ -318,7 +319,7 @@ def receive_ms(msg: Any, repeat: int = 20) -> float:
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        codec.decode(bytes(serialised), "sensor_msgs/msg/Image")
+        codec.decode(bytes(bytearray(serialised)), "sensor_msgs/msg/Image")
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 

@@ -163,7 +163,8 @@ def run_inprocess(scenario: str, camera_input: bool, flood_hz: float, flood_s: f
     node = make_node(scenario, camera_input)
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     driver = Driver()
     driver.spin_until(lambda: driver.images.get_subscription_count() > 0, 60.0)
     stamp, rows = 1, {}
@@ -175,6 +176,8 @@ def run_inprocess(scenario: str, camera_input: bool, flood_hz: float, flood_s: f
         stamp += int(flood_hz * flood_s)
     print("INPROCESS " + json.dumps(rows), flush=True)
     executor.shutdown()
+    # A daemon thread still inside rclpy's wait when the interpreter exits aborts the process.
+    spinner.join(10.0)
     node.destroy_node()
     driver.close()
     return 0

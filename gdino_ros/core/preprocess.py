@@ -23,8 +23,18 @@ if TYPE_CHECKING:
     from gdino_ros.backends.base import Backend
 
 
+class ImageSizeError(ValueError):
+    """The image is smaller than the model's minimum, or (``too_large``) larger than its maximum."""
+
+    def __init__(self, message: str, *, too_large: bool) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
 def check_image(image: np.ndarray, max_hw: tuple[int, int] | None = None) -> None:
     """Raise ValueError unless ``image`` is an H×W×3 uint8 array of at least 32×32 pixels.
+
+    A size outside the model's range raises :class:`ImageSizeError`, which says which limit it broke.
 
     ``max_hw``: the largest (height, width) the model takes, when it has a limit (a camera-input TensorRT
     engine's optimisation profile).
@@ -43,15 +53,17 @@ def check_image(image: np.ndarray, max_hw: tuple[int, int] | None = None) -> Non
         )
     height, width = image.shape[:2]
     if height < MIN_IMAGE_SIDE or width < MIN_IMAGE_SIDE:
-        raise ValueError(
+        raise ImageSizeError(
             f"The image is {width}×{height} pixels; the model needs at least "
-            f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}."
+            f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}.",
+            too_large=False,
         )
     if max_hw is not None and (height > max_hw[0] or width > max_hw[1]):
-        raise ValueError(
+        raise ImageSizeError(
             f"The image is {width}×{height} pixels; this camera-input engine takes at most "
             f"{max_hw[1]}×{max_hw[0]} (its optimisation profile); downscale the camera's images, or use "
-            "a model exported without --camera-input."
+            "a model exported without --camera-input.",
+            too_large=True,
         )
 
 

@@ -31,7 +31,7 @@ from gdino_ros.conversions.messages import (
     rosbags_message_types,
 )
 from gdino_ros.conversions.typestore import project_typestore
-from gdino_ros.core.preprocess import check_image
+from gdino_ros.core.preprocess import ImageSizeError, check_image
 from gdino_ros.core.result import Result
 from gdino_ros.errors import ModelError, UsageError
 from gdino_ros.tools.arguments import postprocess_params
@@ -366,8 +366,9 @@ def _skip_kind(error: Exception) -> str:
     """Name why a frame was skipped, in a word or two (the summary counts each kind)."""
     if isinstance(error, ImageConversionError):
         return "not convertible"
-    text = str(error)
-    return "too small" if "at least" in text else "too large" if "at most" in text else "not usable"
+    if isinstance(error, ImageSizeError):
+        return "too large" if error.too_large else "too small"
+    return "not usable"
 
 
 def run(

@@ -38,6 +38,7 @@ from gdino_ros.core.preprocess import camera_pixels, preprocess  # noqa: E402
 from gdino_ros.core.prompt import encode_prompt  # noqa: E402
 from gdino_ros.core.tokenizer import load_tokenizer  # noqa: E402
 from gdino_ros.core.tracking import Tracker, track_inputs  # noqa: E402
+from gdino_ros.node.heap import keep_large_buffers  # noqa: E402
 
 IMAGE_HW = (1080, 1920)
 STAGES = ("preprocess", "postprocess", "tracking", "messages", "serialise")
@@ -49,6 +50,8 @@ def main() -> int:
     parser.add_argument("--camera-input", action="store_true",
                         help="preprocess for a camera-input model (pixels handed over, no CPU resize)")
     args = parser.parse_args()
+    keep_large_buffers()  # as segment_node does: without it, whether a 4 MB block faults in fresh pages
+    # depends on the largest block glibc has seen freed so far
     prompt = encode_prompt(PROMPT, "phrases", load_tokenizer())  # the local search
     codec, params = CdrCodec(), PostprocessParams()
     stamp = codec.typestore.types["builtin_interfaces/msg/Time"](sec=0, nanosec=0)

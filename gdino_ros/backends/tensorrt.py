@@ -184,12 +184,16 @@ def _engine_io(engine: trt.ICudaEngine) -> tuple[dict[str, TensorSpec], dict[str
 
 
 def _create_context(
-    engine: trt.ICudaEngine, path: Path, inputs: dict[str, TensorSpec], io: ModelIO
+    engine: trt.ICudaEngine,
+    path: Path,
+    inputs: dict[str, TensorSpec],
+    io: ModelIO,
+    camera_shape: tuple[int, ...] | None,
 ) -> trt.IExecutionContext:
     """Create an execution context; set every dynamic input shape to the contract's batch-1 shape.
 
-    For a dynamic token axis that is the longest text, 256 tokens, and for a camera-input image the
-    profile's largest, so the buffers sized from these shapes hold every prompt and every camera image;
+    For a dynamic token axis that is the longest text, 256 tokens, and for a camera-input image
+    ``camera_shape``, the profile's largest, so the buffers sized from these shapes hold every prompt and every camera image;
     :meth:`TensorRTBackend._set_text` sets each prompt's own length, each frame its image's size.
     """
     context = engine.create_execution_context()
@@ -201,8 +205,8 @@ def _create_context(
         )
     for name in contract.INPUT_NAMES:
         shape = expected_input_shape(name, io.input_hw)
-        if name == contract.INPUT_IMAGE and io.camera_input:
-            shape = _camera_max_shape(engine)
+        if name == contract.INPUT_IMAGE and camera_shape is not None:
+            shape = camera_shape
         if None in inputs[name].shape and not context.set_input_shape(name, shape):
             min_shape, _, max_shape = engine.get_tensor_profile_shape(name, 0)
             raise BackendError(
@@ -269,8 +273,9 @@ class TensorRTBackend(Backend):
         self._runtime, self._engine = _load_engine(path, data, version, record)
         inputs, outputs = _engine_io(self._engine)
         io = check_io(inputs, outputs, f"engine {path}")
-        self._context = _create_context(self._engine, path, inputs, io)
-        largest = _camera_max_shape(self._engine)[1:3] if io.camera_input else None
+        camera_shape = _camera_max_shape(self._engine) if io.camera_input else None
+        self._context = _create_context(self._engine, path, inputs, io, camera_shape)
+        largest = camera_shape[1:3] if camera_shape else None
         super().__init__(
             device=f"cuda:{index}",
             precision=self._precision(record),

@@ -327,10 +327,52 @@ def receive_ms(msg: Any, repeat: int = 20) -> float:
     return 1e3 * float(np.median(times))
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) a process has used so far, from /proc (Linux)."""
+def cpu_and_faults(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system, every thread) and minor page faults of a process so far, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    utime, stime, minflt = int(fields[11]), int(fields[12]), int(fields[7])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK"), minflt
+
+
+def serve(driver: Driver, pid: int, msg: Any, first: int, frames: int) -> dict[str, Any]:
+    """Send ``frames`` copies of ``msg`` (stamps from ``first``) at 5 Hz to the node process ``pid``.
+
+    Returns the node's stage means over them (its /diagnostics), its process CPU time and minor page faults
+    per frame (the CPU it uses while idle, measured just before for as long, taken off), the median number
+    of detections, latencies publish -> /gdino/result received, and the frames that never came back.
+    """
+    measured = range(first, first + frames)
+    arrived = driver.arrived["result"]
+    idle_start, (idle_cpu, _) = time.monotonic(), cpu_and_faults(pid)
+    driver.spin_until(lambda: False, frames / 5.0)
+    idle_rate = (cpu_and_faults(pid)[0] - idle_cpu) / (time.monotonic() - idle_start)
+    busy_start, (busy_cpu, busy_faults) = time.monotonic(), cpu_and_faults(pid)
+    driver.stream(msg, first, frames, 5.0)
+    driver.spin_until(lambda: all(i in arrived for i in measured), 30.0)
+    cpu, faults = cpu_and_faults(pid)
+    busy = cpu - busy_cpu - idle_rate * (time.monotonic() - busy_start)
+    stages = {
+        key[len("latency_ms."):]: float(value)
+        for key, value in driver.fresh_diagnostics().items() if key.startswith("latency_ms.")
+    }
+    latencies = [1e3 * (arrived[i] - driver.sent[i]) for i in measured if i in arrived]
+    return {
+        "stages": stages,
+        "process_cpu": 1e3 * busy / frames,
+        "faults": (faults - busy_faults) / frames,
+        "detections": int(np.median([driver.detections.get(i, -1) for i in measured])),
+        "e2e_p50": float(np.percentile(latencies, 50)),
+        "e2e_p95": float(np.percentile(latencies, 95)),
+        "lost": frames - len(latencies),
+    }
+
+
+def node_cost(row: dict[str, Any]) -> float:
+    """The node's own cost per frame outside the engine (ms): receiving, converting, every stage but
+    inference, messages and publishing."""
+    s = row["stages"]
+    return float(row["receive"] + s["convert"] + s["segmenter"] - s["inference"] + s["overlay"]
+                 + s["messages_and_publish"])
 
 
 def measure(
@@ -350,34 +392,9 @@ def measure(
         for name, hw in RESOLUTIONS.items():
             msg = driver.frame(hw)
             driver.stream(msg, stamp, 10, 5.0)  # warm-up
-            first = stamp + 10
-            measured = range(first, first + frames)
-            arrived = driver.arrived["result"]
-            # The node process's CPU while idle (executor, timers, DDS), then while serving the frames.
-            idle_start, idle_cpu = time.monotonic(), cpu_seconds(child.pid)
-            driver.spin_until(lambda: False, frames / 5.0)
-            idle_rate = (cpu_seconds(child.pid) - idle_cpu) / (time.monotonic() - idle_start)
-            busy_start, busy_cpu = time.monotonic(), cpu_seconds(child.pid)
-            driver.stream(msg, first, frames, 5.0)
-            driver.spin_until(lambda m=measured, a=arrived: all(i in a for i in m), 30.0)
-            busy = cpu_seconds(child.pid) - busy_cpu - idle_rate * (time.monotonic() - busy_start)
-            stages = {
-                key[len("latency_ms."):]: float(value)
-                for key, value in driver.fresh_diagnostics().items() if key.startswith("latency_ms.")
-            }
-            latencies = [1e3 * (arrived[i] - driver.sent[i]) for i in measured if i in arrived]
-            stamp = first + frames
-            rows.append({
-                "scenario": scenario,
-                "resolution": name,
-                "stages": stages,
-                "receive": receive_ms(msg),
-                "process_cpu": 1e3 * busy / frames,
-                "detections": int(np.median([driver.detections.get(i, -1) for i in measured])),
-                "e2e_p50": float(np.percentile(latencies, 50)),
-                "e2e_p95": float(np.percentile(latencies, 95)),
-                "lost": frames - len(latencies),
-            })
+            served = serve(driver, child.pid, msg, stamp + 10, frames)
+            stamp += 10 + frames
+            rows.append({"scenario": scenario, "resolution": name, "receive": receive_ms(msg), **served})
         # Floods last: a saturated UDP transport takes seconds to drain and would disturb the costs above.
         for row, hw in zip(rows, RESOLUTIONS.values(), strict=True):
             row["flood_all"] = driver.flood(driver.frame(hw), stamp, flood_hz, flood_s, "result")
@@ -447,17 +464,16 @@ def report(
     """Print the BENCHMARKS.md tables (milliseconds per frame; rates in frames per second)."""
     print("| scenario | frame | detections | receive (raw take + decode) | convert | preprocess "
           "| engine (no-op) | postprocess | messages + publish | **node cost excl. engine** "
-          "| node process CPU per frame, all threads | publish → /gdino/result received, p50 / p95 "
+          "| node process CPU per frame, all threads | page faults per frame "
+          "| publish → /gdino/result received, p50 / p95 "
           "| frames lost |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        s = row["stages"]
-        cost = row["receive"] + s["convert"] + s["segmenter"] - s["inference"] + s["overlay"]
-        cost += s["messages_and_publish"]
+        s, cost = row["stages"], node_cost(row)
         print(f"| {row['scenario']} | {row['resolution']} | {row['detections']} | {row['receive']:.2f} | "
               f"{s['convert']:.2f} | {s['preprocess']:.2f} | {s['inference']:.2f} | {s['postprocess']:.2f} | "
               f"{s['messages_and_publish']:.2f} | **{cost:.1f}** | {row['process_cpu']:.1f} | "
-              f"{row['e2e_p50']:.1f} / {row['e2e_p95']:.1f} | {row['lost']} |")
+              f"{row['faults']:.0f} | {row['e2e_p50']:.1f} / {row['e2e_p95']:.1f} | {row['lost']} |")
     print()
     print(f"Floods: frames offered at {flood_hz:.0f} Hz over UDP loopback, {inprocess_hz:.0f} Hz in-process.")
     print()

@@ -193,8 +193,9 @@ def _create_context(
     """Create an execution context; set every dynamic input shape to the contract's batch-1 shape.
 
     For a dynamic token axis that is the longest text, 256 tokens, and for a camera-input image
-    ``camera_shape``, the profile's largest, so the buffers sized from these shapes hold every prompt and every camera image;
-    :meth:`TensorRTBackend._set_text` sets each prompt's own length, each frame its image's size.
+    ``camera_shape``, the profile's largest, so the buffers sized from these shapes hold every prompt and
+    every camera image; :meth:`TensorRTBackend._set_text` sets each prompt's own length, each frame its
+    image's size.
     """
     context = engine.create_execution_context()
     if context is None:

@@ -316,13 +316,14 @@ def receive_ms(msg: Any, repeat: int = 20) -> float:
     from rclpy.serialization import serialize_message
 
     from gdino_ros.conversions.cdr import CdrCodec
+    from gdino_ros.conversions.messages import IMAGE_TYPE
 
     codec = CdrCodec()
     serialised = memoryview(bytes(serialize_message(msg)))
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        codec.decode(bytes(bytearray(serialised)), "sensor_msgs/msg/Image")
+        codec.decode(bytes(bytearray(serialised)), IMAGE_TYPE)
         times.append(time.perf_counter() - start)
     return 1e3 * float(np.median(times))
 

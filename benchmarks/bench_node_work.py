@@ -11,8 +11,8 @@ per-instance cropped masks, track ids) and their CDR bytes (``CdrCodec.encode``,
 ``--camera-input``: the preprocessing a camera-input model leaves to the node (the RGB pixels as a
 contiguous [1, H, W, 3] array, :func:`camera_pixels`) instead of the resize and normalisation. Process
 CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what the frame costs a CPU
-core, whatever else runs on the machine. Not measured here, unlike bench_node.py: rclpy's
-deserialisation of the incoming frame, the executor and DDS itself.
+core, whatever else runs on the machine. Not measured here, unlike bench_node.py: receiving the frame
+(the raw take's copies and the decode), the executor and DDS itself.
 
 Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_node_work.py``
 """

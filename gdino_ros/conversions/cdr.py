@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 from rosbags.serde import SerdeError
 
-from gdino_ros.conversions.messages import MESSAGE_TYPE_NAMES, MessageTypes, rosbags_message_types
+from gdino_ros.conversions.messages import IMAGE_TYPE, MessageTypes, rosbags_message_types
 from gdino_ros.conversions.typestore import project_typestore
 from gdino_ros.errors import InputError
 
-_IMAGE = MESSAGE_TYPE_NAMES["Image"]
 _NO_PIXELS = np.zeros(0, dtype=np.uint8)
 _COUNT = struct.Struct("<I" if sys.byteorder == "little" else ">I")  # a sequence's element count
 
@@ -60,7 +59,7 @@ class CdrCodec:
 
     def encode(self, message: Any, type_name: str) -> bytes:
         """Serialise a rosbags ``type_name`` message (CDR in this machine's byte order, as rclpy writes)."""
-        if type_name != _IMAGE:
+        if type_name != IMAGE_TYPE:
             return bytes(self.typestore.serialize_cdr(message, type_name))
         # sensor_msgs/Image ends with uint8[] data: a 4-byte count then the bytes, unaligned. So the message
         # is everything before the count, serialised without pixels, then the count and the pixels.

@@ -72,6 +72,10 @@ MESSAGE_TYPE_NAMES: dict[str, str] = {
     "LabelInfo": "vision_msgs/msg/LabelInfo",
     "VisionClass": "vision_msgs/msg/VisionClass",
 }
+# The messages the node and gdino-bag read: camera frames (raw or compressed), depth images, camera info.
+IMAGE_TYPE = MESSAGE_TYPE_NAMES["Image"]
+COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 # Namespace of every output topic: relative in the node (so a node namespace applies), "/gdino" in bags.
 OUTPUT_NAMESPACE = "gdino"

@@ -4,9 +4,9 @@ Every frame the executor copies a camera frame (6.2 MB at 1080p rgb8) out of DDS
 message, then Python ``bytes``) and the worker allocates a label image and its CDR bytes (4.1 MB each).
 glibc's defaults serve such blocks with new memory: its mmap threshold only grows to the largest block
 freed so far, and once free memory at the top of the heap exceeds twice that it is handed back to the
-kernel. So the next frame's copies land on pages the kernel must map and zero again: about 2 000 page
-faults per 1080p frame in segment_node, 3.5-5.5 ms of the process's CPU time per frame on the 2-core
-development VM (BENCHMARKS.md, "page faults"), all of it on the executor thread.
+kernel. So the next frame's copies land on pages the kernel must map and zero again: 1 000-2 300 page
+faults per 1080p frame in segment_node, 2-5 ms of the process's CPU time per frame on the 2-core
+development VM (BENCHMARKS.md, "Issue #16 target 1, fourth session"), nearly all on the executor thread.
 
 :func:`keep_large_buffers` sets the two thresholds once, for the whole process: blocks up to
 :data:`MMAP_THRESHOLD` come from the heap, and the heap keeps up to :data:`TRIM_THRESHOLD` of free memory

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from rcl_interfaces.msg import SetParametersResult
@@ -23,9 +25,10 @@ from vision_msgs.msg import Detection3DArray, LabelInfo
 
 from gdino_ros.conversions.cdr import CdrCodec, CdrDecodeError
 from gdino_ros.conversions.messages import (
+    CAMERA_INFO_TYPE,
+    IMAGE_TYPE,
     LABEL_INFO_TOPIC,
     LABEL_INFO_TYPE,
-    MESSAGE_TYPE_NAMES,
     OUTPUT_NAMESPACE,
     label_info_msg,
 )
@@ -38,8 +41,6 @@ from gdino_ros.settings import DEPTH, DEPTH_STAMP_TOLERANCE_S, TRACKING, setting
 WARN_PERIOD_S = 5.0
 DEPTH_TOPIC = "depth"
 CAMERA_INFO_TOPIC = "camera_info"
-DEPTH_TYPE = MESSAGE_TYPE_NAMES["Image"]
-CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 _TRACKING_NAMES = {s.name for s in settings_of(TrackingParams)}
 _LIFTING_NAMES = {s.name for s in settings_of(LiftingParams)}
 
@@ -80,8 +81,11 @@ class PlannerOutputs:
             sensor = QoSProfile(depth=DEPTH_BUFFER, history=HistoryPolicy.KEEP_LAST,
                                 reliability=ReliabilityPolicy.BEST_EFFORT)
             # Raw, as the camera frames: a depth image is megabytes that rclpy would copy into Python.
-            node.create_subscription(Image, DEPTH_TOPIC, self._on_depth, sensor, raw=True)
-            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info, sensor, raw=True)
+            depth = partial(self._on_message, IMAGE_TYPE, self.frames.add_depth, self.frames.depth_source)
+            info = partial(self._on_message, CAMERA_INFO_TYPE, self.frames.add_camera_info,
+                           self.frames.camera_info_source)
+            node.create_subscription(Image, DEPTH_TOPIC, depth, sensor, raw=True)
+            node.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, info, sensor, raw=True)
             self.publishers = {
                 "detections_3d": node.create_publisher(
                     Detection3DArray, f"{OUTPUT_NAMESPACE}/detections_3d", reliable),
@@ -90,21 +94,13 @@ class PlannerOutputs:
         self._warned_at: dict[str, float] = {}
         node.add_on_set_parameters_callback(self._on_set_parameters)
 
-    def _on_depth(self, raw: bytes) -> None:
+    def _on_message(self, type_name: str, add: Callable[[Any], None], topic: str, raw: bytes) -> None:
+        """Decode a raw depth image or camera_info and hand it to ``add``; warn about one that is not."""
         try:
-            self.frames.add_depth(self._codec.decode(raw, DEPTH_TYPE))
+            add(self._codec.decode(raw, type_name))
         except CdrDecodeError as error:
-            self._dropped(self.frames.depth_source, error)
-
-    def _on_camera_info(self, raw: bytes) -> None:
-        try:
-            self.frames.add_camera_info(self._codec.decode(raw, CAMERA_INFO_TYPE))
-        except CdrDecodeError as error:
-            self._dropped(self.frames.camera_info_source, error)
-
-    def _dropped(self, topic: str, error: CdrDecodeError) -> None:
-        self._node.get_logger().warning(f"dropped a message on {topic}: {error}",
-                                        throttle_duration_sec=WARN_PERIOD_S)
+            self._node.get_logger().warning(f"dropped a message on {topic}: {error}",
+                                            throttle_duration_sec=WARN_PERIOD_S)
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Apply changed tracking and lifting settings (the node's own callback has validated them).

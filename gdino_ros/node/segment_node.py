@@ -82,8 +82,9 @@ from gdino_ros.action import Segment as SegmentAction
 from gdino_ros.conversions.cdr import CdrCodec, CdrDecodeError
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
+    COMPRESSED_IMAGE_TYPE,
     DEPTH_OUTPUT_TYPES,
-    MESSAGE_TYPE_NAMES,
+    IMAGE_TYPE,
     OUTPUT_NAMESPACE,
     OUTPUT_TYPES,
     result_to_messages,
@@ -284,11 +285,11 @@ class SegmentNode(Node):
         if compressed:
             self._to_pixels = compressed_to_pixels
             self._image_input = (CompressedImage, "image/compressed", input_qos)
-            self._image_type = "sensor_msgs/msg/CompressedImage"
+            self._image_type = COMPRESSED_IMAGE_TYPE
         else:
             self._to_pixels = image_to_pixels
             self._image_input = (Image, "image", input_qos)
-            self._image_type = MESSAGE_TYPE_NAMES["Image"]
+            self._image_type = IMAGE_TYPE
         self._image_topic = self.resolve_topic_name(self._image_input[1])
         self._image_subscription: Any = None
         if self._enabled:

@@ -148,10 +148,10 @@ def segment_range(
     computes the next frame meanwhile (each frame keeps the prompt it was queued with).
     """
     from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
+    from gdino_ros.conversions.messages import IMAGE_TYPE
     from gdino_ros.conversions.typestore import project_typestore
     from gdino_ros.core.preprocess import check_image
     from gdino_ros.tools.bag.job import _first_prompt, _prompt_plan
-    from gdino_ros.tools.bag.reader import IMAGE
 
     store = project_typestore()
     source = BagSource(path)
@@ -170,7 +170,7 @@ def segment_range(
                     f"input {path} is damaged: the frame at log time {log_time} ns cannot be decoded: {error}"
                 ) from None
             try:
-                convert = image_to_pixels if connection.msgtype == IMAGE else compressed_to_pixels
+                convert = image_to_pixels if connection.msgtype == IMAGE_TYPE else compressed_to_pixels
                 pixels, bgr = convert(msg)
                 check_image(pixels, segmenter.backend.max_camera_hw)
             except (ImageConversionError, ValueError):

@@ -24,7 +24,9 @@ import numpy as np
 
 from gdino_ros.conversions.image import ImageConversionError, compressed_to_pixels, image_to_pixels
 from gdino_ros.conversions.messages import (
+    COMPRESSED_IMAGE_TYPE,
     DEPTH_OUTPUT_TYPES,
+    IMAGE_TYPE,
     OUTPUT_NAMESPACE,
     OUTPUT_TYPES,
     result_to_messages,
@@ -37,7 +39,7 @@ from gdino_ros.errors import ModelError, UsageError
 from gdino_ros.tools.arguments import postprocess_params
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
 from gdino_ros.tools.bag.planner import BagPlanner, check_depth_arguments
-from gdino_ros.tools.bag.reader import COMPRESSED_IMAGE, IMAGE, BagSource, InputConnection
+from gdino_ros.tools.bag.reader import BagSource, InputConnection
 from gdino_ros.tools.bag.schedule import PromptPlan, ScheduleEntry, load_schedule
 from gdino_ros.tools.bag.writer import BagSink, check_output
 from gdino_ros.tools.cli import deferred_signals
@@ -263,10 +265,10 @@ class BagJob:
 
     def _deserialise(self, connection: InputConnection, log_time: int, raw: bytes) -> Any:
         """Deserialise a frame of the image topic; one that cannot be is the bad record that stops the run."""
-        if connection.msgtype not in (IMAGE, COMPRESSED_IMAGE):
+        if connection.msgtype not in (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE):
             raise BagToolError(
                 f"topic {connection.topic} carries {connection.msgtype}; "
-                f"expected {IMAGE} or {COMPRESSED_IMAGE}"
+                f"expected {IMAGE_TYPE} or {COMPRESSED_IMAGE_TYPE}"
             )
         try:
             return self.store.deserialize_cdr(raw, connection.msgtype)
@@ -279,7 +281,8 @@ class BagJob:
     def _pixels(self, msg: Any, connection: InputConnection, log_time: int) -> tuple[np.ndarray, bool] | None:
         """Return the frame's pixels for the model, or None (counted) for a frame the model cannot take."""
         try:
-            pixels, bgr = image_to_pixels(msg) if connection.msgtype == IMAGE else compressed_to_pixels(msg)
+            convert = image_to_pixels if connection.msgtype == IMAGE_TYPE else compressed_to_pixels
+            pixels, bgr = convert(msg)
             check_image(pixels, self.segmenter.backend.max_camera_hw)
         except (ImageConversionError, ValueError) as error:
             reason = str(error).split(";")[0].rstrip(".")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from gdino_ros.conversions.messages import CAMERA_INFO_TYPE, IMAGE_TYPE
 from gdino_ros.conversions.planner_frames import PlannerFrames
 from gdino_ros.core.depth_lifting import LiftingParams
 from gdino_ros.core.result import Result
@@ -17,9 +18,6 @@ from gdino_ros.core.tracking import TrackingParams
 from gdino_ros.errors import UsageError
 from gdino_ros.settings import DEPTH_STAMP_TOLERANCE_S
 from gdino_ros.tools.bag.errors import BadRecordError
-
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-DEPTH_IMAGE = "sensor_msgs/msg/Image"
 
 
 def add_depth_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +42,7 @@ class BagPlanner:
     def __init__(self, args: argparse.Namespace, store: Any) -> None:
         self.store = store
         self.depth = args.depth_topic is not None
-        self.topics = {args.depth_topic: DEPTH_IMAGE, args.camera_info_topic: CAMERA_INFO}
+        self.topics = {args.depth_topic: IMAGE_TYPE, args.camera_info_topic: CAMERA_INFO_TYPE}
         if not self.depth:
             self.topics = {}
         self.frames = PlannerFrames(
@@ -60,7 +58,7 @@ class BagPlanner:
             msg = self.store.deserialize_cdr(raw, msgtype)
         except Exception as error:  # bad CDR, whichever layer says so
             raise BadRecordError(f"{topic} at log time {log_time} ns cannot be decoded: {error}") from None
-        if msgtype == CAMERA_INFO:
+        if msgtype == CAMERA_INFO_TYPE:
             self.frames.add_camera_info(msg)
         else:
             self.frames.add_depth(msg)

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from gdino_ros.conversions.messages import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
-
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 
 
 @dataclass(frozen=True)
@@ -99,9 +97,11 @@ class BagSource:
         types = {c.msgtype for c in self.connections.values() if c.topic == topic}
         if not types:
             raise BagToolError(f"image topic {topic} is not in {self.path}; {_topic_list(self.connections)}")
-        wrong = sorted(types - {IMAGE, COMPRESSED_IMAGE})
+        wrong = sorted(types - {IMAGE_TYPE, COMPRESSED_IMAGE_TYPE})
         if wrong:
-            raise BagToolError(f"topic {topic} carries {wrong[0]}; expected {IMAGE} or {COMPRESSED_IMAGE}")
+            raise BagToolError(
+                f"topic {topic} carries {wrong[0]}; expected {IMAGE_TYPE} or {COMPRESSED_IMAGE_TYPE}"
+            )
 
     def _streamed(
         self, start_s: float | None, end_s: float | None

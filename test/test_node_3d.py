@@ -268,3 +268,14 @@ def test_bad_depth_input_leaves_2d_alone(bench: DepthBench) -> None:
     assert len(bench.frame(8, colour, late, None).detections_3d) == 3
     refused = bench.node.set_parameters([Parameter("track_match_iou", value=1.0)])  # (0, 1): open range
     assert not refused[0].successful and "track_match_iou" in refused[0].reason
+
+
+def test_undecodable_depth_and_camera_info_are_dropped(bench: DepthBench) -> None:
+    frames = bench.node._planner.frames
+    callbacks = {s.topic_name: s.callback for s in bench.node.subscriptions}
+    for topic in ("/depth", "/camera_info"):
+        callbacks[topic](b"\x00\x01\x00\x00 not a message")  # what a raw subscription hands over
+    assert frames.depth_count() == 0 and frames._camera_info is None  # type: ignore[attr-defined]
+    scene = bench.node._segmenter.scene  # type: ignore[attr-defined]
+    good = bench.frame(1, _colour(scene), _image(scene.depth_16uc1(), "16UC1", 1), _camera_info())
+    assert len(good.detections_3d) == 3  # the decoding path still serves the next good messages

@@ -13,6 +13,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from gdino_ros.conversions.encodings import MASK_AUTO, MASK_ENCODINGS
+
 _METADATA_KEY = "gdino_ros.setting"
 
 Value = bool | int | float | str
@@ -121,6 +123,15 @@ def check_settings(instance: Any) -> None:
 
 
 DEVICE = Setting("device", "auto", "Where the model runs: auto, cpu, cuda or cuda:N.", read_only=True)
+
+MASK_ENCODING = Setting(
+    "mask_encoding",
+    MASK_AUTO,
+    "Encoding of the label image (gdino/mask): auto (mono8 while a frame has at most 255 instances, "
+    "mono16 above; read the message's encoding), mono8 (instances beyond 255 are left out of the frame's "
+    "outputs) or mono16.",
+    choices=MASK_ENCODINGS,
+)
 
 DEPTH = Setting(
     "depth",

@@ -26,7 +26,7 @@ from gdino_ros.conversions.typestore import (
     message_directory,
     project_typestore,
 )
-from gdino_ros.core.result import Detection, Result
+from gdino_ros.core.result import Detection, Result, label_dtype
 
 STAMP = (1_700_000_123, 456_789_000)
 FRAME = "camera_color_optical_frame"
@@ -43,7 +43,7 @@ def _three_instance_result(probability: float = 0.125) -> Result:
     height, width = 60, 80
     boxes = [(10.0, 20.0, 50.0, 40.0), (40.5, 5.25, 70.0, 55.0), (0.0, 0.0, 15.0, 12.0)]
     labels, scores = ["red cup", "bottle", "red cup"], [0.875, 0.5, 0.25]
-    label_image = np.zeros((height, width), dtype=np.uint16)
+    label_image = np.zeros((height, width), dtype=label_dtype(3))  # uint8, as post-processing gives it
     detections = []
     for k in (3, 2, 1):
         x0, y0, x1, y1 = boxes[k - 1]
@@ -57,7 +57,7 @@ def _three_instance_result(probability: float = 0.125) -> Result:
 
 
 def _empty_result() -> Result:
-    return Result("giraffe", "expression", [], np.zeros((48, 64), dtype=np.uint16), True, 0.97)
+    return Result("giraffe", "expression", [], np.zeros((48, 64), dtype=label_dtype(0)), True, 0.97)
 
 
 def _ros_header() -> Any:
@@ -111,10 +111,10 @@ def test_detections_mask_and_result_match_the_result_in_both_frameworks(store: A
         assert (dets[1].bbox.size_x, dets[1].bbox.size_y) == (29.5, 49.75)
         assert dets[2].bbox.center.theta == 0.0
 
-        mask = out.mask
-        assert (mask.height, mask.width, mask.step) == (60, 80, 160)
-        assert (mask.encoding, mask.is_bigendian) == (MONO16, 0)
-        labels = _pixels(mask, np.dtype("<u2"))
+        mask = out.mask  # mask_encoding auto: three instances fit mono8
+        assert (mask.height, mask.width, mask.step) == (60, 80, 80)
+        assert (mask.encoding, mask.is_bigendian) == (MONO8, 0)
+        labels = _pixels(mask, np.uint8)
         np.testing.assert_array_equal(labels, result.label_image)
         values = [int(v) for v in out.result.label_values]
         assert set(np.unique(labels)) - {0} == set(values)
@@ -135,17 +135,20 @@ def test_detections_mask_and_result_match_the_result_in_both_frameworks(store: A
         assert out.overlay is None and out.dropped_instances == 0
     for name, _ in ros.items():
         assert plain(getattr(ros, name)) == plain(getattr(bags, name)), name
+    for out in _both(result, store, mask_encoding=MONO16):  # a fixed type for consumers that need one
+        assert (out.mask.encoding, out.mask.step, out.result.mask.encoding) == (MONO16, 160, MONO16)
+        np.testing.assert_array_equal(_pixels(out.mask, np.dtype("<u2")), result.label_image)
     for out in _both(result, store, standalone=True):  # a service answer carries the label image itself
         assert plain(out.result.mask) == plain(out.mask)
-        np.testing.assert_array_equal(_pixels(out.result.mask, np.dtype("<u2")), result.label_image)
+        np.testing.assert_array_equal(_pixels(out.result.mask, np.uint8), result.label_image)
 
 
 @pytest.mark.usefixtures("ros_context")
 def test_empty_result_gives_empty_arrays_and_a_blank_mask(store: Any) -> None:
     for out in _both(_empty_result(), store):
         assert list(out.detections.detections) == [] and list(out.result.detections) == []
-        assert (out.mask.height, out.mask.width) == (48, 64)
-        assert not _pixels(out.mask, np.dtype("<u2")).any()
+        assert (out.mask.height, out.mask.width, out.mask.encoding) == (48, 64, MONO8)
+        assert not _pixels(out.mask, np.uint8).any()
         assert out.no_target.data is True and out.result.no_target is True
         assert out.result.prompt_mode == "expression"
         _assert_header(out.detections.header)
@@ -163,7 +166,7 @@ def test_nan_probability_for_models_without_a_no_target_head(store: Any) -> None
 
 
 @pytest.mark.usefixtures("ros_context")
-def test_mono8_keeps_ids_and_pixels_consistent_beyond_255_instances(store: Any) -> None:
+def test_beyond_255_instances_mono8_drops_consistently_and_auto_turns_mono16(store: Any) -> None:
     n = 300
     label_image = np.zeros((20, n), dtype=np.uint16)
     detections = []
@@ -180,9 +183,11 @@ def test_mono8_keeps_ids_and_pixels_consistent_beyond_255_instances(store: Any) 
         assert [int(v) for v in out.result.label_values] == list(range(1, 256))
         np.testing.assert_array_equal(labels[:, :255], label_image[:, :255])
         assert not labels[:, 255:].any()
-    for out in _both(result, store, mask_encoding=MONO16):
-        assert out.dropped_instances == 0 and len(out.detections.detections) == n
-        np.testing.assert_array_equal(_pixels(out.mask, np.dtype("<u2")), label_image)
+    for encoding in (MONO16, None):  # None: the default, auto, which is mono16 for this frame
+        for out in _both(result, store, **({} if encoding is None else {"mask_encoding": encoding})):
+            assert out.dropped_instances == 0 and len(out.detections.detections) == n
+            assert out.mask.encoding == MONO16
+            np.testing.assert_array_equal(_pixels(out.mask, np.dtype("<u2")), label_image)
 
 
 def test_unknown_mask_encoding_is_refused(store: Any) -> None:
@@ -266,6 +271,6 @@ def test_rclpy_image_messages_keep_their_pixel_array_without_a_copy() -> None:
     types = ros_message_types()
     recording = dataclasses.replace(types, uint8_sequence=lambda data: made.append(types.uint8_sequence(data))
                                     or made[-1])
-    message = label_image_msg(np.arange(12, dtype=np.uint16).reshape(3, 4), _ros_header(), recording)
+    message = label_image_msg(np.arange(12, dtype=np.uint16).reshape(3, 4), _ros_header(), recording, MONO16)
     assert message.data is made[-1]
     assert bytes(message.data) == np.arange(12, dtype="<u2").tobytes()

@@ -228,8 +228,8 @@ def test_every_output_carries_the_input_header_and_matches_the_model(bench_facto
         assert out.header == msg.header, leaf
     (detections,) = bench.outputs["detections"]
     assert all(d.header == msg.header for d in detections.detections)
-    (mask,) = bench.outputs["mask"]
-    assert (mask.height, mask.width, mask.encoding) == (photo.shape[0], photo.shape[1], "mono16")
+    (mask,) = bench.outputs["mask"]  # mask_encoding auto: mono8 for this few instances
+    assert (mask.height, mask.width, mask.encoding) == (photo.shape[0], photo.shape[1], "mono8")
     (overlay,) = bench.outputs["overlay"]
     assert (overlay.height, overlay.width, overlay.encoding) == (photo.shape[0], photo.shape[1], "rgb8")
 
@@ -513,7 +513,7 @@ def test_missing_tokenizer_or_bad_parameter_stops_the_node_with_one_message(tmp_
     line = _run_node(tmp_path, f"model:={model}", f"tokenizer:={vocab_path}", "box_threshold:=1.5")
     assert "bad parameter" in line and "box_threshold" in line
     line = _run_node(tmp_path, f"model:={model}", f"tokenizer:={vocab_path}", "mask_encoding:=mono32")
-    assert "mask_encoding must be one of mono16, mono8" in line
+    assert "mask_encoding must be one of auto, mono8, mono16" in line
 
 
 

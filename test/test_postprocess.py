@@ -10,6 +10,7 @@ as in TAO's PyTorch reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Iterator
@@ -136,7 +137,7 @@ def test_no_target_empties_the_result(tokenizer) -> None:
     result = postprocess(out, prompt, (32, 48))
     assert result.no_target and result.detections == [] and not result.label_image.any()
     assert result.no_target_probability == pytest.approx(1 / (1 + math.exp(0.2 - 1.7)), rel=1e-6)
-    assert result.label_image.shape == (32, 48) and result.label_image.dtype == np.uint16
+    assert result.label_image.shape == (32, 48) and result.label_image.dtype == np.uint8
 
 
 @pytest.mark.parametrize("no_targets", [(1.7, 0.2), (0.5, 0.5)])
@@ -421,6 +422,23 @@ def test_bad_outputs_and_params(tokenizer) -> None:
         PostprocessParams(max_detections=70000)
 
 
+def test_label_image_is_uint8_up_to_255_instances_and_uint16_above(tokenizer) -> None:
+    prompt = encode_prompt("dot", "phrases", tokenizer)
+    n = 300
+    out = blank(prompt, queries=n, mask_hw=(30, 40))
+    out[PRED_LOGITS][0, :, 1] = np.linspace(3.0, 1.0, n)  # scores in query order
+    masks = out[PRED_MASKS][0, :, 0]
+    for q in range(n):  # one mask sample each, on a 30 x 40 grid: no overlaps
+        masks[q, q // 10, q % 10 * 4] = 5.0
+    params = PostprocessParams(nms_threshold=0.0)
+    every = postprocess(out, prompt, (120, 160), params)
+    assert len(every.detections) == n and every.label_image.dtype == np.uint16
+    assert set(np.unique(every.label_image)) == set(range(n + 1))
+    fewer = postprocess(out, prompt, (120, 160), dataclasses.replace(params, max_detections=255))
+    assert fewer.label_image.dtype == np.uint8
+    np.testing.assert_array_equal(fewer.label_image, np.where(every.label_image > 255, 0, every.label_image))
+
+
 def reference_labels(planes: np.ndarray, image_hw: tuple[int, int], threshold: float) -> np.ndarray:
     """TAO's full-size masks painted from the last plane to the first: the first plane above wins."""
     labels = np.zeros(image_hw, np.uint16)
@@ -435,8 +453,9 @@ def reference_labels(planes: np.ndarray, image_hw: tuple[int, int], threshold: f
     "image_hw", [pytest.param((1080, 1920), marks=pytest.mark.slow), (240, 427), (37, 61), (5, 7)]
 )
 @pytest.mark.parametrize("threshold", [0.0, logit(0.8), -1.0])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_label_image_equals_painting_every_full_size_mask(image_hw: tuple[int, int], threshold: float,
-                                                          generic_resize: None) -> None:
+                                                          dtype: type, generic_resize: None) -> None:
     rng = np.random.default_rng(11)
     for mask_hw in ((136, 240), (8, 12), (17, 5)):
         n = 30
@@ -444,7 +463,7 @@ def test_label_image_equals_painting_every_full_size_mask(image_hw: tuple[int, i
         planes = np.stack([cv2.resize(c, mask_hw[::-1], interpolation=cv2.INTER_CUBIC) for c in coarse])
         planes += rng.normal(-2.0, 3.0, (n, 1, 1)).astype(np.float32)  # from small blobs to most of the image
         planes[3] = np.round(planes[3])  # samples exactly at the threshold 0
-        labels = np.zeros(image_hw, np.uint16)
+        labels = np.zeros(image_hw, dtype)
         MaskUpsampler(mask_hw, image_hw).paint_labels(planes, threshold, labels)
         np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
         blobs = np.full((3, *mask_hw), -8.0, np.float32)  # small masks: painted window by window

@@ -40,7 +40,7 @@ def test_segment_with_a_phrase_prompt(segmenter: Segmenter) -> None:
     assert result.prompt == "cat" and result.mode == "phrases"
     assert [d.label for d in result.detections] == ["cat"]  # 5 identical boxes, NMS keeps one
     assert first_token_seen(result, IMAGE.shape[1]) == cat
-    assert result.label_image.shape == IMAGE.shape[:2] and result.label_image.dtype == np.uint16
+    assert result.label_image.shape == IMAGE.shape[:2] and result.label_image.dtype == np.uint8
     assert set(result.timings_ms) == {"preprocess", "inference", "postprocess"}
     assert all(value >= 0 for value in result.timings_ms.values())
     assert segmenter.backend.name == "onnxruntime" and segmenter.prompt_text == "cat"

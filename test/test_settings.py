@@ -93,7 +93,7 @@ def test_node_descriptors_carry_help_ranges_and_read_only() -> None:
     assert [(r.from_value, r.to_value, r.step) for r in detections.integer_range] == [(1, 65535, 1)]
     assert not detections.floating_point_range
     encoding = descriptor(PARAMETERS["mask_encoding"])
-    assert "One of: mono16, mono8" in encoding.description
+    assert "One of: auto, mono8, mono16" in encoding.description
     assert not encoding.floating_point_range and not encoding.integer_range
     assert descriptor(PARAMETERS["model"]).read_only and descriptor(PARAMETERS["device"]).read_only
 

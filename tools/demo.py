@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gdino_ros.conversions.encodings import PIXEL_LAYOUT
 from gdino_ros.loopback_dds import apply_loopback_environment, own_domain_id
 
 REPO = Path(__file__).resolve().parents[1]
@@ -230,7 +231,9 @@ def run(args: argparse.Namespace) -> int:
         overlay_msg = driver.received["overlay"][0]
         overlay = np.frombuffer(bytes(overlay_msg.data), np.uint8).reshape(overlay_msg.height, -1, 3)
         mask_msg = driver.received["mask"][0]
-        labels = np.frombuffer(bytes(mask_msg.data), np.uint16).reshape(mask_msg.height, mask_msg.width)
+        _, dtype = PIXEL_LAYOUT[mask_msg.encoding]  # mono8, or mono16 above 255 instances
+        labels = np.frombuffer(bytes(mask_msg.data), dtype).reshape(mask_msg.height, mask_msg.width)
+        labels = labels.astype(np.uint16)  # the file is 16-bit whatever the frame's encoding
         cv2.imwrite(str(args.output / "overlay.png"), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
         cv2.imwrite(str(args.output / "mask_mono16.png"), labels)
         say(f"wrote {args.output / 'overlay.png'} and {args.output / 'mask_mono16.png'} (pixel = id)")

@@ -24,5 +24,8 @@ PIXEL_LAYOUT: dict[str, tuple[int, np.dtype]] = {
     MONO16: (1, np.dtype(np.uint16)),
 }
 
-# Encodings the label image (instance mask) may be published in.
-MASK_ENCODINGS: tuple[str, ...] = (MONO16, MONO8)
+#: The label image's encoding chosen per frame: mono8 when its instance ids fit (at most 255 instances, any
+#: real scene), mono16 for a frame with more. A mono16 image is twice the bytes to copy and send.
+MASK_AUTO = "auto"
+# What the label image (instance mask) may be published as: chosen per frame, or always one encoding.
+MASK_ENCODINGS: tuple[str, ...] = (MASK_AUTO, MONO8, MONO16)

@@ -9,10 +9,10 @@ API::
     types = ros_message_types()                      # rclpy: the generated *.msg Python classes
     types = rosbags_message_types(project_typestore())  # rosbags: dataclasses (no ROS needed)
 
-    out = result_to_messages(result, image_msg.header, types, mask_encoding=MONO16, overlay_rgb=None,
+    out = result_to_messages(result, image_msg.header, types, mask_encoding=MASK_AUTO, overlay_rgb=None,
                              track_ids=None, lifted=None, with_points=False, standalone=False)
     out.detections     # vision_msgs/Detection2DArray (id = track id, "" untracked)
-    out.mask           # sensor_msgs/Image, instance label image (mono16, or mono8)
+    out.mask           # sensor_msgs/Image, instance label image (mono8 or mono16, see below)
     out.no_target      # std_msgs/Bool
     out.result         # gdino_ros/SegmentationResult (all of these plus each instance's own mask; its
                        # label image only when ``standalone``: a stream has it once, in ``out.mask``)
@@ -26,10 +26,14 @@ Every output carries the input image's header unchanged (stamp = capture time, f
 frame); boxes are in that image's pixels. The building blocks (:func:`detection_msgs`,
 :func:`label_image_msg`, :func:`rgb_image_msg`, ...) are public for callers that need one message.
 
-mono8 masks hold at most 255 instances. Rather than wrap ids silently, an instance whose id exceeds
-255 is left out of *every* output of that frame (its pixels become background and its detection is
-dropped), so each published label value still names exactly its detection's pixels in the mask;
-:attr:`ResultMessages.dropped_instances` counts them so the caller can warn. mono16 never drops.
+The label image's encoding (``mask_encoding``): MASK_AUTO, the default, gives mono8 when the frame's
+instance ids fit in it (at most 255 instances) and mono16 otherwise, so nothing is ever dropped and a
+typical frame's label image is half the bytes; consumers read the message's ``encoding``, as for any
+image. MONO16 always gives mono16. MONO8 always gives mono8, which holds at most 255 instances: rather
+than wrap ids silently, an instance whose id exceeds 255 is left out of *every* output of that frame (its
+pixels become background and its detection is dropped), so each published label value still names
+exactly its detection's pixels in the mask; :attr:`ResultMessages.dropped_instances` counts them so the
+caller can warn.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
+from gdino_ros.conversions.encodings import MASK_AUTO, MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
 from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.depth_lifting import Lifted
 from gdino_ros.core.result import Detection, Result
@@ -219,17 +223,18 @@ def _image_msg(pixels: np.ndarray, header: Any, encoding: str, types: MessageTyp
     return message
 
 
-def label_image_msg(label_image: np.ndarray, header: Any, types: MessageTypes, encoding: str = MONO16) -> Any:
-    """Instance label image (uint [H, W], 0 background) -> sensor_msgs/Image mono16 or mono8.
+def label_image_msg(label_image: np.ndarray, header: Any, types: MessageTypes, encoding: str) -> Any:
+    """Instance label image (uint [H, W], 0 background) -> sensor_msgs/Image ``encoding`` (mono8 or mono16).
 
     Ids above 255 must already be removed for mono8 (:func:`result_to_messages` does it); a
     ValueError here means a caller tried to wrap them.
     """
-    if encoding not in MASK_ENCODINGS:
-        raise ValueError(f"mask encoding {encoding!r} is not supported; use one of {MASK_ENCODINGS}")
+    if encoding not in (MONO8, MONO16):
+        raise ValueError(f"label image encoding {encoding!r} is not supported; use {MONO8} or {MONO16}")
     if label_image.ndim != 2 or label_image.dtype.kind != "u":
         raise ValueError(f"label image must be unsigned [H, W], got {label_image.dtype} {label_image.shape}")
-    if encoding == MONO8 and label_image.size and int(label_image.max()) > MONO8_MAX_INSTANCES:
+    if (encoding == MONO8 and label_image.dtype != np.uint8 and label_image.size
+            and int(label_image.max()) > MONO8_MAX_INSTANCES):
         raise ValueError(f"label image has ids up to {int(label_image.max())}; mono8 holds at most 255")
     return _image_msg(label_image, header, encoding, types)
 
@@ -384,7 +389,7 @@ def result_to_messages(
     header: Any,
     types: MessageTypes,
     *,
-    mask_encoding: str = MONO16,
+    mask_encoding: str = MASK_AUTO,
     overlay_rgb: np.ndarray | None = None,
     track_ids: Sequence[str] | None = None,
     lifted: Sequence[Lifted] | None = None,
@@ -397,7 +402,7 @@ def result_to_messages(
     (a service answer, which has no gdino/mask beside it). Streamed, it would be the same megabytes a
     second time per frame; there the result's ``mask`` is an empty image with the frame's header.
 
-    ``mask_encoding`` is MONO16 or MONO8 (see the module docstring for mono8's 255-instance cap);
+    ``mask_encoding`` is MASK_AUTO, MONO8 or MONO16 (see the module docstring);
     ``overlay_rgb`` (uint8 [H, W, 3]) becomes the rgb8 overlay image when given. ``track_ids`` and
     ``lifted`` (both one per ``result.detections`` entry) give the detections' ids and their 3-D results;
     with ``lifted`` the frame also has ``detections_3d``, and, if ``with_points``, ``points``.
@@ -406,15 +411,18 @@ def result_to_messages(
         raise ValueError(f"mask encoding {mask_encoding!r} is not supported; use one of {MASK_ENCODINGS}")
     kept = list(range(len(result.detections)))
     label_image = result.label_image
-    if mask_encoding == MONO8:
+    fits_mono8 = all(d.instance_id <= MONO8_MAX_INSTANCES for d in result.detections)
+    encoding = mask_encoding
+    if mask_encoding == MASK_AUTO:
+        encoding = MONO8 if fits_mono8 else MONO16
+    elif mask_encoding == MONO8 and not fits_mono8:
         kept = [k for k in kept if result.detections[k].instance_id <= MONO8_MAX_INSTANCES]
-        if label_image.size and int(label_image.max()) > MONO8_MAX_INSTANCES:
-            label_image = np.where(label_image > MONO8_MAX_INSTANCES, 0, label_image)
+        label_image = np.where(label_image > MONO8_MAX_INSTANCES, 0, label_image)
     shown = [result.detections[k] for k in kept]
     class_ids = [class_id_of(d, result) for d in shown]
     ids = [""] * len(kept) if track_ids is None else [track_ids[k] for k in kept]
     detections = detection_msgs(shown, header, types, class_ids=class_ids, track_ids=ids)
-    mask = label_image_msg(label_image, header, types, mask_encoding)
+    mask = label_image_msg(label_image, header, types, encoding)
     rois, instance_masks = instance_mask_msgs(shown, header, types)
     detections_3d, points = [], None
     if lifted is not None:
@@ -429,7 +437,7 @@ def result_to_messages(
         prompt_mode=result.mode,
         phrases=list(result.phrases),
         detections=detections,
-        mask=mask if standalone else _image_msg(label_image[:0, :0], header, mask_encoding, types),
+        mask=mask if standalone else _image_msg(label_image[:0, :0], header, encoding, types),
         no_target=bool(result.no_target),
         no_target_probability=float(result.no_target_probability),
         label_values=np.array([d.instance_id for d in shown], dtype=np.uint16),

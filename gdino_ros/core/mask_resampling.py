@@ -208,10 +208,11 @@ class MaskUpsampler:
     def paint_labels(
         self, planes: Sequence[np.ndarray], threshold: float, out: np.ndarray
     ) -> list[tuple[int, int, np.ndarray] | None] | None:
-        """Write the label image of ``planes`` (float [h, w] maps, best first) into ``out`` (uint16 [H, W]).
+        """Write the label image of ``planes`` (float [h, w] maps, best first) into ``out`` (uint [H, W]).
 
         A pixel gets ``k + 1`` for the first plane k whose upsampled logit is above ``threshold`` (exactly
-        as :meth:`paint` decides it); ``out`` must be zeros, and pixels of no plane are left 0.
+        as :meth:`paint` decides it); ``out`` must be zeros of a type that holds ``len(planes)`` (uint8 or
+        uint16), and pixels of no plane are left 0.
 
         Returns, when it painted plane by plane within each plane's window (few, small masks: a typical
         scene), every plane's :meth:`paint_window` result, which callers reuse for the instances' own
@@ -229,7 +230,7 @@ class MaskUpsampler:
         h, w = self.src_hw
         margin = 1e-4 * (1.0 + abs(threshold))  # as in paint(): at threshold 0 "outside" is exact by sign
         outside_below = threshold if threshold == 0 else threshold - margin
-        winner = np.zeros((h, w), dtype=np.uint16)  # per cell: 1 + the first plane that covers it all
+        winner = np.zeros((h, w), dtype=out.dtype)  # per cell: 1 + the first plane that covers it all
         open_cells = np.ones((h, w), dtype=np.bool_)  # no plane has covered the cell yet
         crossed: list[tuple[int, np.ndarray, np.ndarray]] = []  # (plane, cell rows, cell columns)
         won: list[tuple[int, int, int, int]] = []  # cell rectangles holding the cells each plane won
@@ -290,7 +291,7 @@ class MaskUpsampler:
             if window is not None:
                 y0, y1, x0, x1 = window
                 inside = self._values(np.ascontiguousarray(planes[k], dtype=np.float32), window) > threshold
-                np.copyto(out[y0:y1, x0:x1], np.uint16(k + 1), where=inside)
+                np.copyto(out[y0:y1, x0:x1], out.dtype.type(k + 1), where=inside)
                 painted[k] = (y0, x0, inside)
         return painted
 
@@ -325,7 +326,7 @@ class MaskUpsampler:
                 for k in range(len(planes) - 1, -1, -1):
                     plane = np.asarray(planes[k], dtype=np.float32)
                     up = cv2.resize(plane, (width, height), interpolation=cv2.INTER_LINEAR)
-                    np.copyto(out, np.uint16(k + 1), where=up > threshold)
+                    np.copyto(out, out.dtype.type(k + 1), where=up > threshold)
         finally:
             cv2.ipp.setUseIPP(previous)
 
@@ -385,12 +386,12 @@ class MaskUpsampler:
         rank = np.arange(order.size) - first[group]
         first_entry = order[first]
         cells = rows.i0[ys[first_entry, 0]] * w + cols.i0[xs[first_entry, 0]]
-        blocks = np.empty((tiles.size, *above.shape[1:]), dtype=np.uint16)
+        blocks = np.empty((tiles.size, *above.shape[1:]), dtype=out.dtype)
         blocks[...] = winner.reshape(-1)[cells][:, None, None]
         for position in range(int(rank.max()), -1, -1):
             at = rank == position
             entries, targets = order[at], group[at]
-            blocks[targets] = np.where(above[entries], (k[entries] + 1).astype(np.uint16)[:, None, None],
+            blocks[targets] = np.where(above[entries], (k[entries] + 1).astype(out.dtype)[:, None, None],
                                        blocks[targets])
         # Padding repeats a tile's last pixel with its own value, so the block is written whole.
         out[ys[first_entry][:, :, None], xs[first_entry][:, None, :]] = blocks

@@ -52,7 +52,7 @@ from gdino_ros.contract import (
 from gdino_ros.core.instance_crop import crop_from_logits, tight_crop
 from gdino_ros.core.mask_resampling import MaskUpsampler, union_foreground, upsampled_mask
 from gdino_ros.core.prompt import EncodedPrompt
-from gdino_ros.core.result import PHRASES, Detection, Result
+from gdino_ros.core.result import PHRASES, Detection, Result, label_dtype
 from gdino_ros.settings import check_settings, setting
 
 _LABEL_MAX = np.iinfo(np.uint16).max
@@ -142,7 +142,6 @@ def postprocess(
         raise ValueError(f"image_hw must be a positive (height, width), got {image_hw}.")
     logits, boxes, masks, no_targets, union = _read_outputs(outputs, masks)
     mask_hw = (int(masks.shape[3]), int(masks.shape[4]))
-    label_image = np.zeros((height, width), dtype=np.uint16)
 
     no_target_probability = math.nan
     if no_targets is not None:
@@ -150,8 +149,8 @@ def postprocess(
         z = np.exp(z - z.max())
         no_target_probability = float(z[NO_TARGET_INDEX] / z.sum())
         if int(np.argmax(no_targets)) == NO_TARGET_INDEX:
-            return Result(prompt.text, prompt.mode, [], label_image, True, no_target_probability,
-                          phrases=prompt.vocabulary)
+            return Result(prompt.text, prompt.mode, [], np.zeros((height, width), label_dtype(0)), True,
+                          no_target_probability, phrases=prompt.vocabulary)
 
     scores, queries, classes, token_probs = _select(logits, prompt, params)
     boxes_xyxy = boxes_to_pixels(boxes[queries], height, width)
@@ -168,6 +167,7 @@ def postprocess(
     labels, phrase_indices = _labels(prompt, queries, classes, token_probs, params.text_threshold)
 
     threshold = params.mask_logit_threshold
+    label_image = np.zeros((height, width), label_dtype(len(queries)))
     upsampler = MaskUpsampler(mask_hw, (height, width))
     painted = upsampler.paint_labels(kept_masks, threshold, label_image) if len(queries) else None
     detections = []

@@ -12,11 +12,10 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PROMPT_MODES
 from gdino_ros.node.planner_outputs import PLANNER_SETTINGS
-from gdino_ros.settings import DEVICE, Setting, settings_of
+from gdino_ros.settings import DEVICE, MASK_ENCODING, Setting, settings_of
 
 INPUT_QOS_CHOICES = ("sensor_data", "reliable")
 
@@ -55,12 +54,7 @@ PARAMETERS: dict[str, Setting] = {
             choices=PROMPT_MODES,
         ),
         *THRESHOLDS,
-        Setting(
-            "mask_encoding",
-            MONO16,
-            "Encoding of gdino/mask; mono8 holds at most 255 instances.",
-            choices=MASK_ENCODINGS,
-        ),
+        MASK_ENCODING,
         Setting("overlay", True, "Publish gdino/overlay (drawn only while something subscribes to it)."),
         Setting(
             "input_qos",

@@ -695,7 +695,7 @@ class SegmentNode(Node):
         if messages.dropped_instances:
             self.get_logger().warning(
                 f"the mono8 mask holds 255 instances; {messages.dropped_instances} more were left out of "
-                "this frame's outputs (set mask_encoding to mono16 to keep them)",
+                "this frame's outputs (set mask_encoding to auto or mono16 to keep them)",
                 throttle_duration_sec=WARN_PERIOD_S,
             )
         stages = {

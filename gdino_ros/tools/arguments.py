@@ -18,12 +18,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the group of shared flags (device and thresholds) to ``parser``."""
     group = parser.add_argument_group("model settings (the node's parameters of the same names)")
     for declared in (DEVICE, *settings_of(PostprocessParams)):
-        group.add_argument(
-            declared.flag,
-            type=_converter(declared),
-            default=declared.default,
-            help=f"{declared.describe()} Default: %(default)s.",
-        )
+        add_setting_argument(group, declared)
+
+
+def add_setting_argument(parser: argparse._ActionsContainer, declared: Setting) -> None:
+    """Add ``declared`` as a flag: its name, default, help and range, checked as the node checks them."""
+    parser.add_argument(
+        declared.flag,
+        type=_converter(declared),
+        default=declared.default,
+        help=f"{declared.describe()} Default: %(default)s.",
+    )
 
 
 def postprocess_params(args: argparse.Namespace) -> PostprocessParams:

@@ -221,7 +221,7 @@ def _segment_all(
             path, overlay_path, labels_path, bgr = readable.popleft()
             overlay = draw_overlay(np.ascontiguousarray(bgr[..., ::-1]), result)
             _write_png(overlay_path, cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
-            _write_png(labels_path, result.label_image)
+            _write_png(labels_path, result.label_image.astype(np.uint16, copy=False))  # always 16-bit files
             records.append(_record(args, backend, path, bgr, result, overlay_path, labels_path))
     return failures
 

@@ -52,10 +52,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gdino_ros.conversions.encodings import MASK_ENCODINGS, MONO16
 from gdino_ros.core.prompt import PROMPT_MODES
+from gdino_ros.settings import MASK_ENCODING
 from gdino_ros.tools import cli
-from gdino_ros.tools.arguments import add_model_arguments
+from gdino_ros.tools.arguments import add_model_arguments, add_setting_argument
 from gdino_ros.tools.bag.job import run
 from gdino_ros.tools.bag.planner import add_depth_arguments
 from gdino_ros.tools.bag.writer import STORAGES
@@ -94,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overlay", action="store_true", help="also write /gdino/overlay (rgb8)")
     add_depth_arguments(parser)
     add_model_arguments(parser)
-    parser.add_argument(
-        "--mask-encoding", choices=MASK_ENCODINGS, default=MONO16, help="label image encoding"
-    )
+    add_setting_argument(parser, MASK_ENCODING)
     parser.add_argument("--start", type=float, help="seconds from the bag's first message (inclusive)")
     parser.add_argument("--end", type=float, help="seconds from the bag's first message (exclusive)")
     parser.add_argument("--storage", choices=STORAGES, default="mcap", help="output storage (default: mcap)")

@@ -51,6 +51,7 @@ Only API that exists in both Humble and Jazzy rclpy is used.
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -241,6 +242,11 @@ class SegmentNode(Node):
         )
         self._publish_active_prompt()
 
+        # Everything loaded so far (model, tokenizer, libraries: about 10^5 objects) lives as long as the
+        # node. Frozen, it is no longer traversed by the collector's full collections, which otherwise
+        # stalled one frame in a few hundred by 50 ms on the development VM (docs/design.md).
+        gc.collect()  # the start-up's own garbage first, so that none of it is frozen
+        gc.freeze()
         self._worker = threading.Thread(target=self._work, name="gdino_worker", daemon=True)
         self._worker.start()
         backend = self._segmenter.backend

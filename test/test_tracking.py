@@ -67,7 +67,7 @@ def test_without_prediction_the_crossing_swaps_or_loses_ids() -> None:
         detections = _crossing(frame)
         ids = tracker.update(detections, HW, ("p",))
         for track in tracker._tracks:  # freeze every track in place: no velocity
-            track.velocity[:] = 0
+            track.velocity = (0.0, 0.0)
         balls = [(d, i) for d, i in zip(detections, ids, strict=True) if d.label == "ball"]
         history.append({d.box[1] < 121 - 18: i for d, i in balls})
     assert any(named != history[1] for named in history[2:])

@@ -61,13 +61,16 @@ class TrackingParams:
         check_settings(self)
 
 
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) pixels
+
+
 @dataclass(frozen=True)
 class TrackInput:
     """What the tracker reads of one detection: class, score, pixel box (x0, y0, x1, y1), own mask."""
 
     label: str
     score: float
-    box: tuple[float, float, float, float]
+    box: Box
     crop: InstanceCrop
 
 
@@ -116,23 +119,31 @@ def _mask_iou(a: _LatticeMask, b: _LatticeMask, shift: tuple[int, int]) -> float
 
 @dataclass(eq=False)
 class _Track:
+    """One object's track.
+
+    Its box arithmetic is on Python floats: a frame updates tens of tracks, and numpy's per-call overhead
+    on four numbers was most of the tracker's time.
+    """
+
     label: str
-    box: np.ndarray  # float64 (x0, y0, x1, y1)
+    box: Box  # (x0, y0, x1, y1)
     mask: _LatticeMask
-    velocity: np.ndarray  # float64 (dx, dy) pixels per frame
+    velocity: tuple[float, float] = (0.0, 0.0)  # (dx, dy) pixels per frame
     hits: int = 1
     misses: int = 0
     track_id: str = ""
 
-    def predicted_box(self) -> np.ndarray:
+    def predicted_box(self) -> Box:
         """Move the box by its velocity over the frames since it was last seen."""
-        dx, dy = self.velocity * (self.misses + 1)
-        moved: np.ndarray = self.box + np.array((dx, dy, dx, dy))
-        return moved
+        frames = self.misses + 1
+        dx, dy = self.velocity[0] * frames, self.velocity[1] * frames
+        x0, y0, x1, y1 = self.box
+        return x0 + dx, y0 + dy, x1 + dx, y1 + dy
 
-    def update(self, box: np.ndarray, mask: _LatticeMask) -> None:
-        centre_move = (box[:2] + box[2:] - self.box[:2] - self.box[2:]) / 2.0
-        self.velocity = centre_move if self.misses == 0 else centre_move / (self.misses + 1)
+    def update(self, box: Box, mask: _LatticeMask) -> None:
+        frames = self.misses + 1
+        self.velocity = ((box[0] + box[2] - self.box[0] - self.box[2]) / 2.0 / frames,
+                         (box[1] + box[3] - self.box[1] - self.box[3]) / 2.0 / frames)
         self.box, self.mask = box, mask
         self.hits += 1
         self.misses = 0
@@ -174,7 +185,7 @@ class Tracker:
         self._match(low, unmatched, detections, boxes, masks, assigned, use_masks=False)
 
         for i, track in assigned.items():
-            track.update(boxes[i], masks[i])
+            track.update(detections[i].box, masks[i])
         matched = {id(track) for track in assigned.values()}
         survivors = []
         for track in self._tracks:
@@ -186,7 +197,7 @@ class Tracker:
                 survivors.append(track)
         for i in high:
             if i not in assigned:
-                track = _Track(detections[i].label, boxes[i], masks[i], np.zeros(2))
+                track = _Track(detections[i].label, detections[i].box, masks[i])
                 assigned[i] = track
                 survivors.append(track)
         for track in survivors:
@@ -214,7 +225,7 @@ class Tracker:
         """
         if not tracks or not candidates:
             return tracks
-        predicted = np.stack([track.predicted_box() for track in tracks])
+        predicted = np.array([track.predicted_box() for track in tracks], dtype=np.float64)
         box_ious = box_iou(predicted[:, None, :], boxes[candidates])  # [tracks, candidates]
         pairs = []
         for t, j in zip(*np.nonzero(box_ious), strict=True):  # track-major, candidates in their order

@@ -5,7 +5,7 @@ preprocessing of a 1080p rgb8 frame, post-processing of ``bench_postprocess.py``
 ("objects": its realistic scene, 20 detections; "no target": the same outputs with the ReLA head saying
 "nothing here"), tracking (the instances' crops and ``Tracker.update``, as the node's default
 ``tracking: true`` does; the same outputs every frame, so every track continues), building the frame's
-messages (``result_to_messages`` with the node's rosbags message classes, mono16 label image,
+messages (``result_to_messages`` with the node's rosbags message classes, its default label image encoding,
 per-instance cropped masks, track ids) and their CDR bytes (``CdrCodec.encode``, what the node hands to
 ``publish``).
 ``--camera-input``: the preprocessing a camera-input model leaves to the node (the RGB pixels as a

@@ -480,6 +480,20 @@ def test_label_image_equals_painting_every_full_size_mask(image_hw: tuple[int, i
         np.testing.assert_array_equal(labels, reference_labels(planes, image_hw, threshold))
 
 
+def test_half_precision_planes_are_windowed_in_float32(generic_resize: None) -> None:
+    # In float16 the window's bound (the threshold less a small margin) would round up to this sample
+    # value, which is above the threshold: the samples equal to it would be left out of the window.
+    value = np.float16(1420 / 1024)
+    threshold = float(value) - 1e-4
+    plane = np.full((8, 12), -5.0, np.float16)
+    plane[3:6, 5:8] = value
+    labels = np.zeros((32, 48), np.uint8)
+    MaskUpsampler((8, 12), (32, 48)).paint_labels([plane], threshold, labels)
+    expected = reference_labels(plane[None].astype(np.float32), (32, 48), threshold)
+    assert expected.any()
+    np.testing.assert_array_equal(labels, expected)
+
+
 def test_full_size_masks_are_computed_when_read(tokenizer, generic_resize: None) -> None:
     prompt = encode_prompt("cat . dog", "phrases", tokenizer)
     out = blank(prompt)

@@ -167,7 +167,10 @@ class MaskUpsampler:
         # A weighted mean of samples that are all <= threshold is <= threshold: exactly so at threshold 0
         # (by sign); otherwise a margin far above float32 rounding keeps every candidate sample.
         margin = 0.0 if threshold == 0 else 1e-4 * (1.0 + abs(threshold))
-        c0, r0, n_cols, n_rows = cv2.boundingRect((np.asarray(logits) > threshold - margin).view(np.uint8))
+        # Compared in float32, as the interpolated values are: in float16 the bound itself would be rounded,
+        # by up to half a float16 step, which can be above the threshold and leave out samples above it.
+        samples = np.asarray(logits, dtype=np.float32)
+        c0, r0, n_cols, n_rows = cv2.boundingRect((samples > threshold - margin).view(np.uint8))
         if n_rows == 0:
             return None
         # Output pixels that read any of the source rows r0 .. r0+n_rows-1 (and likewise for columns).

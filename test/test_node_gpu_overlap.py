@@ -136,7 +136,8 @@ def test_gpu_frames_overlap_and_each_publishes_its_own_outputs(
     assert [r.header.stamp.sec for r in results] == list(range(FRAMES))
     for result, mask, want in zip(results, masks, expected, strict=True):
         assert mask.header.stamp.sec == result.header.stamp.sec
-        labels = np.frombuffer(bytes(mask.data), dtype="<u2").reshape(mask.height, mask.width)
+        assert mask.encoding == "mono8"  # mask_encoding auto, few instances
+        labels = np.frombuffer(bytes(mask.data), dtype=np.uint8).reshape(mask.height, mask.width)
         assert _label_digest(labels) == _label_digest(want.label_image)
         assert [d.results[0].hypothesis.score for d in result.detections] == pytest.approx(
             [d.score for d in want.detections], rel=1e-6)

@@ -280,9 +280,11 @@ class MaskUpsampler:
         """
         height, width = self.dst_hw
         windows = []
+        samples = []  # the planes in float32, converted once for both the windows and the values
         area = 0
         for plane in planes:
-            window = self.window(plane, threshold)
+            samples.append(np.ascontiguousarray(plane, dtype=np.float32))
+            window = self.window(samples[-1], threshold)
             if window is not None:
                 area += (window[1] - window[0]) * (window[3] - window[2])
                 if area > height * width:
@@ -293,7 +295,7 @@ class MaskUpsampler:
             window = windows[k]
             if window is not None:
                 y0, y1, x0, x1 = window
-                inside = self._values(np.ascontiguousarray(planes[k], dtype=np.float32), window) > threshold
+                inside = self._values(samples[k], window) > threshold
                 # OpenCV's masked copy writes into the view of ``out`` in place, 2.5x numpy's copyto(where=).
                 cv2.copyTo(np.full(inside.shape, k + 1, out.dtype), inside.view(np.uint8), out[y0:y1, x0:x1])
                 painted[k] = (y0, x0, inside)

@@ -62,6 +62,11 @@ class _LinearAxis:
     w0: np.ndarray  # float32 [n_dst]
     w1: np.ndarray  # float32 [n_dst]
     paired: np.ndarray  # bool [n_dst]: False where OpenCV reads the one sample i0 with weight 1
+    # Per source index s, the output indices that read it start at first_reader[s] and end before
+    # end_reader[s] (as for a run of sources s..t: first_reader[s] .. end_reader[t]). Python ints, as
+    # every mask plane looks up its window here and numpy's scalar searches cost microseconds each.
+    first_reader: tuple[int, ...]
+    end_reader: tuple[int, ...]
 
 
 @lru_cache(maxsize=16)
@@ -82,7 +87,10 @@ def _opencv_linear_axis(n_src: int, n_dst: int, edge_weight_one: bool) -> _Linea
         start = np.clip(start, 0, n_src - 1)
     i0 = np.clip(start, 0, n_src - 1)
     i1 = np.clip(start + 1, 0, n_src - 1)
-    return _LinearAxis(i0, i1, np.float32(1) - fraction, fraction, ~outside)
+    sources = np.arange(n_src)
+    first_reader = tuple(np.searchsorted(i1, sources, "left").tolist())
+    end_reader = tuple(np.searchsorted(i0, sources, "right").tolist())
+    return _LinearAxis(i0, i1, np.float32(1) - fraction, fraction, ~outside, first_reader, end_reader)
 
 
 class MaskUpsampler:
@@ -175,10 +183,8 @@ class MaskUpsampler:
             return None
         # Output pixels that read any of the source rows r0 .. r0+n_rows-1 (and likewise for columns).
         rows, cols = self._rows, self._cols
-        y0 = int(np.searchsorted(rows.i1, r0, "left"))
-        y1 = int(np.searchsorted(rows.i0, r0 + n_rows - 1, "right"))
-        x0 = int(np.searchsorted(cols.i1, c0, "left"))
-        x1 = int(np.searchsorted(cols.i0, c0 + n_cols - 1, "right"))
+        y0, y1 = rows.first_reader[r0], rows.end_reader[r0 + n_rows - 1]
+        x0, x1 = cols.first_reader[c0], cols.end_reader[c0 + n_cols - 1]
         if y1 <= y0 or x1 <= x0:
             return None
         return y0, y1, x0, x1
@@ -190,20 +196,21 @@ class MaskUpsampler:
         operations. Columns where OpenCV reads one sample get that sample alone (an infinite logit there
         stays infinite instead of becoming inf * 0 = NaN).
         """
+        # ndarray methods rather than np.take: a frame interpolates tens of windows, and the wrappers'
+        # overhead is a fair part of a small window's time.
         rows, cols = self._rows, self._cols
-        i0, i1 = rows.i0[y0:y1], rows.i1[y0:y1]
-        first = int(i0[0])
-        source = logits[first : int(i1[-1]) + 1]
-        across = np.take(source, cols.i0[x0:x1], axis=1)
+        first = int(rows.i0[y0])
+        source = logits[first : int(rows.i1[y1 - 1]) + 1]
+        across = source.take(cols.i0[x0:x1], axis=1)
         across *= cols.w0[x0:x1]
         paired = cols.paired[x0:x1]
         if paired.all():
-            across += np.take(source, cols.i1[x0:x1], axis=1) * cols.w1[x0:x1]
+            across += source.take(cols.i1[x0:x1], axis=1) * cols.w1[x0:x1]
         else:
-            across[:, paired] += np.take(source, cols.i1[x0:x1][paired], axis=1) * cols.w1[x0:x1][paired]
-        top = np.take(across, i0 - first, axis=0)
+            across[:, paired] += source.take(cols.i1[x0:x1][paired], axis=1) * cols.w1[x0:x1][paired]
+        top = across.take(rows.i0[y0:y1] - first, axis=0)
         top *= rows.w0[y0:y1, None]
-        bottom = np.take(across, i1 - first, axis=0)
+        bottom = across.take(rows.i1[y0:y1] - first, axis=0)
         bottom *= rows.w1[y0:y1, None]
         top += bottom
         return top

@@ -48,7 +48,7 @@ import numpy as np
 from gdino_ros.conversions.encodings import MASK_AUTO, MASK_ENCODINGS, MONO8, MONO16, PIXEL_LAYOUT, RGB8
 from gdino_ros.core.class_id import class_id_of
 from gdino_ros.core.depth_lifting import Lifted
-from gdino_ros.core.result import Detection, Result
+from gdino_ros.core.result import UINT8_MAX_INSTANCES, Detection, Result
 
 # MessageTypes attribute -> ROS type name.
 MESSAGE_TYPE_NAMES: dict[str, str] = {
@@ -104,7 +104,6 @@ DEPTH_OUTPUT_TYPES: dict[str, str] = {
 LABEL_INFO_TOPIC = "label_info"
 LABEL_INFO_TYPE = MESSAGE_TYPE_NAMES["LabelInfo"]
 
-MONO8_MAX_INSTANCES = 255
 COVARIANCE_SIZE = 36  # geometry_msgs/PoseWithCovariance.covariance is float64[36]
 
 
@@ -234,7 +233,7 @@ def label_image_msg(label_image: np.ndarray, header: Any, types: MessageTypes, e
     if label_image.ndim != 2 or label_image.dtype.kind != "u":
         raise ValueError(f"label image must be unsigned [H, W], got {label_image.dtype} {label_image.shape}")
     if (encoding == MONO8 and label_image.dtype != np.uint8 and label_image.size
-            and int(label_image.max()) > MONO8_MAX_INSTANCES):
+            and int(label_image.max()) > UINT8_MAX_INSTANCES):
         raise ValueError(f"label image has ids up to {int(label_image.max())}; mono8 holds at most 255")
     return _image_msg(label_image, header, encoding, types)
 
@@ -411,13 +410,13 @@ def result_to_messages(
         raise ValueError(f"mask encoding {mask_encoding!r} is not supported; use one of {MASK_ENCODINGS}")
     kept = list(range(len(result.detections)))
     label_image = result.label_image
-    fits_mono8 = all(d.instance_id <= MONO8_MAX_INSTANCES for d in result.detections)
+    fits_mono8 = all(d.instance_id <= UINT8_MAX_INSTANCES for d in result.detections)
     encoding = mask_encoding
     if mask_encoding == MASK_AUTO:
         encoding = MONO8 if fits_mono8 else MONO16
     elif mask_encoding == MONO8 and not fits_mono8:
-        kept = [k for k in kept if result.detections[k].instance_id <= MONO8_MAX_INSTANCES]
-        label_image = np.where(label_image > MONO8_MAX_INSTANCES, 0, label_image)
+        kept = [k for k in kept if result.detections[k].instance_id <= UINT8_MAX_INSTANCES]
+        label_image = np.where(label_image > UINT8_MAX_INSTANCES, 0, label_image)
     shown = [result.detections[k] for k in kept]
     class_ids = [class_id_of(d, result) for d in shown]
     ids = [""] * len(kept) if track_ids is None else [track_ids[k] for k in kept]

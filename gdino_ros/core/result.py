@@ -15,12 +15,16 @@ PHRASES: PromptMode = "phrases"
 EXPRESSION: PromptMode = "expression"
 
 
+#: The most instances whose ids (1..n) a uint8 label image holds: what a mono8 mask can carry.
+UINT8_MAX_INSTANCES = int(np.iinfo(np.uint8).max)
+
+
 def label_dtype(instances: int) -> np.dtype:
     """Return the label image's type for ``instances`` instances: uint8 while their ids fit, else uint16.
 
     A label image is written, copied and sent whole every frame; at 1080p uint8 is 2 MB less of each.
     """
-    return np.dtype(np.uint8) if instances <= np.iinfo(np.uint8).max else np.dtype(np.uint16)
+    return np.dtype(np.uint8) if instances <= UINT8_MAX_INSTANCES else np.dtype(np.uint16)
 
 
 @dataclass(frozen=True)

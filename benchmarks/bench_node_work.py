@@ -14,7 +14,15 @@ CPU time per stage (median of ``--frames`` frames after 5 warm-up frames): what 
 core, whatever else runs on the machine. Not measured here, unlike bench_node.py: receiving the frame
 (the raw take's copies and the decode), the executor and DDS itself.
 
-Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_node_work.py``
+``--idle-ms``: sleep this long before each frame, as the node waits between camera frames (200 at
+bench_node.py's 5 Hz). Back to back, each frame finds the previous one's code and data in the caches; after
+an idle gap it does not, and on the development VM that costs the 20-instance frame about 1.3 ms more CPU
+time. With ``--idle-ms 200`` the stages come within about 0.2 ms of the node's own stage times in
+bench_node.py, in about 15 seconds instead of its 6 minutes (BENCHMARKS.md, "Issue #16 target 1, seventh
+session").
+
+Run: ``OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/bench_node_work.py [--camera-input]
+[--idle-ms 200]``
 """
 from __future__ import annotations
 
@@ -49,7 +57,11 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=40, help="timed frames per scenario (default 40)")
     parser.add_argument("--camera-input", action="store_true",
                         help="preprocess for a camera-input model (pixels handed over, no CPU resize)")
+    parser.add_argument("--idle-ms", type=float, default=0.0,
+                        help="idle ms before each frame, as between camera frames (default 0: back to back)")
     args = parser.parse_args()
+    if args.idle_ms < 0:
+        parser.error(f"--idle-ms must be 0 or more, got {args.idle_ms:g}")
     keep_large_buffers()  # as segment_node does: without it, whether a 4 MB block faults in fresh pages
     # depends on the largest block glibc has seen freed so far
     prompt = encode_prompt(PROMPT, "phrases", load_tokenizer())  # the local search
@@ -58,7 +70,8 @@ def main() -> int:
     header = codec.typestore.types["std_msgs/msg/Header"](stamp=stamp, frame_id="camera")
     image = np.random.default_rng(0).integers(0, 256, (*IMAGE_HW, 3), dtype=np.uint8)
     print(f"# load average {os.getloadavg()[0]:.2f} at start; "
-          f"{'camera-input model' if args.camera_input else 'float-input model'}")
+          f"{'camera-input model' if args.camera_input else 'float-input model'}; "
+          f"{args.idle_ms:g} ms idle before each frame")
     print("\n| scenario | detections | preprocess | postprocess | tracking | messages | serialise "
           "| **total CPU ms** |")
     print("|---|---|---|---|---|---|---|---|")
@@ -69,6 +82,7 @@ def main() -> int:
         stages: dict[str, list[float]] = {name: [] for name in STAGES}
         tracker = Tracker()
         for frame in range(5 + args.frames):
+            time.sleep(args.idle_ms / 1e3)
             t0 = time.process_time()
             if args.camera_input:
                 camera_pixels(image)

@@ -234,7 +234,9 @@ def label_image_msg(label_image: np.ndarray, header: Any, types: MessageTypes, e
         raise ValueError(f"label image must be unsigned [H, W], got {label_image.dtype} {label_image.shape}")
     if (encoding == MONO8 and label_image.dtype != np.uint8 and label_image.size
             and int(label_image.max()) > UINT8_MAX_INSTANCES):
-        raise ValueError(f"label image has ids up to {int(label_image.max())}; mono8 holds at most 255")
+        raise ValueError(
+            f"label image has ids up to {int(label_image.max())}; mono8 holds at most {UINT8_MAX_INSTANCES}"
+        )
     return _image_msg(label_image, header, encoding, types)
 
 

@@ -94,6 +94,7 @@ from gdino_ros.conversions.messages import (
 from gdino_ros.core.overlay import draw_overlay
 from gdino_ros.core.postprocess import PostprocessParams
 from gdino_ros.core.prompt import PromptError
+from gdino_ros.core.result import UINT8_MAX_INSTANCES
 from gdino_ros.core.segmenter import ModelAccessError, Segmenter, Submitted
 from gdino_ros.core.tokenizer import TokenizerNotFoundError
 from gdino_ros.node.diagnostics import NodeState, segmentation_status
@@ -700,8 +701,8 @@ class SegmentNode(Node):
         published = time.monotonic()
         if messages.dropped_instances:
             self.get_logger().warning(
-                f"the mono8 mask holds 255 instances; {messages.dropped_instances} more were left out of "
-                "this frame's outputs (set mask_encoding to auto or mono16 to keep them)",
+                f"the mono8 mask holds {UINT8_MAX_INSTANCES} instances; {messages.dropped_instances} more "
+                "were left out of this frame's outputs (set mask_encoding to auto or mono16 to keep them)",
                 throttle_duration_sec=WARN_PERIOD_S,
             )
         stages = {

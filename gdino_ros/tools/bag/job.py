@@ -34,7 +34,7 @@ from gdino_ros.conversions.messages import (
 )
 from gdino_ros.conversions.typestore import project_typestore
 from gdino_ros.core.preprocess import ImageSizeError, check_image
-from gdino_ros.core.result import Result
+from gdino_ros.core.result import UINT8_MAX_INSTANCES, Result
 from gdino_ros.errors import ModelError, UsageError
 from gdino_ros.tools.arguments import postprocess_params
 from gdino_ros.tools.bag.errors import BadRecordError, BagToolError
@@ -356,7 +356,10 @@ class BagJob:
                 f"no /gdino outputs, the input frames are copied. First: {stats.first_skip}"
             )
         if stats.dropped_instances:
-            lines.append(f"  mono8 mask: {stats.dropped_instances} instances beyond id 255 were left out")
+            lines.append(
+                f"  mono8 mask: {stats.dropped_instances} instances beyond id {UINT8_MAX_INSTANCES} "
+                "were left out"
+            )
         lines += self.planner.summary()
         lines += [f"  not copied: {topic} ({why})" for topic, why in sorted(self.sink.skipped.items())]
         if stats.interrupted:

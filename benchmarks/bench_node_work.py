@@ -82,7 +82,8 @@ def main() -> int:
         stages: dict[str, list[float]] = {name: [] for name in STAGES}
         tracker = Tracker()
         for frame in range(5 + args.frames):
-            time.sleep(args.idle_ms / 1e3)
+            if args.idle_ms:
+                time.sleep(args.idle_ms / 1e3)
             t0 = time.process_time()
             if args.camera_input:
                 camera_pixels(image)
